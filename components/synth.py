@@ -1,0 +1,45 @@
+"""`dldc synth` as a Kubeflow component."""
+
+from kfp import dsl
+
+from components.images import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def synth(
+    dataset: dsl.Output[dsl.Dataset],
+    n_images: int,
+    size: int,
+    noise_rate: float,
+    seed: int,
+    settings: list,
+    run_group: str,
+):
+    """Generate SynthRS into the `dataset` artifact (Karpathy layout)."""
+    import os
+    import subprocess
+    import sys
+
+    overrides = [arg for setting in settings for arg in ("-S", setting)]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dldc",
+            "--no-progress",
+            *overrides,
+            "synth",
+            "--out",
+            dataset.path,
+            "--n-images",
+            str(n_images),
+            "--size",
+            str(size),
+            "--noise-rate",
+            str(noise_rate),
+            "--seed",
+            str(seed),
+        ],
+        check=True,
+        env={**os.environ, "DLDC_RUN_GROUP": run_group},
+    )

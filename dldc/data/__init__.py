@@ -1,0 +1,1 @@
+"""Datasets: readers, the manifest, safe image loading and SynthRS."""

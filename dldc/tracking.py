@@ -1,0 +1,157 @@
+"""MLflow tracking for stages: one parent run per pipeline run, one nested run per stage.
+
+Stages run as separate processes (DVC, Kubeflow), so the parent run is found by a tag,
+``dldc.run_group``. The group comes from the ``DLDC_RUN_GROUP`` environment variable (the
+Kubeflow pipeline passes its job id); without it, from the content of ``params.yaml`` and
+the git commit, so the stages of one ``dvc repro`` share a parent.
+
+MLflow is imported lazily: it is slow to import and not needed when tracking is off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from dldc.config import TrackingConfig, flatten
+
+RUN_GROUP_ENV = "DLDC_RUN_GROUP"
+GROUP_TAG = "dldc.run_group"
+ROLE_TAG = "dldc.role"
+
+
+class StageRun:
+    """What a stage may log. A disabled run accepts every call and records nothing."""
+
+    def __init__(self, mlflow: Any | None = None, run_id: str | None = None):
+        self._mlflow = mlflow
+        self.run_id = run_id
+
+    @property
+    def enabled(self) -> bool:
+        return self._mlflow is not None
+
+    def log_metrics(self, metrics: Mapping[str, Any]) -> None:
+        """Log numeric values (nested dicts become dotted names; non-numbers are skipped)."""
+        if self._mlflow is None:
+            return
+        numbers = {
+            _metric_name(key): float(value)
+            for key, value in flatten(dict(metrics)).items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
+        }
+        if numbers:
+            self._mlflow.log_metrics(numbers)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self._mlflow is not None:
+            self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def log_dataset(self, frame: Any, source: str | Path, name: str, context: str) -> None:
+        """Record a table (a pandas DataFrame) as this run's dataset input."""
+        if self._mlflow is None:
+            return
+        dataset = self._mlflow.data.from_pandas(frame, source=str(source), name=name)
+        self._mlflow.log_input(dataset, context=context)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if self._mlflow is not None:
+            self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+def default_run_group(params_file: str | Path = "params.yaml") -> str:
+    """The run group of this process: ``$DLDC_RUN_GROUP`` or a hash of params and commit."""
+    if os.environ.get(RUN_GROUP_ENV):
+        return os.environ[RUN_GROUP_ENV]
+    digest = hashlib.sha256()
+    path = Path(params_file)
+    if path.is_file():
+        digest.update(path.read_bytes())
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False)
+        digest.update(head.stdout.strip().encode())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return f"local-{digest.hexdigest()[:12]}"
+
+
+@contextlib.contextmanager
+def stage_run(
+    cfg: TrackingConfig, stage: str, params: Mapping[str, Any], run_group: str | None = None
+) -> Iterator[StageRun]:
+    """Open a nested MLflow run for one stage under its pipeline's parent run.
+
+    Args:
+        cfg: the tracking section of the configuration.
+        stage: the stage name (the run's name).
+        params: stage parameters; nested dicts are flattened to dotted names.
+        run_group: the parent run's group; defaults to :func:`default_run_group`.
+
+    Yields:
+        A :class:`StageRun` to log metrics and artifacts with. A stage that raises marks its
+        run ``FAILED``.
+    """
+    if not cfg.enabled:
+        yield StageRun()
+        return
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg.resolved_uri())
+    experiment_id = _experiment_id(mlflow, cfg)
+    group = run_group or default_run_group()
+    parent_id = _parent_run_id(mlflow, experiment_id, group)
+    with (
+        mlflow.start_run(run_id=parent_id),
+        mlflow.start_run(
+            run_name=stage, nested=True, experiment_id=experiment_id, tags={GROUP_TAG: group, ROLE_TAG: "stage"}
+        ) as run,
+    ):
+        mlflow.log_params({key: _param_value(value) for key, value in flatten(dict(params)).items()})
+        yield StageRun(mlflow, run.info.run_id)
+
+
+def _experiment_id(mlflow: Any, cfg: TrackingConfig) -> str:
+    experiment = mlflow.get_experiment_by_name(cfg.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = cfg.artifact_location
+    uri = cfg.resolved_uri()
+    if location is None and uri.startswith("sqlite:///"):
+        location = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+    try:
+        return mlflow.create_experiment(cfg.experiment, artifact_location=location)
+    except Exception:  # another stage created it in the meantime
+        found = mlflow.get_experiment_by_name(cfg.experiment)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def _parent_run_id(mlflow: Any, experiment_id: str, group: str) -> str:
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.`{GROUP_TAG}` = '{group}' and tags.`{ROLE_TAG}` = 'pipeline'",
+        max_results=1,
+        output_format="list",
+    )
+    if runs:
+        return runs[0].info.run_id
+    client = mlflow.MlflowClient()
+    run = client.create_run(experiment_id, run_name=f"pipeline {group}", tags={GROUP_TAG: group, ROLE_TAG: "pipeline"})
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def _metric_name(key: str) -> str:
+    # MLflow allows letters, digits and _ - . / and spaces in names.
+    return "".join(ch if ch.isalnum() or ch in "_-./ " else "_" for ch in key)
+
+
+def _param_value(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
