@@ -21,10 +21,14 @@ Positions
 Caption noise (``NOISE_KINDS``)
     Each caption is independently replaced with probability ``noise_rate`` by one of:
 
-    * ``other_scene``  — a clean caption generated for a different scene class;
-    * ``generic``      — a generic template such as "an aerial image";
-    * ``truncated``    — a clean caption cut after its first 1-3 words;
-    * ``wrong_layout`` — the right scene, but its grid positions moved to wrong cells.
+    * ``other_scene``  — a clean caption generated for a different scene class (any of
+      ``SCENES``, from a freshly drawn layout of that scene);
+    * ``generic``      — one of ``GENERIC_CAPTIONS``, such as "an aerial image";
+    * ``truncated``    — the clean caption cut after its first 1-3 words;
+    * ``wrong_layout`` — a caption of the right scene whose grid cells all moved to cells
+      the caption did not name (a clean caption naming no cell is swapped for one that does).
+
+    A noisy caption never equals its clean caption. The kind is drawn uniformly.
 
 Output of :func:`write_synthrs` (the Karpathy layout RSICD is distributed in)::
 
@@ -214,11 +218,6 @@ class _Canvas:
         self.shade = np.ones((size, size), np.float32)
         self.colours = _BASE_RGB.copy()
 
-    @property
-    def pixel(self) -> float:
-        """One pixel in normalised units."""
-        return 1.0 / self.size
-
     def at_least(self, width: float, pixels: float = 1.2) -> float:
         """``width``, but never thinner than ``pixels`` pixels (keeps thin things visible)."""
         return max(width, pixels / self.size)
@@ -333,7 +332,10 @@ _SIDES = ("top", "bottom", "left", "right")
 
 
 def _border_point(rng: np.random.Generator, side: str) -> tuple[float, float]:
+    """A point on one image side, clear of grid-cell boundaries so its cell is unambiguous."""
     t = rng.uniform(0.12, 0.88)
+    while min(abs(t - 1 / 3), abs(t - 2 / 3)) < 0.06:
+        t = rng.uniform(0.12, 0.88)
     return {"top": (t, 0.0), "bottom": (t, 1.0), "left": (0.0, t), "right": (1.0, t)}[side]
 
 
@@ -677,8 +679,9 @@ def _draw_beach(canvas: _Canvas) -> dict[str, Any]:
         road_width = canvas.at_least(0.035, 1.5)
         canvas.paint((depth >= road_start) & (depth < road_start + road_width), ROAD)
         pitch = rng.uniform(0.08, 0.12)
-        slot = np.floor((along - rng.uniform(0, pitch)) / pitch)
-        in_slot = ((along - rng.uniform(0, pitch)) / pitch - slot) < rng.uniform(0.55, 0.75)
+        position = (along - rng.uniform(0, pitch)) / pitch
+        slot = np.floor(position)
+        in_slot = position - slot < rng.uniform(0.55, 0.75)
         rows_start = road_start + road_width + 0.02
         roof_tints = np.array(list(_ROOF_TINTS.values()), np.float32)
         for row in range(2):
@@ -689,11 +692,10 @@ def _draw_beach(canvas: _Canvas) -> dict[str, Any]:
     canvas.paint((depth >= shore) & (depth < sand_end), SAND, (1.04, 1.03, 1.0))
     umbrellas = rng.random() < 0.5
     if umbrellas:
+        shore_along = shore.mean(axis=1 if sea_side in ("left", "right") else 0)  # shore depth per row/column
         for _ in range(int(rng.integers(6, 16))):
-            position, offset = rng.uniform(0, 1), rng.uniform(0.3, 0.8)
-            d_here = float(np.interp(position, (np.arange(canvas.size) + 0.5) / canvas.size,
-                                     shore.mean(axis=1 if sea_side in ("left", "right") else 0)))
-            d = d_here + offset * 0.1
+            position = rng.uniform(0, 1)
+            d = shore_along[min(int(position * canvas.size), canvas.size - 1)] + rng.uniform(0.03, 0.08)
             x, y = {"left": (d, position), "right": (1 - d, position),
                     "top": (position, d), "bottom": (position, 1 - d)}[sea_side]
             spot = _disk(canvas, x, y, canvas.at_least(0.012, 0.8)) & (canvas.mask == SAND)
@@ -751,9 +753,10 @@ def _draw_airport(canvas: _Canvas) -> dict[str, Any]:
     for t in rng.uniform(-0.35, 0.35, 2) * min(length, 1.0):
         lx, ly = cx + normal[0] * offset / 2 + t * math.cos(angle), cy + normal[1] * offset / 2 + t * math.sin(angle)
         canvas.paint(_rectangle(canvas, lx, ly, taxi_width, offset, angle), PAVEMENT)
-    for rx, ry, ra, rl, rw in runways:
+    for rx, ry, ra, rl, _ in runways:  # dashed white centre lines
         along, across = _rotated(canvas, ra, rx, ry)
-        centre_line = (np.abs(across) < canvas.at_least(0.004, 0.5)) & ((along * 9) % 1 < 0.5) & (np.abs(along) < rl / 2 - 0.03)
+        centre_line = ((np.abs(across) < canvas.at_least(0.004, 0.5)) & ((along * 9) % 1 < 0.5)
+                       & (np.abs(along) < rl / 2 - 0.03))
         canvas.shade[centre_line & (canvas.mask == PAVEMENT)] = 1.7
 
     apron_x, apron_y = tx + rng.uniform(-0.03, 0.03), ty + rng.uniform(-0.03, 0.03)
@@ -865,7 +868,8 @@ def _draw_industrial(canvas: _Canvas) -> dict[str, Any]:
             tank = _disk(canvas, x, y, radius)
             canvas.paint(tank, BUILDING, tank_tint)
             dx, dy = (canvas.x[tank] - x) / radius, (canvas.y[tank] - y) / radius
-            canvas.shade[tank] = (1.0 - 0.22 * (dx * light[0] + dy * light[1])) * np.where(dx**2 + dy**2 > 0.7, 0.85, 1.0)
+            lit = 1.0 - 0.22 * (dx * light[0] + dy * light[1])  # a dome lit from one side
+            canvas.shade[tank] = lit * np.where(dx**2 + dy**2 > 0.7, 0.85, 1.0)  # with a darker rim
             tank_ids[tank] = r * columns + c + 1
     n_tanks = _visible_count(tank_ids[(tank_ids > 0) & (canvas.mask == BUILDING)], 2)
 
@@ -942,7 +946,8 @@ _BACKGROUND = {"farmland": CROP, "residential": GRASS, "forest": TREE, "river": 
 def _colourise(canvas: _Canvas) -> np.ndarray:
     """Turn the mask into an RGB image: base colours x tint x shade x texture, plus shadows."""
     rng, size, mask = canvas.rng, canvas.size, canvas.mask
-    colours = canvas.colours * rng.uniform(0.92, 1.08, (len(LAND_COVER), 1)) * rng.uniform(0.96, 1.04, (len(LAND_COVER), 3))
+    n_classes = len(LAND_COVER)
+    colours = canvas.colours * rng.uniform(0.92, 1.08, (n_classes, 1)) * rng.uniform(0.96, 1.04, (n_classes, 3))
     coarse = canvas.noise(3, 3).astype(np.float32)
     fine = canvas.noise(24).astype(np.float32)
     texture = 1.0 + _COARSE_AMPLITUDE[mask] * coarse + _FINE_AMPLITUDE[mask] * fine
@@ -964,11 +969,11 @@ def _colourise(canvas: _Canvas) -> np.ndarray:
     return np.clip(image + 0.5, 0, 255).astype(np.uint8)
 
 
-def _draw(scene: str, size: int, rng: np.random.Generator) -> _Canvas:
+def _draw(scene: str, size: int, rng: np.random.Generator) -> tuple[_Canvas, dict[str, Any]]:
+    """Draw the land cover of a scene; returns the canvas and the scene's layout facts."""
     canvas = _Canvas(size, rng, _BACKGROUND[scene])
     layout = _PAINTERS[scene](canvas)
-    canvas.layout = {"scene": scene, **layout}  # type: ignore[attr-defined]
-    return canvas
+    return canvas, {"scene": scene, **layout}
 
 
 def render_scene(scene: str, size: int, rng: np.random.Generator) -> SceneSample:
@@ -987,17 +992,18 @@ def render_scene(scene: str, size: int, rng: np.random.Generator) -> SceneSample
     """
     _check_scenes([scene])
     _check_size(size)
-    canvas = _draw(scene, size, rng)
-    image = _colourise(canvas)
-    return SceneSample(image=image, mask=canvas.mask, layout=canvas.layout)  # type: ignore[attr-defined]
+    canvas, layout = _draw(scene, size, rng)
+    return SceneSample(image=_colourise(canvas), mask=canvas.mask, layout=layout)
 
 
 # ---------------------------------------------------------------------------------------------
 # Captions
 # ---------------------------------------------------------------------------------------------
 
-_SMALL_NUMBERS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-                  "fifteen sixteen seventeen eighteen nineteen").split()
+_SMALL_NUMBERS = (
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
+)
 _TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
 
 
@@ -1069,7 +1075,7 @@ def _residential_captions(layout: dict, pick: Callable[..., str]) -> list[str]:
         f"a residential area with a small park {_at(park)}",
         f"a {pick('neighbourhood', 'residential area')} of {houses} and a green park {_at(park)}",
         f"{pick('dense', 'quiet', 'tidy')} residential blocks with {trees}",
-        f"rows of {pick('detached houses', 'family homes', 'houses')} with gardens seen from above",
+        f"rows of {pick('detached houses', 'family houses', 'houses')} with gardens seen from above",
         f"a suburb with streets, houses and a park {_at(park)}",
         f"{roofs} roofed houses lining the streets of a {pick('quiet', 'leafy', 'small')} neighbourhood",
     ]
@@ -1173,7 +1179,7 @@ def _airport_captions(layout: dict, pick: Callable[..., str]) -> list[str]:
     elif layout["arrangement"] == "crossing" and layout["crossing"]:
         captions.append(f"two runways crossing near the {layout['crossing']}")
     if layout["n_planes"]:
-        captions.append(f"{_count(layout['n_planes'], 'plane')} parked near the terminal {_at(terminal)}")
+        captions.append(f"{_count(layout['n_planes'], 'plane')} parked near the airport terminal {_at(terminal)}")
     return captions
 
 
@@ -1203,7 +1209,7 @@ def _industrial_captions(layout: dict, pick: Callable[..., str]) -> list[str]:
         "an industrial zone with warehouses, storage tanks and paved yards",
         f"{pick('white', 'round', 'circular')} storage tanks grouped {_at(cell)}",
         f"{warehouses} on paved ground with tanks {_at(cell)}",
-        f"factories and circular tanks seen from above",
+        "factories and circular tanks seen from above",
     ]
     if layout["road"]:
         captions.append(f"a road runs from the {layout['road']['from']} to the {layout['road']['to']} "
@@ -1225,7 +1231,8 @@ def _desert_captions(layout: dict, pick: Callable[..., str]) -> list[str]:
     if layout["rocks"]:
         captions.append(f"dry desert with rocky ground {_at(layout['rocks'])}")
     if layout["road"]:
-        captions.append(f"a desert road crosses the sand from the {layout['road']['from']} to the {layout['road']['to']}")
+        road = layout["road"]
+        captions.append(f"a desert road crosses the sand from the {road['from']} to the {road['to']}")
     return captions
 
 
@@ -1292,7 +1299,7 @@ def _noisy_caption(kind: str, scene: str, layout: dict, clean: str,
     """A noisy replacement for ``clean``; returns it and the scene it was written for."""
     if kind == "other_scene":
         source_scene = str(rng.choice([other for other in SCENES if other != scene]))
-        other_layout = _draw(source_scene, _OTHER_SCENE_SIZE, rng).layout  # type: ignore[attr-defined]
+        _, other_layout = _draw(source_scene, _OTHER_SCENE_SIZE, rng)
         return clean_captions(source_scene, other_layout, 1, rng)[0], source_scene
     if kind == "generic":
         return GENERIC_CAPTIONS[int(rng.integers(len(GENERIC_CAPTIONS)))], None
