@@ -40,3 +40,21 @@ def write_result(name: str, figures: dict[str, Any]) -> Path:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     print(json.dumps(payload, indent=2, sort_keys=True))
     return path
+
+
+def rsicd_subset_manifest(out_dir: Path, n_images: int) -> Path:
+    """Ingest the real RSICD subset once and keep the pairs of its first ``n_images`` images."""
+    from dldc.config import IngestConfig
+    from dldc.data.ingest import ingest
+    from dldc.data.manifest import ManifestMeta, read_manifest, write_manifest
+
+    full = out_dir / "rsicd-full"
+    if not (full / "manifest.parquet").is_file():
+        ingest(IngestConfig(root=str(SHARED_DATA / "rsicd-dev"), out=str(full)), progress=False)
+    frame, meta = read_manifest(full / "manifest.parquet")
+    keep = frame["image_id"].drop_duplicates().head(n_images)
+    subset = frame[frame["image_id"].isin(set(keep))]
+    path = out_dir / f"rsicd-{n_images}" / "manifest.parquet"
+    root = str((full / meta.root).resolve()) if not Path(meta.root).is_absolute() else meta.root
+    write_manifest(path, subset.to_dict("records"), ManifestMeta(**{**meta.__dict__, "root": root}))
+    return path

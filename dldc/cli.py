@@ -104,6 +104,83 @@ def ingest(obj: _Context, fmt: str | None, root: str | None, scenes: str | None,
     _print_ingest_summary(result.report, result.manifest.parent)
 
 
+@main.command("train-scorer")
+@click.option("--manifest", type=click.Path(dir_okay=False), help="Manifest to train on [indomain.manifest].")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder [indomain.out].")
+@click.option("--folds", type=int, help="Cross-fitting folds K [indomain.folds].")
+@click.option("--epochs", type=int, help="Epochs per fold model [indomain.epochs].")
+@click.pass_obj
+def train_scorer(obj: _Context, manifest: str | None, out: str | None, folds: int | None, epochs: int | None) -> None:
+    """Train the in-domain scorer with K-fold cross-fitting (each pair scored by a model that never saw it)."""
+    from dldc.stages import run_train_scorer
+
+    cfg = obj.config(
+        **{"indomain.manifest": manifest, "indomain.out": out, "indomain.folds": folds, "indomain.epochs": epochs}
+    )
+    try:
+        report = run_train_scorer(cfg, progress=obj.progress)
+    except (ValueError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"wrote the in-domain scorer ({report.get('folds', '?')} folds) to {cfg.indomain.out}")
+
+
+@main.command()
+@click.option("--manifest", type=click.Path(dir_okay=False), help="Manifest to score [score.manifest].")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder [score.out].")
+@click.option(
+    "--scorer",
+    "scorers",
+    multiple=True,
+    metavar="SPEC",
+    help="Scorer spec, repeatable: indomain:DIR, open_clip:ARCH[:TAG_OR_CHECKPOINT], hf:ID_OR_DIR [score.scorers].",
+)
+@click.option(
+    "--part", metavar="I/N", help="Score only the I-th of N slices (fan-out); fuse with `dldc gather-scores`."
+)
+@click.pass_obj
+def score(obj: _Context, manifest: str | None, out: str | None, scorers: tuple[str, ...], part: str | None) -> None:
+    """Score every pair with contrastive models; write scores.parquet, score.json and the embedding store."""
+    from dldc.stages import run_score
+
+    cfg = obj.config(**{"score.manifest": manifest, "score.out": out, "score.scorers": list(scorers) or None})
+    try:
+        result = run_score(cfg, progress=obj.progress, part=_parse_part(part))
+    except (ValueError, FileNotFoundError, OSError) as err:
+        raise click.ClickException(str(err)) from None
+    report = result.report
+    click.echo(
+        f"scored {report['pairs']} pairs with {', '.join(s['name'] for s in report['scorers'])} "
+        f"({report['images_encoded']} images and {report['texts_encoded']} captions encoded, "
+        f"{report['shards_reused']}/{report['shards_total']} shards reused); "
+        f"truncated captions {report['truncated_captions']}; wrote {result.scores}"
+    )
+
+
+@main.command("gather-scores")
+@click.argument("parts", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder [score.out].")
+@click.pass_obj
+def gather_scores(obj: _Context, parts: tuple[str, ...], out: str | None) -> None:
+    """Join the raw scores of `dldc score --part` outputs and fuse them per scene."""
+    from dldc.stages import run_gather_scores
+
+    cfg = obj.config(**{"score.out": out})
+    try:
+        result = run_gather_scores(cfg, list(parts))
+    except (ValueError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"fused {result.report['pairs']} pairs from {len(parts)} parts into {result.scores}")
+
+
+def _parse_part(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    index, sep, count = text.partition("/")
+    if not sep or not index.isdigit() or not count.isdigit() or not 0 <= int(index) < int(count):
+        raise click.BadParameter(f"expected I/N with 0 <= I < N, got {text!r}", param_hint="--part")
+    return int(index), int(count)
+
+
 @main.group()
 def config() -> None:
     """Inspect the resolved configuration."""

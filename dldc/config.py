@@ -122,6 +122,69 @@ class IngestConfig(_Section):
     workers: int = Field(0, ge=0)
 
 
+class IndomainConfig(_Section):
+    """The in-domain scorer, trained with K-fold cross-fitting (``dldc train-scorer``).
+
+    Attributes:
+        manifest: the manifest to train on (all splits: cross-fitting scores every pair
+            with a model that never saw it).
+        out: folder for the fold models, fold assignment and training report.
+        architecture: an open_clip-style JSON model config: a file name in
+            ``dldc/iel/configs`` (without ``.json``) or a path.
+        folds: K; each image (with all its captions) is held out in exactly one fold.
+        epochs, batch_size, lr, weight_decay, warmup_steps: the contrastive training loop.
+        seed: seeds the fold assignment, initialisation and batches.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
+    """
+
+    manifest: str = "data/ingest/manifest.parquet"
+    out: str = "data/scorer"
+    architecture: str = "indomain-tiny"
+    folds: int = Field(5, ge=2, le=20)
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    seed: int = 0
+    device: str = "auto"
+
+
+class ScoreConfig(_Section):
+    """Scoring every pair with one or more scorers (``dldc score``).
+
+    Attributes:
+        manifest: the manifest to score.
+        out: folder for ``scores.parquet``, ``score.json``, shards and the embedding store.
+        scorers: scorer specs: ``indomain:DIR``, ``open_clip:ARCH[:TAG_OR_CHECKPOINT]``,
+            ``hf:HUB_ID_OR_DIR``.
+        fusion: ``rank`` (mean of within-scene percentile ranks) or ``zscore`` (mean of
+            within-scene z-scores), see :mod:`dldc.iel.fuse`.
+        disagreement: flag a pair when two scorers' within-scene percentile ranks differ by
+            more than this (a re-caption candidate rather than a drop).
+        batch_size: images or texts per model call (halved and retried on out-of-memory).
+        shard_size: pairs per output shard (the unit of resume).
+        workers: image-decoding worker processes (0 = decode in the main process).
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        precision: ``auto`` (bf16/fp16 autocast on CUDA, fp32 on CPU), ``fp32``, ``fp16``, ``bf16``.
+        cache: embedding store folder; ``None`` = ``<out>/embeddings``.
+        trust_remote_code: allow Hugging Face models with custom code (off unless you say so).
+    """
+
+    manifest: str = "data/ingest/manifest.parquet"
+    out: str = "data/scores"
+    scorers: list[str] = Field(default_factory=lambda: ["indomain:data/scorer"], min_length=1)
+    fusion: Literal["rank", "zscore"] = "rank"
+    disagreement: float = Field(0.5, gt=0.0, le=1.0)
+    batch_size: int = Field(64, ge=1)
+    shard_size: int = Field(2048, ge=1)
+    workers: int = Field(0, ge=0)
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    cache: str | None = None
+    trust_remote_code: bool = False
+
+
 class DldcConfig(_Section):
     """The whole configuration, one section per stage."""
 
@@ -129,6 +192,8 @@ class DldcConfig(_Section):
     tracking: TrackingConfig = TrackingConfig()
     synth: SynthConfig = SynthConfig()
     ingest: IngestConfig = IngestConfig()
+    indomain: IndomainConfig = IndomainConfig()
+    score: ScoreConfig = ScoreConfig()
 
 
 # Profile overrides on top of the code defaults (which are the demo profile). Later stages add
@@ -137,6 +202,16 @@ PROFILES: dict[str, dict[str, Any]] = {
     "demo": {},
     "paper": {
         "ingest": {"root": "data/rsicd", "workers": 0},
+        "score": {
+            "scorers": [
+                "open_clip:ViT-L-14:openai",
+                "open_clip:ViT-L-14:models/RemoteCLIP-ViT-L-14.pt",
+                "indomain:data/scorer",
+            ],
+            "batch_size": 256,
+            "workers": 8,
+        },
+        "indomain": {"device": "cuda", "epochs": 30},
     },
 }
 

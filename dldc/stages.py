@@ -7,12 +7,15 @@ stage behaves (and is tracked) the same way wherever it runs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dldc.config import DldcConfig
 from dldc.data.ingest import IngestResult, ingest
 from dldc.data.manifest import read_manifest
 from dldc.tracking import stage_run
+
+if TYPE_CHECKING:
+    from dldc.iel.engine import ScoreResult
 
 
 def run_synth(cfg: DldcConfig, progress: bool = True) -> dict[str, Any]:
@@ -53,3 +56,38 @@ def run_ingest(cfg: DldcConfig, progress: bool = True) -> IngestResult:
 
 def _numbers(summary: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in summary.items() if isinstance(value, (int, float, dict))}
+
+
+def run_train_scorer(cfg: DldcConfig, progress: bool = True) -> dict[str, Any]:
+    """Train the cross-fitted in-domain scorer into ``cfg.indomain.out``; returns its report."""
+    from dldc.iel.indomain import train_indomain
+
+    with stage_run(cfg.tracking, "train_scorer", cfg.indomain.model_dump(mode="json")) as run:
+        report = train_indomain(cfg.indomain, progress=progress)
+        run.log_metrics(_numbers(report))
+        run.log_artifact(Path(cfg.indomain.out) / "indomain.json")
+    return report
+
+
+def run_score(cfg: DldcConfig, progress: bool = True, part: tuple[int, int] | None = None) -> ScoreResult:
+    """Score every pair of ``cfg.score.manifest`` with ``cfg.score.scorers`` and log the figures."""
+    from dldc.iel.engine import score_manifest
+
+    params = {**cfg.score.model_dump(mode="json"), "part": list(part) if part else None}
+    with stage_run(cfg.tracking, "score", params) as run:
+        result = score_manifest(cfg.score, progress=progress, part=part)
+        run.log_metrics(_numbers(result.report))
+        run.set_tags({f"scorer.{s['name']}": s["scorer_id"] for s in result.report["scorers"]})
+        run.log_artifact(result.report_path)
+    return result
+
+
+def run_gather_scores(cfg: DldcConfig, parts: list[str]) -> ScoreResult:
+    """Fuse the raw scores of fanned-out manifest parts into ``cfg.score.out``."""
+    from dldc.iel.engine import gather_scores
+
+    with stage_run(cfg.tracking, "gather_scores", {"parts": parts, "fusion": cfg.score.fusion}) as run:
+        result = gather_scores(parts, cfg.score.out, cfg.score.fusion, cfg.score.disagreement)
+        run.log_metrics(_numbers(result.report))
+        run.log_artifact(result.report_path)
+    return result

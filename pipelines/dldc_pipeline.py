@@ -1,28 +1,70 @@
-"""The dldc Kubeflow pipeline: synth → ingest (later stages attach here as they arrive).
+"""The dldc Kubeflow pipeline: synth → ingest → train-scorer → score (fanned out) → gather.
 
 Compile with `dldc pipeline compile --out dldc.pipeline.yaml`, or run locally with
-`kfp.local` (see tests/test_pipeline.py).
+`kfp.local` (see tests/test_pipeline.py). Later stages attach after `gather_scores`.
 """
 
 from pathlib import Path
 
-from kfp import compiler, dsl
+from kfp import compiler, dsl, kubernetes
 
+from components.images import GPU_NODE_SELECTOR, GPU_RESOURCE
 from components.ingest import ingest
+from components.score import gather_scores, plan_parts, score_part
 from components.synth import synth
+from components.train_scorer import train_scorer
+
+
+def _on_gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Request one GPU (and a node selector, when DLDC_GPU_NODE_SELECTOR=key=value is set)."""
+    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
+    if GPU_NODE_SELECTOR:
+        key, _, value = GPU_NODE_SELECTOR.partition("=")
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    return task
 
 
 @dsl.pipeline(name="dldc", description="Dual Loop Data Cleaning for remote-sensing text-to-image data.")
-def dldc_pipeline(n_images: int = 400, size: int = 64, noise_rate: float = 0.3, seed: int = 0, settings: list = []):  # noqa: B006 - KFP reads the default as the parameter's default value
-    """SynthRS → ingest. `settings` are `key=value` overrides passed to every stage (`dldc -S`)."""
+def dldc_pipeline(
+    n_images: int = 400,
+    size: int = 64,
+    noise_rate: float = 0.3,
+    seed: int = 0,
+    score_parts: int = 2,
+    extra_scorers: list = [],  # noqa: B006 - KFP reads the default as the parameter's default value
+    settings: list = [],  # noqa: B006
+):
+    """SynthRS → ingest → in-domain scorer → scoring over `score_parts` slices → fused scores.
+
+    `settings` are `key=value` overrides passed to every stage (`dldc -S`); `extra_scorers`
+    are scorer specs (e.g. `open_clip:ViT-L-14:openai`) scored beside the in-domain model.
+    """
     # One MLflow parent run per pipeline run: the stages share the job id as their run group.
     group = dsl.PIPELINE_JOB_ID_PLACEHOLDER
     synth_task = synth(
         n_images=n_images, size=size, noise_rate=noise_rate, seed=seed, settings=settings, run_group=group
     ).set_display_name("synth")
-    ingest(
+    ingest_task = ingest(
         dataset=synth_task.outputs["dataset"], dataset_format="karpathy", settings=settings, run_group=group
     ).set_display_name("ingest")
+    scorer_task = _on_gpu(
+        train_scorer(manifest=ingest_task.outputs["manifest"], settings=settings, run_group=group)
+    ).set_display_name("train-scorer")
+    plan = plan_parts(count=score_parts).set_display_name("plan-parts")
+    with dsl.ParallelFor(plan.output) as part:
+        part_task = _on_gpu(
+            score_part(
+                manifest=ingest_task.outputs["manifest"],
+                scorer=scorer_task.outputs["scorer"],
+                part=part,
+                extra_scorers=extra_scorers,
+                settings=settings,
+                run_group=group,
+            )
+        ).set_display_name("score-part")
+    gather_scores(
+        parts=dsl.Collected(part_task.outputs["scores"]), settings=settings, run_group=group
+    ).set_display_name("gather-scores")
 
 
 def compile_pipeline(out: Path) -> Path:

@@ -20,10 +20,15 @@ def test_pipeline_compiles_to_ir_yaml(tmp_path):
     out = tmp_path / "dldc.pipeline.yaml"
     subprocess.run(["dldc", "pipeline", "compile", "--out", str(out)], check=True)
     spec = yaml.safe_load(out.read_text())
-    assert set(spec["root"]["dag"]["tasks"]) == {"synth", "ingest"}
-    assert spec["root"]["dag"]["tasks"]["ingest"]["dependentTasks"] == ["synth"]
-    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
-    assert images == {"dldc:0.1.0-cpu"}
+    tasks = spec["root"]["dag"]["tasks"]
+    assert set(tasks) == {"synth", "ingest", "train-scorer", "plan-parts", "for-loop-1", "gather-scores"}
+    assert tasks["ingest"]["dependentTasks"] == ["synth"]
+    assert tasks["for-loop-1"]["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--plan-parts-Output"
+    executors = spec["deploymentSpec"]["executors"]
+    gpu = {name for name, e in executors.items() if e["container"].get("resources", {}).get("accelerator")}
+    assert gpu == {"exec-train-scorer", "exec-score-part"}
+    assert {executors[name]["container"]["image"] for name in gpu} == {"dldc:0.1.0-cuda"}
+    assert executors["exec-ingest"]["container"]["image"] == "dldc:0.1.0-cpu"
 
 
 @pytest.mark.slow
@@ -34,17 +39,30 @@ def test_pipeline_runs_under_kfp_local_and_logs_to_mlflow(tmp_path, mlflow_uri, 
 
     monkeypatch.chdir(tmp_path)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp-root"))
-    settings = [f"tracking.uri={mlflow_uri}", "tracking.experiment=t-kfp", "ingest.workers=1"]
-    dldc_pipeline(n_images=20, size=32, noise_rate=0.2, seed=1, settings=settings)
+    settings = [
+        f"tracking.uri={mlflow_uri}",
+        "tracking.experiment=t-kfp",
+        "ingest.workers=1",
+        "indomain.architecture=indomain-test",
+        "indomain.folds=2",
+        "indomain.epochs=1",
+    ]
+    dldc_pipeline(n_images=20, size=32, noise_rate=0.2, seed=1, score_parts=2, settings=settings)
     manifests = list((tmp_path / "kfp-root").rglob("manifest.parquet"))
     assert len(manifests) == 1
     frame = pd.read_parquet(manifests[0])
     assert len(frame) == 100 and frame["scene"].nunique() == 10
+    scores = [p for p in (tmp_path / "kfp-root").rglob("scores.parquet") if "gather-scores" in str(p)]
+    assert len(scores) == 1
+    fused = pd.read_parquet(scores[0])
+    assert sorted(fused["pair_id"]) == sorted(frame["pair_id"])
+    assert fused["indomain"].between(-1, 1).all() and fused["scene_percentile"].between(0, 1).all()
 
     mlflow.set_tracking_uri(mlflow_uri)
     experiment = mlflow.get_experiment_by_name("t-kfp")
     runs = mlflow.search_runs(experiment_ids=[experiment.experiment_id], output_format="list")
     parents = [r for r in runs if r.data.tags.get(ROLE_TAG) == "pipeline"]
     stages = sorted(r.info.run_name for r in runs if r.data.tags.get(ROLE_TAG) == "stage")
-    assert len(parents) == 1 and stages == ["ingest", "synth"]
+    assert len(parents) == 1
+    assert stages == ["gather_scores", "ingest", "score", "score", "synth", "train_scorer"]
     assert all(r.info.status == "FINISHED" for r in runs if r.data.tags.get(ROLE_TAG) == "stage")

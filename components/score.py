@@ -1,0 +1,87 @@
+"""`dldc score --part` and `dldc gather-scores` as Kubeflow components (fan-out, then fuse)."""
+
+from kfp import dsl
+
+from components.images import CPU_IMAGE, GPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def plan_parts(count: int) -> list[str]:
+    """The `I/N` slices that `score_part` fans out over."""
+    if count < 1:
+        raise ValueError(f"score_parts must be >= 1, got {count}")
+    return [f"{index}/{count}" for index in range(count)]
+
+
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+def score_part(
+    manifest: dsl.Input[dsl.Dataset],
+    scorer: dsl.Input[dsl.Model],
+    scores: dsl.Output[dsl.Dataset],
+    part: str,
+    extra_scorers: list,
+    settings: list,
+    run_group: str,
+):
+    """Score one slice of the manifest with the in-domain scorer (+ `extra_scorers` specs): raw scores."""
+    import os
+    import subprocess
+    import sys
+
+    overrides = [arg for setting in settings for arg in ("-S", setting)]
+    specs = [arg for spec in [f"indomain:{scorer.path}", *extra_scorers] for arg in ("--scorer", spec)]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dldc",
+            "--no-progress",
+            *overrides,
+            "score",
+            "--manifest",
+            os.path.join(manifest.path, "manifest.parquet"),
+            "--out",
+            scores.path,
+            "--part",
+            part,
+            *specs,
+        ],
+        check=True,
+        env={**os.environ, "DLDC_RUN_GROUP": run_group},
+    )
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def gather_scores(
+    parts: dsl.Input[list[dsl.Dataset]],
+    scores: dsl.Output[dsl.Dataset],
+    summary: dsl.Output[dsl.Metrics],
+    settings: list,
+    run_group: str,
+):
+    """Fuse the parts' raw scores per scene into one scores.parquet."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    overrides = [arg for setting in settings for arg in ("-S", setting)]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dldc",
+            "--no-progress",
+            *overrides,
+            "gather-scores",
+            *[p.path for p in parts],
+            "--out",
+            scores.path,
+        ],
+        check=True,
+        env={**os.environ, "DLDC_RUN_GROUP": run_group},
+    )
+    with open(os.path.join(scores.path, "score.json"), encoding="utf-8") as handle:
+        report = json.load(handle)
+    summary.log_metric("pairs", report["pairs"])
+    summary.log_metric("disagreeing_pairs", report["disagreeing_pairs"])

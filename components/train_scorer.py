@@ -1,0 +1,31 @@
+"""`dldc train-scorer` as a Kubeflow component."""
+
+from kfp import dsl
+
+from components.images import GPU_IMAGE
+
+
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+def train_scorer(manifest: dsl.Input[dsl.Dataset], scorer: dsl.Output[dsl.Model], settings: list, run_group: str):
+    """Train the cross-fitted in-domain scorer on `manifest` into the `scorer` artifact."""
+    import os
+    import subprocess
+    import sys
+
+    overrides = [arg for setting in settings for arg in ("-S", setting)]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dldc",
+            "--no-progress",
+            *overrides,
+            "train-scorer",
+            "--manifest",
+            os.path.join(manifest.path, "manifest.parquet"),
+            "--out",
+            scorer.path,
+        ],
+        check=True,
+        env={**os.environ, "DLDC_RUN_GROUP": run_group},
+    )

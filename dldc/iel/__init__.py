@@ -1,0 +1,1 @@
+"""IEL, the internal evaluation loop: contrastive image–text scoring of every pair."""

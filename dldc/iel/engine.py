@@ -1,0 +1,350 @@
+"""The IEL engine: score every pair of a manifest with every scorer — batched, cached, resumable.
+
+How a run goes:
+
+1. The manifest is cut into shards of ``shard_size`` consecutive pairs (the unit of resume).
+2. For each shard and scorer, images and captions the embedding store
+   (:mod:`dldc.iel.store`) lacks are encoded: each distinct image file (by sha256) and each
+   distinct caption text once, images decoded and preprocessed by DataLoader workers while
+   the model runs, in batches that halve and retry on CUDA out-of-memory. A cross-fitted
+   scorer encodes each pair with the fold model that never saw its image.
+3. The pair's score is the cosine of the two L2-normalised embeddings. The shard's raw
+   scores are written atomically to ``shards/shard-<i>.parquet`` with a key over its pairs
+   and scorers; a re-run skips every shard whose key matches, so a killed run resumes where
+   it stopped and ends with the same result as an uninterrupted one.
+4. The shards are joined and fused per scene (:mod:`dldc.iel.fuse`) into ``scores.parquet``.
+
+``scores.parquet`` columns: ``pair_id, image_id, scene, split``, then per scorer ``<name>``
+(cosine), ``<name>_clipscore`` (``100·max(cos, 0)``), ``<name>_tokens`` (untruncated token
+count), ``<name>_truncated`` (caption longer than the scorer's context), ``<name>_scene_pct``;
+then ``fused``, ``scene_percentile``, ``disagree``. ``score.json`` holds the scorers, counts
+of truncated captions, cache and shard reuse, and timings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from dldc.config import ScoreConfig
+from dldc.data.images import load_rgb
+from dldc.data.manifest import dataset_root, read_manifest
+from dldc.iel.base import CrossFitScorer, Scorer
+from dldc.iel.fuse import fuse_scores
+from dldc.iel.store import EmbeddingStore, text_key
+from dldc.io import write_json, write_parquet
+
+log = logging.getLogger(__name__)
+
+SCORES_FILE = "scores.parquet"
+REPORT_FILE = "score.json"
+SHARD_KEY = b"dldc.shard_key"
+
+
+@dataclass
+class ScoreResult:
+    """What :func:`score_manifest` wrote."""
+
+    scores: Path
+    report_path: Path
+    report: dict[str, Any]
+    frame: pd.DataFrame
+
+
+class _Images(Dataset):
+    """Decode + preprocess images in DataLoader workers (overlapping the model)."""
+
+    def __init__(self, paths: list[Path], preprocess: Callable[[Any], torch.Tensor]):
+        self.paths = paths
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.preprocess(load_rgb(self.paths[index]))
+
+
+class _Encoder:
+    """Runs a scorer's encoders in batches; halves the batch size on CUDA out-of-memory."""
+
+    def __init__(self, batch_size: int, workers: int, stats: dict[str, int]):
+        self.batch_size = batch_size
+        self.workers = workers
+        self.stats = stats
+
+    def images(self, scorer: Scorer, paths: list[Path], bar: tqdm) -> torch.Tensor:
+        loader = DataLoader(
+            _Images(paths, scorer.preprocess),
+            batch_size=self.batch_size,
+            num_workers=self.workers,
+            pin_memory=scorer.device.type == "cuda",
+            prefetch_factor=4 if self.workers else None,
+        )
+        chunks = []
+        for pixels in loader:
+            chunks.append(self._run(scorer.encode_images, pixels))
+            bar.update(len(pixels))
+        return torch.cat(chunks)
+
+    def texts(self, scorer: Scorer, texts: list[str]) -> torch.Tensor:
+        chunks = [
+            self._run(scorer.encode_texts, texts[i : i + self.batch_size])
+            for i in range(0, len(texts), self.batch_size)
+        ]
+        return torch.cat(chunks)
+
+    def _run(self, encode: Callable[[Any], torch.Tensor], batch: Any) -> torch.Tensor:
+        # Encode in slices of the current limit; on OOM halve the limit for good and retry.
+        outputs, start = [], 0
+        while start < len(batch):
+            size = min(self.batch_size, len(batch) - start)
+            try:
+                outputs.append(encode(batch[start : start + size]))
+                start += size
+            except torch.OutOfMemoryError:
+                if size == 1:
+                    raise
+                self.batch_size = max(1, size // 2)
+                self.stats["oom_retries"] += 1
+                log.warning("out of memory: batch size halved to %d", self.batch_size)
+                torch.cuda.empty_cache()
+        return torch.cat(outputs)
+
+
+def shard_key(part: pd.DataFrame, scorer_ids: Sequence[str]) -> str:
+    """A digest of everything a shard's scores depend on: pairs, images, captions, scorers."""
+    digest = hashlib.sha256("\n".join(scorer_ids).encode())
+    for column in ("pair_id", "image_id", "image_sha256", "caption"):
+        digest.update("\x1f".join(part[column].astype(str)).encode())
+    return digest.hexdigest()
+
+
+def score_manifest(
+    cfg: ScoreConfig,
+    scorers: Sequence[Scorer | CrossFitScorer] | None = None,
+    progress: bool = True,
+    part: tuple[int, int] | None = None,
+) -> ScoreResult:
+    """Score every pair of ``cfg.manifest`` (see the module docstring).
+
+    Args:
+        cfg: the ``score`` section of the configuration.
+        scorers: already-loaded scorers; ``None`` loads ``cfg.scorers``.
+        progress: show progress bars.
+        part: ``(i, n)`` scores only the ``i``-th of ``n`` equal slices of the manifest
+            (for fan-out); the result holds raw scores only — fuse all parts with
+            :func:`gather_scores`, since per-scene ranks need every pair.
+
+    Returns:
+        The written paths, the report and the score table.
+    """
+    started = time.perf_counter()
+    frame, meta = read_manifest(cfg.manifest)
+    root = dataset_root(cfg.manifest, meta)
+    if part is not None:
+        frame = _slice(frame, *part)
+    if scorers is None:
+        from dldc.iel.factory import create_scorer
+
+        scorers = [
+            create_scorer(spec, device=cfg.device, precision=cfg.precision, trust_remote_code=cfg.trust_remote_code)
+            for spec in cfg.scorers
+        ]
+    names = [s.name for s in scorers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"scorer names must be distinct, got {names}; pass distinct scorers")
+    out = Path(cfg.out)
+    shards_dir = out / "shards"
+    store_root = Path(cfg.cache) if cfg.cache else out / "embeddings"
+    stores: dict[str, EmbeddingStore] = {}
+    stats = {"images_encoded": 0, "texts_encoded": 0, "shards_total": 0, "shards_reused": 0, "oom_retries": 0}
+    encoder = _Encoder(cfg.batch_size, cfg.workers, stats)
+    scorer_ids = [s.scorer_id for s in scorers]
+
+    n_shards = max(1, -(-len(frame) // cfg.shard_size))
+    stats["shards_total"] = n_shards
+    tables = []
+    bar = tqdm(total=len(frame), desc="score: pairs", unit="pair", disable=not progress)
+    for index in range(n_shards):
+        rows = frame.iloc[index * cfg.shard_size : (index + 1) * cfg.shard_size]
+        key = shard_key(rows, scorer_ids)
+        path = shards_dir / f"shard-{index:05d}.parquet"
+        table = _read_shard(path, key)
+        if table is None:
+            columns: dict[str, Any] = {"pair_id": rows["pair_id"].tolist()}
+            for scorer in scorers:
+                cosine, tokens, context = _score_rows(scorer, rows, root, stores, store_root, encoder, bar)
+                columns[scorer.name] = cosine
+                columns[f"{scorer.name}_tokens"] = tokens
+                columns[f"{scorer.name}_truncated"] = [t > context for t in tokens]
+            table = pa.table(columns).replace_schema_metadata({SHARD_KEY: key.encode()})
+            write_parquet(path, table)
+        else:
+            stats["shards_reused"] += 1
+        tables.append(table)
+        bar.update(len(rows))
+    bar.close()
+    for stale in shards_dir.glob("shard-*.parquet"):
+        if int(stale.stem.split("-")[1]) >= n_shards:
+            stale.unlink()
+
+    raw = pa.concat_tables(tables).to_pandas()
+    scored = (
+        frame[["pair_id", "image_id", "scene", "split"]]
+        .reset_index(drop=True)
+        .join(raw.drop(columns="pair_id").reset_index(drop=True))
+    )
+    if part is None:
+        scored = fuse_scores(scored, names, cfg.fusion, cfg.disagreement)
+    seconds = time.perf_counter() - started
+    report = {
+        "manifest": str(Path(cfg.manifest)),
+        "part": list(part) if part else None,
+        "pairs": len(scored),
+        "scorers": [_describe(s) for s in scorers],
+        "fusion": cfg.fusion if part is None else None,
+        "disagreement_threshold": cfg.disagreement,
+        "truncated_captions": {n: int(scored[f"{n}_truncated"].sum()) for n in names},
+        "disagreeing_pairs": int(scored["disagree"].sum()) if "disagree" in scored else None,
+        "seconds": round(seconds, 3),
+        "pairs_per_second": round(len(scored) / seconds, 1) if seconds else None,
+        **stats,
+    }
+    for name, count in report["truncated_captions"].items():
+        if count:
+            log.warning("%d captions exceed scorer %s's context and were truncated for it", count, name)
+    write_parquet(out / SCORES_FILE, pa.Table.from_pandas(scored, preserve_index=False))
+    write_json(out / REPORT_FILE, report)
+    return ScoreResult(out / SCORES_FILE, out / REPORT_FILE, report, scored)
+
+
+def gather_scores(
+    parts: Sequence[str | Path], out: str | Path, method: str = "rank", disagreement: float = 0.5
+) -> ScoreResult:
+    """Join the raw scores of manifest parts (``score_manifest(part=...)`` outputs) and fuse them.
+
+    Raises:
+        ValueError: parts scored with different scorers, or a pair present twice.
+    """
+    frames, reports = [], []
+    for folder in parts:
+        folder = Path(folder)
+        frames.append(pd.read_parquet(folder / SCORES_FILE))
+        reports.append(json.loads((folder / REPORT_FILE).read_text()))
+    scorer_sets = {tuple(s["scorer_id"] for s in r["scorers"]) for r in reports}
+    if len(scorer_sets) != 1:
+        raise ValueError(f"parts were scored with different scorers: {sorted(scorer_sets)}")
+    joined = pd.concat(frames, ignore_index=True)
+    if not joined["pair_id"].is_unique:
+        raise ValueError("a pair appears in more than one part; were the parts cut from one manifest?")
+    names = [s["name"] for s in reports[0]["scorers"]]
+    fused = fuse_scores(joined, names, method, disagreement)
+    out = Path(out)
+    report = {
+        "parts": [str(p) for p in parts],
+        "pairs": len(fused),
+        "scorers": reports[0]["scorers"],
+        "fusion": method,
+        "disagreement_threshold": disagreement,
+        "truncated_captions": {n: int(fused[f"{n}_truncated"].sum()) for n in names},
+        "disagreeing_pairs": int(fused["disagree"].sum()),
+        **{
+            key: sum(r[key] for r in reports)
+            for key in ("images_encoded", "texts_encoded", "shards_total", "shards_reused", "oom_retries")
+        },
+    }
+    write_parquet(out / SCORES_FILE, pa.Table.from_pandas(fused, preserve_index=False))
+    write_json(out / REPORT_FILE, report)
+    return ScoreResult(out / SCORES_FILE, out / REPORT_FILE, report, fused)
+
+
+def _slice(frame: pd.DataFrame, index: int, count: int) -> pd.DataFrame:
+    if not 0 <= index < count:
+        raise ValueError(f"part index must be in [0, {count}), got {index}")
+    size = -(-len(frame) // count)
+    return frame.iloc[index * size : (index + 1) * size]
+
+
+def _read_shard(path: Path, key: str) -> pa.Table | None:
+    if not path.is_file():
+        return None
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException):
+        return None  # damaged (e.g. copied by hand): recompute
+    return table if (table.schema.metadata or {}).get(SHARD_KEY) == key.encode() else None
+
+
+def _score_rows(
+    scorer: Scorer | CrossFitScorer,
+    rows: pd.DataFrame,
+    root: Path,
+    stores: dict[str, EmbeddingStore],
+    store_root: Path,
+    encoder: _Encoder,
+    bar: tqdm,
+) -> tuple[list[float], list[int], int]:
+    """Cosine, untruncated token count and context length for each row, in row order."""
+    if isinstance(scorer, CrossFitScorer) and not isinstance(scorer, Scorer):
+        cosine = [0.0] * len(rows)
+        tokens = [0] * len(rows)
+        context = 0
+        folds = [scorer.fold_of(image_id) for image_id in rows["image_id"]]
+        for fold in sorted(set(folds)):
+            positions = [i for i, f in enumerate(folds) if f == fold]
+            sub = _score_rows(scorer.fold_model(fold), rows.iloc[positions], root, stores, store_root, encoder, bar)
+            for position, value, count in zip(positions, sub[0], sub[1]):
+                cosine[position], tokens[position] = value, count
+            context = sub[2]
+        return cosine, tokens, context
+
+    # Half-precision embeddings differ slightly from fp32 ones: they are cached apart.
+    store_id = f"{scorer.scorer_id}|{getattr(scorer, 'precision', 'fp32')}"
+    store = stores.get(store_id)
+    if store is None:
+        store = stores[store_id] = EmbeddingStore(store_root, store_id)
+    image_keys = [bytes.fromhex(sha) for sha in rows["image_sha256"]]
+    captions = rows["caption"].tolist()
+    caption_keys = [text_key(c) for c in captions]
+
+    missing_images = store.missing("image", image_keys)
+    if missing_images:
+        path_of = dict(zip(image_keys, rows["image"]))
+        with tqdm(
+            total=len(missing_images), desc=f"score: {scorer.name} images", unit="img", leave=False, disable=bar.disable
+        ) as image_bar:
+            embeddings = encoder.images(scorer, [root / path_of[k] for k in missing_images], image_bar)
+        store.add("image", missing_images, embeddings)
+        encoder.stats["images_encoded"] += len(missing_images)
+    missing_texts = store.missing("text", caption_keys)
+    if missing_texts:
+        text_of = dict(zip(caption_keys, captions))
+        texts = [text_of[k] for k in missing_texts]
+        store.add("text", missing_texts, encoder.texts(scorer, texts), scorer.token_counts(texts))
+        encoder.stats["texts_encoded"] += len(missing_texts)
+
+    cosine = (store.get("image", image_keys) * store.get("text", caption_keys)).sum(dim=-1)
+    return cosine.tolist(), store.tokens(caption_keys), scorer.context_length
+
+
+def _describe(scorer: Scorer | CrossFitScorer) -> dict[str, Any]:
+    info: dict[str, Any] = {"scorer_id": scorer.scorer_id, "name": scorer.name}
+    if isinstance(scorer, CrossFitScorer) and not isinstance(scorer, Scorer):
+        info["folds"] = scorer.n_folds
+    else:
+        info["context_length"] = scorer.context_length
+    return info

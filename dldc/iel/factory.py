@@ -1,0 +1,212 @@
+"""Build a scorer from a one-line spec: ``open_clip:…``, ``hf:…`` or ``indomain:…``.
+
+The spec is what ``params.yaml`` and the CLI carry, so it is a plain string; this module
+parses it and hands off to the backend, which it imports lazily (importing open_clip costs
+seconds, and a run that scores with one backend should not pay for the others).
+
+Spec forms:
+
+* ``open_clip:ARCH`` — an open_clip architecture with random weights (speed benchmarks);
+* ``open_clip:ARCH:TAG`` — open_clip pretrained weights, e.g. ``open_clip:ViT-B-32:openai``;
+* ``open_clip:ARCH:CHECKPOINT`` — a local ``.pt``/``.pth``/``.bin``/``.safetensors`` file, e.g.
+  ``open_clip:ViT-L-14:/models/RemoteCLIP-ViT-L-14.pt``;
+
+  where ``ARCH`` is an open_clip model name (``ViT-B-32``) or the path of an open_clip JSON
+  model config (``/cfg/tiny-clip.json``);
+* ``hf:HUB_ID[@REVISION]`` or ``hf:DIR`` — a Hugging Face CLIP/SigLIP model;
+* ``indomain:DIR`` — the cross-fitted in-domain model (:mod:`dldc.iel.indomain`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+
+if TYPE_CHECKING:
+    from dldc.iel.base import CrossFitScorer, Scorer
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("open_clip", "hf", "indomain")
+PRECISIONS = ("fp32", "fp16", "bf16")
+SPEC_FORMS = (
+    "open_clip:ARCH_OR_CONFIG_JSON (random weights), "
+    "open_clip:ARCH_OR_CONFIG_JSON:TAG (e.g. open_clip:ViT-B-32:openai), "
+    "open_clip:ARCH_OR_CONFIG_JSON:CHECKPOINT (e.g. open_clip:ViT-L-14:/models/RemoteCLIP-ViT-L-14.pt), "
+    "hf:HUB_ID[@REVISION] or hf:DIR (e.g. hf:openai/clip-vit-base-patch32), "
+    "indomain:DIR"
+)
+
+_AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Weights that must be downloaded are not available locally (e.g. offline)."""
+
+
+class ScorerSpec(NamedTuple):
+    """A parsed scorer spec.
+
+    Attributes:
+        backend: ``open_clip``, ``hf`` or ``indomain``.
+        target: the architecture / config path, hub id / directory, or in-domain directory.
+        weights: open_clip tag or checkpoint path, hf revision, or ``None``.
+    """
+
+    backend: str
+    target: str
+    weights: str | None = None
+
+
+def parse_spec(spec: str) -> ScorerSpec:
+    """Split a scorer spec into backend, target and weights.
+
+    Args:
+        spec: e.g. ``open_clip:ViT-L-14:/models/RemoteCLIP-ViT-L-14.pt``.
+
+    Returns:
+        The parsed spec; nothing is loaded or checked on disk.
+
+    Raises:
+        ValueError: unknown backend or malformed spec (the message lists the accepted forms).
+
+    Example:
+        >>> parse_spec("open_clip:ViT-L-14:/models/RemoteCLIP-ViT-L-14.pt")
+        ScorerSpec(backend='open_clip', target='ViT-L-14', weights='/models/RemoteCLIP-ViT-L-14.pt')
+        >>> parse_spec("hf:openai/clip-vit-base-patch32")
+        ScorerSpec(backend='hf', target='openai/clip-vit-base-patch32', weights=None)
+    """
+    backend, sep, rest = spec.strip().partition(":")
+    if not sep or backend not in BACKENDS:
+        raise ValueError(f"unknown scorer spec {spec!r}: the backend must be one of {BACKENDS}; accepted: {SPEC_FORMS}")
+    if not rest:
+        raise ValueError(f"scorer spec {spec!r} names no model; accepted: {SPEC_FORMS}")
+
+    if backend == "open_clip":
+        # Split once: the checkpoint path may itself contain ':' (the architecture never does).
+        target, sep, weights = rest.partition(":")
+        if not target or (sep and not weights):
+            raise ValueError(f"malformed open_clip spec {spec!r}; accepted: {SPEC_FORMS}")
+        return ScorerSpec(backend, target, weights or None)
+    if backend == "hf":
+        # ``@REVISION`` only for hub ids: a local directory name may legitimately contain '@'.
+        looks_local = rest.startswith(("/", ".", "~")) or os.path.isdir(rest)
+        if not looks_local and "@" in rest:
+            target, _, revision = rest.rpartition("@")
+            if not target or not revision:
+                raise ValueError(f"malformed hf spec {spec!r}; accepted: {SPEC_FORMS}")
+            return ScorerSpec(backend, target, revision)
+        return ScorerSpec(backend, rest)
+    return ScorerSpec(backend, rest)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU; anything else is checked and passed through.
+
+    Args:
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` or a :class:`torch.device`.
+
+    Returns:
+        The device to run on.
+
+    Raises:
+        ValueError: CUDA was asked for but is not available.
+    """
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available (use 'auto' or 'cpu')")
+    return resolved
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` → bf16 on CUDA when supported, else fp16; fp32 on CPU.
+
+    Half precision is only used through CUDA autocast, so a half precision asked for on the CPU
+    falls back to fp32 (with a warning) rather than running slow, lossy CPU half kernels.
+
+    Args:
+        precision: ``auto``, ``fp32``, ``fp16`` or ``bf16``.
+        device: the device the model runs on.
+
+    Returns:
+        The precision actually used: one of :data:`PRECISIONS`.
+
+    Raises:
+        ValueError: unknown precision.
+    """
+    if precision not in (*PRECISIONS, "auto"):
+        raise ValueError(f"unknown precision {precision!r}; use one of {(*PRECISIONS, 'auto')}")
+    if device.type != "cuda":
+        if precision in _AMP_DTYPES:
+            log.warning("precision %s is only used on CUDA; running fp32 on %s", precision, device)
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """The autocast context for encoding: mixed precision on CUDA only, else a no-op.
+
+    Args:
+        device: the model's device.
+        precision: one of :data:`PRECISIONS`.
+
+    Returns:
+        A context manager to wrap the forward pass in.
+    """
+    if device.type == "cuda" and precision in _AMP_DTYPES:
+        return torch.autocast(device_type="cuda", dtype=_AMP_DTYPES[precision])
+    return nullcontext()
+
+
+def create_scorer(
+    spec: str,
+    device: str | torch.device = "auto",
+    precision: str = "auto",
+    trust_remote_code: bool = False,
+) -> Scorer | CrossFitScorer:
+    """Load the scorer a spec names (see the module docstring for the forms).
+
+    Args:
+        spec: e.g. ``open_clip:ViT-L-14:/models/RemoteCLIP-ViT-L-14.pt`` or ``hf:DIR``.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``… (ignored by ``indomain``, whose
+            loader decides).
+        precision: ``auto``, ``fp32``, ``fp16`` or ``bf16`` (see :func:`resolve_precision`).
+        trust_remote_code: let ``hf`` models run code from their repository (off by default).
+
+    Returns:
+        A :class:`~dldc.iel.base.Scorer`, or a :class:`~dldc.iel.base.CrossFitScorer` for ``indomain``.
+
+    Raises:
+        ValueError: malformed spec, unknown architecture/tag, or weights that do not fit the model.
+        WeightsNotFoundError: pretrained weights are not available offline.
+    """
+    parsed = parse_spec(spec)
+    if parsed.backend == "indomain":
+        from dldc.iel.indomain import load_indomain  # written separately; imported only when asked for
+
+        return load_indomain(parsed.target)
+
+    resolved_device = resolve_device(device)
+    resolved_precision = resolve_precision(precision, resolved_device)
+    if parsed.backend == "open_clip":
+        from dldc.iel.open_clip_scorer import load_open_clip
+
+        return load_open_clip(parsed.target, parsed.weights, resolved_device, resolved_precision)
+
+    from dldc.iel.hf_scorer import load_hf
+
+    return load_hf(
+        parsed.target,
+        resolved_device,
+        resolved_precision,
+        revision=parsed.weights,
+        trust_remote_code=trust_remote_code,
+    )

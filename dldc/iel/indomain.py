@@ -1,0 +1,779 @@
+"""The in-domain scorer: a small CLIP trained from scratch on the dataset, with K-fold cross-fitting.
+
+A generic CLIP has never seen most remote-sensing vocabulary and imagery, so its scores say
+little about whether *this* caption fits *this* tile. The in-domain scorer learns the dataset's
+own image–text alignment instead. To score every pair with a model that never saw it, the images
+(each with all its captions) are split into K folds; fold model ``k`` is trained on every pair
+whose image is *not* in fold ``k`` (all splits) and scores only the pairs of fold ``k``.
+
+Architecture
+    An open_clip JSON model config (``dldc/iel/configs/<name>.json`` or a path), registered with
+    :func:`open_clip.add_model_config` and built with :func:`open_clip.create_model`. The text
+    tower must keep open_clip's CLIP tokenizer (vocabulary 49408, context 77) so it works offline.
+
+Training (:func:`train_indomain`)
+    Every unique image is decoded once to a ``uint8`` tensor at the model's image size and kept
+    in memory. An *epoch* visits every training image once, paired with one of its captions drawn
+    at random: batches never hold the same image twice, and the cost does not grow with the
+    number of captions per image. Loss: symmetric CLIP InfoNCE with a learnable logit scale;
+    identical caption texts in a batch are not used as negatives of each other (RSICD repeats
+    captions across images). AdamW (no decay on gains, biases, embeddings of positions and the
+    logit scale), linear warmup then cosine decay to a tenth of the peak learning rate, gradient
+    clipping at norm 1, random flips and 90° rotations (a top-down tile has no "up").
+
+Fold assignment
+    Images are sorted by scene, then by a seeded stable hash of ``image_id``, and dealt to folds
+    round-robin: folds differ in size by at most one image overall and within every scene. An
+    image id absent from ``folds.parquet`` (not in the training manifest) falls back to
+    :func:`hash_fold`; any fold model is then held out for it.
+
+Output folder (written atomically: built in a temporary sibling, then renamed)::
+
+    out/
+      open_clip_config.json    {"model_cfg": ..., "preprocess_cfg": ...}; open_clip's
+                               ``local-dir:`` format, so ``create_model("local-dir:out")`` works
+      fold-<k>.safetensors     weights of fold model k (trained without fold k), k = 0..K-1
+      folds.parquet            image_id (string), fold (int32): the held-out fold of each image
+      indomain.json            config, data counts, per-fold losses, held-out metrics, timings
+
+:func:`load_indomain` reads the folder back as an :class:`IndomainScorer` (a
+:class:`~dldc.iel.base.CrossFitScorer`); its fold models implement :class:`~dldc.iel.base.Scorer`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import text_global_pool
+from PIL import Image, ImageOps
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from dldc.config import IndomainConfig
+from dldc.data.images import load_rgb
+from dldc.data.manifest import dataset_root, read_manifest
+from dldc.iel.base import l2_normalise
+from dldc.io import atomic_dir, write_json
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
+FOLDS_FILE = "folds.parquet"
+REPORT_FILE = "indomain.json"
+SCORER_NAME = "indomain"
+MIN_LR_RATIO = 0.1  # cosine decay ends at lr * MIN_LR_RATIO (nanoGPT's min_lr = lr / 10)
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learned temperature at 100
+
+_log = logging.getLogger(__name__)
+
+
+def fold_weights_file(fold: int) -> str:
+    """File name of fold model ``fold``'s weights inside the output folder."""
+    return f"fold-{fold}.safetensors"
+
+
+# --------------------------------------------------------------------------- architecture
+
+
+def resolve_architecture(architecture: str) -> tuple[str, dict[str, Any]]:
+    """Find an open_clip JSON model config and register it with open_clip.
+
+    Args:
+        architecture: a file name in ``dldc/iel/configs`` without ``.json`` (``indomain-tiny``)
+            or a path to a JSON file; the model name is the file's stem.
+
+    Returns:
+        ``(name, model_cfg)``: the name :func:`open_clip.create_model` knows it by, and the config.
+
+    Raises:
+        FileNotFoundError: no such config (the message lists the shipped ones).
+        ValueError: the JSON is not an open_clip model config.
+    """
+    looks_like_path = architecture.endswith(".json") or os.sep in architecture or "/" in architecture
+    path = Path(architecture) if looks_like_path else CONFIG_DIR / f"{architecture}.json"
+    if not path.is_file():
+        shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+        raise FileNotFoundError(f"architecture {architecture!r}: {path} not found (shipped configs: {shipped})")
+    model_cfg = json.loads(path.read_text(encoding="utf-8"))
+    missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in model_cfg]
+    if missing:
+        raise ValueError(f"{path} is not an open_clip model config: missing {missing}")
+    # open_clip keys its registry by file stem; re-register when the name is unknown or taken by
+    # another file with the same stem, so the name always means this file's content.
+    if open_clip.get_model_config(path.stem) != model_cfg:
+        open_clip.add_model_config(path)
+    return path.stem, model_cfg
+
+
+@contextlib.contextmanager
+def _quiet_open_clip() -> Iterator[None]:
+    """Silence open_clip's root-logger warnings while building a model.
+
+    ``create_model`` always warns "No pretrained weights loaded ... initialized randomly" (true but
+    expected here: the weights are trained, or loaded from safetensors right after).
+    """
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def create_indomain_model(model_name: str, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """Build an untrained model with :func:`open_clip.create_model`.
+
+    Args:
+        model_name: a registered name (see :func:`resolve_architecture`) or ``local-dir:PATH`` of
+            an output folder.
+        device: where to put it.
+    """
+    with _quiet_open_clip():
+        model = open_clip.create_model(model_name, pretrained=None, load_weights=False, device=device)
+    return model
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → ``cuda`` when available, else ``cpu``; anything else is passed to torch."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def image_size_of(model_cfg: dict[str, Any]) -> int:
+    """The (square) input size of a model config's vision tower."""
+    size = model_cfg["vision_cfg"].get("image_size", 224)
+    if isinstance(size, list | tuple):
+        if len(set(size)) != 1:
+            raise ValueError(f"only square image sizes are supported, got {size}")
+        size = size[0]
+    return int(size)
+
+
+def encode_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Text features of token ids, computed on the shortest prefix that holds every text.
+
+    For open_clip's ``CLIP`` with a causal mask and end-of-text (argmax) pooling, the pooled
+    feature only sees positions up to the end-of-text token, so cutting the padding is exact
+    and saves most of the text tower's cost (RSICD captions use ~15 of 77 positions). Other
+    text towers fall back to ``model.encode_text`` on the full context.
+    """
+    trimmable = isinstance(model, open_clip.CLIP) and model.attn_mask is not None and model.text_pool_type == "argmax"
+    if not trimmable:
+        return model.encode_text(tokens)
+    length = int(tokens.argmax(dim=-1).max()) + 1  # end-of-text has the highest id
+    tokens = tokens[:, :length]
+    x = model.token_embedding(tokens) + model.positional_embedding[:length]
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, "argmax")
+    if model.text_projection is None:
+        return x
+    if isinstance(model.text_projection, torch.nn.Linear):
+        return model.text_projection(x)
+    return x @ model.text_projection
+
+
+# --------------------------------------------------------------------------- images
+
+
+def image_to_uint8(image: Image.Image, size: int) -> torch.Tensor:
+    """RGB PIL image → ``(3, size, size)`` uint8: centre square crop, then bicubic resize.
+
+    Training caches exactly this tensor, and :class:`IndomainPreprocess` starts from it, so
+    training and scoring see the same pixels.
+    """
+    square = ImageOps.fit(image.convert("RGB"), (size, size), method=Image.Resampling.BICUBIC)
+    array = np.asarray(square, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def normalise_pixels(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(N, 3, H, W)`` → float, scaled to [0, 1] and standardised per channel."""
+    return (pixels.float() / 255.0 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+
+@dataclass(frozen=True)
+class IndomainPreprocess:
+    """Picklable PIL → tensor transform of the in-domain models (no model inside)."""
+
+    size: int
+    mean: tuple[float, float, float] = open_clip.OPENAI_DATASET_MEAN
+    std: tuple[float, float, float] = open_clip.OPENAI_DATASET_STD
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        """RGB PIL image → ``(3, size, size)`` float tensor."""
+        pixels = image_to_uint8(image, self.size).unsqueeze(0)
+        return normalise_pixels(pixels, torch.tensor(self.mean), torch.tensor(self.std))[0]
+
+
+def augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random flip and 90° rotation of each image (the 8 symmetries of a square).
+
+    Top-down imagery has no canonical orientation, so these are free, label-preserving views.
+    Captions that name directions ("at the top left") become slightly wrong; at scene level,
+    which is what noise detection needs, they do not.
+    """
+    choice = torch.randint(0, 8, (pixels.shape[0],), generator=generator).tolist()
+    out = pixels.clone()
+    for index, code in enumerate(choice):
+        view = torch.rot90(pixels[index], k=code % 4, dims=(1, 2))
+        out[index] = view.flip(2) if code >= 4 else view
+    return out
+
+
+# --------------------------------------------------------------------------- folds
+
+
+def stable_hash(image_id: str, seed: int) -> int:
+    """A 64-bit hash of ``(seed, image_id)`` that is the same on every machine and run.
+
+    Example:
+        >>> stable_hash("0e17841014d8e425", 0) == stable_hash("0e17841014d8e425", 0)
+        True
+    """
+    return int.from_bytes(hashlib.sha256(f"{seed}:{image_id}".encode()).digest()[:8], "big")
+
+
+def hash_fold(image_id: str, n_folds: int, seed: int) -> int:
+    """Fallback fold of an image that was not in the training manifest."""
+    return stable_hash(image_id, seed) % n_folds
+
+
+def assign_folds(image_ids: list[str], scenes: list[str], n_folds: int, seed: int) -> dict[str, int]:
+    """Deal images to ``n_folds`` folds, balanced overall and within each scene.
+
+    Images are ordered by scene, then by :func:`stable_hash`, and dealt round-robin, so every
+    fold model trains on (nearly) the same share of every scene.
+
+    Args:
+        image_ids: unique image ids.
+        scenes: the scene of each image (same order).
+        n_folds: K.
+        seed: changes the assignment.
+
+    Returns:
+        ``{image_id: fold}``.
+
+    Raises:
+        ValueError: fewer images than folds (a fold would be empty).
+
+    Example:
+        >>> folds = assign_folds(["a", "b", "c", "d"], ["x", "x", "y", "y"], 2, seed=0)
+        >>> sorted(folds.values())
+        [0, 0, 1, 1]
+    """
+    if len(set(image_ids)) != len(image_ids):
+        raise ValueError("image ids must be unique")
+    if len(image_ids) < n_folds:
+        raise ValueError(f"{len(image_ids)} images cannot fill {n_folds} folds; use folds <= {len(image_ids)}")
+    order = sorted(zip(scenes, image_ids), key=lambda item: (item[0], stable_hash(item[1], seed)))
+    return {image_id: position % n_folds for position, (_, image_id) in enumerate(order)}
+
+
+def ids_digest(image_ids: list[str]) -> str:
+    """Short sha256 of a set of image ids (order-independent), to record training sets."""
+    return hashlib.sha256("\n".join(sorted(image_ids)).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- training data
+
+
+@dataclass
+class TrainingData:
+    """Everything training needs, decoded once and kept in memory.
+
+    Attributes:
+        image_ids: unique image ids, sorted (index ``i`` ↔ ``pixels[i]``).
+        scenes: scene of each image.
+        pixels: ``(n_images, 3, S, S)`` uint8 at the model's image size.
+        captions: unique caption texts, sorted (index ``c`` ↔ ``tokens[c]``).
+        tokens: ``(n_captions, context_length)`` token ids.
+        pair_image: image index of each manifest pair.
+        pair_caption: caption index of each manifest pair.
+        pairs_of_image: pair indices of each image.
+        decode_seconds: time spent decoding images.
+    """
+
+    image_ids: list[str]
+    scenes: list[str]
+    pixels: torch.Tensor
+    captions: list[str]
+    tokens: torch.Tensor
+    pair_image: np.ndarray
+    pair_caption: np.ndarray
+    pairs_of_image: list[np.ndarray] = field(repr=False)
+    decode_seconds: float = 0.0
+
+
+def _decode(path: Path, size: int) -> torch.Tensor:
+    try:
+        return image_to_uint8(load_rgb(path), size)
+    except (OSError, ValueError) as err:
+        raise OSError(f"cannot read {path}: {err} (re-run ingest?)") from err
+
+
+def prepare_data(manifest: str | Path, image_size: int, tokenizer: Any, progress: bool = False) -> TrainingData:
+    """Read a manifest, decode every unique image once and tokenize every unique caption.
+
+    Raises:
+        FileNotFoundError: the manifest does not exist.
+        ValueError: the manifest has no pairs.
+        OSError: an image cannot be read.
+    """
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise FileNotFoundError(f"manifest {manifest} not found; run `dldc ingest` first")
+    frame, meta = read_manifest(manifest)
+    if frame.empty:
+        raise ValueError(f"manifest {manifest} has no pairs to train on")
+    root = dataset_root(manifest, meta)
+    images = frame.drop_duplicates("image_id").sort_values("image_id")
+    image_ids = images["image_id"].tolist()
+    start = time.perf_counter()
+    paths = [root / relative for relative in images["image"]]
+    # Pillow releases the GIL while decoding, so threads use every core without pickling.
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        decoded = list(
+            tqdm(
+                pool.map(_decode, paths, [image_size] * len(paths)),
+                total=len(paths),
+                desc="decode images",
+                disable=not progress,
+            )
+        )
+    decode_seconds = time.perf_counter() - start
+    captions = sorted(set(frame["caption"]))
+    caption_index = {text: index for index, text in enumerate(captions)}
+    image_index = {image_id: index for index, image_id in enumerate(image_ids)}
+    pair_image = frame["image_id"].map(image_index).to_numpy(dtype=np.int64)
+    pair_caption = frame["caption"].map(caption_index).to_numpy(dtype=np.int64)
+    order = np.argsort(pair_image, kind="stable")
+    bounds = np.searchsorted(pair_image[order], np.arange(len(image_ids) + 1))
+    return TrainingData(
+        image_ids=image_ids,
+        scenes=images["scene"].tolist(),
+        pixels=torch.stack(decoded),
+        captions=captions,
+        tokens=tokenizer(captions),
+        pair_image=pair_image,
+        pair_caption=pair_caption,
+        pairs_of_image=[order[bounds[i] : bounds[i + 1]] for i in range(len(image_ids))],
+        decode_seconds=decode_seconds,
+    )
+
+
+# --------------------------------------------------------------------------- training
+
+
+def fold_seed(seed: int, fold: int) -> int:
+    """Seed of fold model ``fold``'s initialisation, batches and augmentation."""
+    return stable_hash(f"fold{fold}", seed) % (2**31)
+
+
+def _lr_at(step: int, total: int, cfg: IndomainConfig) -> float:
+    """Linear warmup to ``cfg.lr``, then cosine decay to ``cfg.lr * MIN_LR_RATIO`` (nanoGPT)."""
+    warmup = min(cfg.warmup_steps, total // 2)  # a short run still gets its cosine phase
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return cfg.lr * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _optimizer(model: torch.nn.Module, cfg: IndomainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (open_clip / nanoGPT practice)."""
+    no_decay_names = {"positional_embedding", "logit_scale"}
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.ndim < 2 or name.split(".")[-1] in no_decay_names or "positional_embedding" in name:
+            no_decay.append(parameter)
+        else:
+            decay.append(parameter)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    # The fused kernel runs on CPU and CUDA and is several times faster than the per-tensor loop.
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
+
+
+def contrastive_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor, caption_ids: torch.Tensor
+) -> torch.Tensor:
+    """Symmetric CLIP InfoNCE; identical captions in the batch are not negatives of each other.
+
+    Args:
+        image_features, text_features: ``(B, D)`` L2-normalised features of matching rows.
+        logit_scale: the learned log temperature.
+        caption_ids: ``(B,)`` unique-caption index of each text (equal ids = same text).
+    """
+    logits = logit_scale.exp() * image_features @ text_features.T
+    same_text = caption_ids[:, None] == caption_ids[None, :]
+    false_negative = same_text & ~torch.eye(len(caption_ids), dtype=torch.bool, device=logits.device)
+    logits = logits.masked_fill(false_negative, float("-inf"))
+    labels = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+@torch.no_grad()
+def embed_images(model: torch.nn.Module, pixels: torch.Tensor, device: torch.device, batch: int = 256) -> torch.Tensor:
+    """L2-normalised float32 CPU features of uint8 ``(N, 3, S, S)`` images (eval mode, no aug)."""
+    mean, std = torch.tensor(open_clip.OPENAI_DATASET_MEAN), torch.tensor(open_clip.OPENAI_DATASET_STD)
+    model.eval()
+    out = [
+        l2_normalise(model.encode_image(normalise_pixels(pixels[i : i + batch], mean, std).to(device)))
+        for i in range(0, len(pixels), batch)
+    ]
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+@torch.no_grad()
+def embed_tokens(model: torch.nn.Module, tokens: torch.Tensor, device: torch.device, batch: int = 512) -> torch.Tensor:
+    """L2-normalised float32 CPU features of token ids (eval mode)."""
+    model.eval()
+    out = [l2_normalise(encode_tokens(model, tokens[i : i + batch].to(device))) for i in range(0, len(tokens), batch)]
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def heldout_metrics(model: torch.nn.Module, data: TrainingData, heldout: np.ndarray, device: torch.device) -> dict:
+    """How well a fold model matches its held-out images and captions.
+
+    Returns:
+        ``cos_matched`` / ``cos_mismatched``: mean cosine of the held-out pairs / of held-out images
+        with the captions of the other held-out images; ``gap`` their difference;
+        ``t2i_recall_at_1`` / ``_at_5``: a caption's own image ranks first / in the top 5 among
+        the held-out images; ``t2i_scene_top1``: the top image has the caption's scene.
+    """
+    if len(heldout) == 0:
+        return {}
+    image_features = embed_images(model, data.pixels[heldout], device)
+    pairs = np.concatenate([data.pairs_of_image[i] for i in heldout])
+    text_features = embed_tokens(model, data.tokens[data.pair_caption[pairs]], device)
+    local = {image: row for row, image in enumerate(heldout)}
+    owner = torch.tensor([local[i] for i in data.pair_image[pairs]])
+    similarity = text_features @ image_features.T  # (held-out pairs, held-out images)
+    own = torch.zeros_like(similarity, dtype=torch.bool)
+    own[torch.arange(len(pairs)), owner] = True
+    matched = similarity[own]
+    mismatched = similarity[~own]
+    ranking = similarity.argsort(dim=1, descending=True)
+    scenes = np.asarray(data.scenes)[heldout]
+    top_scene = scenes[ranking[:, 0].numpy()]
+    return {
+        "pairs": len(pairs),
+        "cos_matched": round(float(matched.mean()), 4),
+        "cos_mismatched": round(float(mismatched.mean()), 4) if mismatched.numel() else None,
+        "gap": round(float(matched.mean() - mismatched.mean()), 4) if mismatched.numel() else None,
+        "t2i_recall_at_1": round(float((ranking[:, 0] == owner).float().mean()), 4),
+        "t2i_recall_at_5": round(float((ranking[:, :5] == owner[:, None]).any(dim=1).float().mean()), 4),
+        "t2i_scene_top1": round(float(np.mean(top_scene == scenes[owner.numpy()])), 4),
+    }
+
+
+def train_fold(
+    model_name: str,
+    data: TrainingData,
+    folds: np.ndarray,
+    fold: int,
+    cfg: IndomainConfig,
+    progress: bool = False,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train fold model ``fold`` on every image whose fold differs (all their captions).
+
+    Args:
+        model_name: the registered open_clip model name.
+        data: the decoded dataset.
+        folds: fold of each image, aligned with ``data.image_ids``.
+        fold: the fold to hold out.
+        cfg: epochs, batch size, optimiser settings, seed and device.
+        progress: show a tqdm bar.
+
+    Returns:
+        ``(model, stats)``: the trained model (eval mode, on ``cfg.device``) and its training
+        record (training image ids digest, steps, mean loss per epoch, held-out metrics, seconds).
+    """
+    start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    seed = fold_seed(cfg.seed, fold)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = create_indomain_model(model_name, device=device)
+    model.train()
+    optimizer = _optimizer(model, cfg, device)
+
+    train_images = np.flatnonzero(folds != fold)
+    heldout_images = np.flatnonzero(folds == fold)
+    batch_size = min(cfg.batch_size, len(train_images))
+    if batch_size < 2:
+        raise ValueError(f"fold {fold}: {len(train_images)} training image(s); contrastive training needs 2")
+    steps_per_epoch = len(train_images) // batch_size  # drop the ragged tail; shuffling rotates it
+    total_steps = steps_per_epoch * cfg.epochs
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN, device=device)
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD, device=device)
+    pair_counts = torch.tensor([len(data.pairs_of_image[i]) for i in train_images])
+
+    epoch_losses: list[float] = []
+    bar = tqdm(total=total_steps, desc=f"fold {fold}/{len(set(folds.tolist()))}", disable=not progress, leave=False)
+    step = 0
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(train_images), generator=generator)
+        # One caption per image per epoch, drawn uniformly among the image's pairs.
+        pick = (torch.rand(len(train_images), generator=generator) * pair_counts).long()
+        losses = []
+        for batch_start in range(0, steps_per_epoch * batch_size, batch_size):
+            rows = order[batch_start : batch_start + batch_size]
+            images = train_images[rows.numpy()]
+            pairs = [data.pairs_of_image[i][p] for i, p in zip(images, pick[rows].tolist())]
+            caption_ids = torch.from_numpy(data.pair_caption[pairs])
+            pixels = augment(data.pixels[images], generator)
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(step, total_steps, cfg)
+            image_features = F.normalize(model.encode_image(normalise_pixels(pixels.to(device), mean, std)), dim=-1)
+            text_features = F.normalize(encode_tokens(model, data.tokens[caption_ids].to(device)), dim=-1)
+            loss = contrastive_loss(image_features, text_features, model.logit_scale, caption_ids.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+            losses.append(float(loss))
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        epoch_losses.append(round(float(np.mean(losses)), 4))
+    bar.close()
+    model.eval()
+    train_ids = [data.image_ids[i] for i in train_images]
+    stats = {
+        "fold": fold,
+        "seed": seed,
+        "train_images": len(train_images),
+        "train_pairs": int(sum(len(data.pairs_of_image[i]) for i in train_images)),
+        "train_image_ids_sha256": ids_digest(train_ids),
+        "heldout_images": len(heldout_images),
+        "steps": total_steps,
+        "epoch_loss": epoch_losses,
+        "final_loss": epoch_losses[-1] if epoch_losses else None,
+        "logit_scale": round(float(model.logit_scale.exp()), 3),
+        "train_seconds": round(time.perf_counter() - start, 2),
+    }
+    stats["heldout"] = heldout_metrics(model, data, heldout_images, device)
+    return model, stats
+
+
+def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a model's state dict as safetensors (same tensors → same bytes)."""
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def train_indomain(cfg: IndomainConfig, progress: bool = True) -> dict[str, Any]:
+    """Train the K cross-fitted fold models of the in-domain scorer and write them to ``cfg.out``.
+
+    Args:
+        cfg: manifest, output folder, architecture, folds, optimisation settings, seed, device.
+        progress: show tqdm bars (decoding, one per fold).
+
+    Returns:
+        The training report (also written to ``indomain.json``), with ``out`` added.
+
+    Raises:
+        FileNotFoundError: missing manifest or architecture config.
+        ValueError: empty manifest, or fewer images than folds.
+    """
+    start = time.perf_counter()
+    manifest = Path(cfg.manifest)
+    if not manifest.is_file():
+        raise FileNotFoundError(f"manifest {manifest} not found; run `dldc ingest` first")
+    model_name, model_cfg = resolve_architecture(cfg.architecture)
+    image_size = image_size_of(model_cfg)
+    context_length = int(model_cfg["text_cfg"].get("context_length", 77))
+    tokenizer = open_clip.get_tokenizer(model_name, context_length=context_length)
+    data = prepare_data(manifest, image_size, tokenizer, progress=progress)
+    if len(data.image_ids) < cfg.folds:
+        raise ValueError(f"{manifest} has {len(data.image_ids)} images, fewer than folds={cfg.folds}")
+    assignment = assign_folds(data.image_ids, data.scenes, cfg.folds, cfg.seed)
+    folds = np.array([assignment[image_id] for image_id in data.image_ids])
+    device = resolve_device(cfg.device)
+
+    preprocess_cfg = {
+        "size": image_size,
+        "mode": "RGB",
+        "mean": list(open_clip.OPENAI_DATASET_MEAN),
+        "std": list(open_clip.OPENAI_DATASET_STD),
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",  # see image_to_uint8: centre square crop, then resize
+    }
+    fold_stats = []
+    with atomic_dir(cfg.out) as tmp:
+        write_json(tmp / OPEN_CLIP_CONFIG_FILE, {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg})
+        folds_table = pa.table(
+            {"image_id": pa.array(data.image_ids, pa.string()), "fold": pa.array(folds, pa.int32())}
+        )
+        pq.write_table(folds_table, tmp / FOLDS_FILE, compression="zstd")
+        for fold in range(cfg.folds):
+            model, stats = train_fold(model_name, data, folds, fold, cfg, progress=progress)
+            save_weights(model, tmp / fold_weights_file(fold), {"fold": str(fold), "architecture": model_name})
+            fold_stats.append(stats)
+            heldout = stats["heldout"]
+            _log.info("fold %d: loss %.3f, held-out gap %s", fold, stats["final_loss"] or 0, heldout.get("gap"))
+            del model
+        report = {
+            "config": cfg.model_dump(mode="json"),
+            "architecture": model_name,
+            "model_cfg": model_cfg,
+            "image_size": image_size,
+            "device": str(device),
+            "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__},
+            "data": {
+                "manifest": str(manifest),
+                "images": len(data.image_ids),
+                "pairs": len(data.pair_image),
+                "unique_captions": len(data.captions),
+                "scenes": len(set(data.scenes)),
+            },
+            "fold_sizes": np.bincount(folds, minlength=cfg.folds).tolist(),
+            "folds": fold_stats,
+            "heldout_mean": _mean_metrics([s["heldout"] for s in fold_stats]),
+            "timings": {
+                "decode_s": round(data.decode_seconds, 2),
+                "train_s": round(sum(s["train_seconds"] for s in fold_stats), 2),
+                "total_s": round(time.perf_counter() - start, 2),
+            },
+        }
+        write_json(tmp / REPORT_FILE, report)
+    return {**report, "out": str(cfg.out)}
+
+
+def _mean_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
+    keys = [k for k in (records[0] if records else {}) if k != "pairs"]
+    return {
+        k: round(float(np.mean([r[k] for r in records if r.get(k) is not None])), 4)
+        for k in keys
+        if any(r.get(k) is not None for r in records)
+    }
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+class IndomainFoldScorer:
+    """One fold model as a :class:`~dldc.iel.base.Scorer` (scores only its held-out fold).
+
+    ``preprocess`` is an :class:`IndomainPreprocess` instance attribute, not a bound method, so
+    worker processes receive a few numbers instead of the model when it is pickled.
+    """
+
+    def __init__(self, model: torch.nn.Module, scorer_id: str, tokenizer: Any, image_size: int, device: torch.device):
+        self.model = model.eval()
+        self.scorer_id = scorer_id
+        self.name = SCORER_NAME
+        self.device = device
+        self.context_length = int(model.context_length)
+        self.tokenizer = tokenizer
+        self.preprocess = IndomainPreprocess(image_size)
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W)`` preprocessed batch → ``(N, D)`` L2-normalised float32 CPU embeddings."""
+        return l2_normalise(self.model.encode_image(pixels.to(self.device, torch.float32)))
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """Texts → ``(N, D)`` L2-normalised float32 CPU embeddings (truncated to ``context_length``)."""
+        tokens = self.tokenizer(list(texts), context_length=self.context_length)
+        return l2_normalise(encode_tokens(self.model, tokens.to(self.device)))
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Untruncated token count of each text, start- and end-of-text tokens included."""
+        return [len(self.tokenizer.encode(text)) + 2 for text in texts]
+
+
+class IndomainScorer:
+    """The K fold models of a trained in-domain scorer (a :class:`~dldc.iel.base.CrossFitScorer`).
+
+    Attributes:
+        scorer_id: ``indomain:<12 hex>``, a sha256 over the model config, ``folds.parquet`` and
+            every fold's weights, so it changes whenever any embedding could.
+        name: ``indomain``.
+        n_folds: K.
+        path: the output folder.
+        folds: ``{image_id: fold}`` from ``folds.parquet``.
+        seed: the training seed (used by the :func:`hash_fold` fallback).
+    """
+
+    def __init__(self, path: str | Path, device: str = "auto"):
+        self.path = Path(path)
+        report = json.loads((self.path / REPORT_FILE).read_text(encoding="utf-8"))
+        self.n_folds = int(report["config"]["folds"])
+        self.seed = int(report["config"]["seed"])
+        self.name = SCORER_NAME
+        self.device = resolve_device(device)
+        table = pq.read_table(self.path / FOLDS_FILE)
+        self.folds = dict(zip(table["image_id"].to_pylist(), table["fold"].to_pylist()))
+        files = [OPEN_CLIP_CONFIG_FILE, FOLDS_FILE] + [fold_weights_file(k) for k in range(self.n_folds)]
+        missing = [name for name in files if not (self.path / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{self.path} is not a complete in-domain scorer: missing {missing}")
+        digest = hashlib.sha256()
+        for name in files:
+            digest.update(name.encode())
+            digest.update(hashlib.sha256((self.path / name).read_bytes()).digest())
+        self.scorer_id = f"{SCORER_NAME}:{digest.hexdigest()[:12]}"
+        config = json.loads((self.path / OPEN_CLIP_CONFIG_FILE).read_text(encoding="utf-8"))
+        self.image_size = image_size_of(config["model_cfg"])
+        self.context_length = int(config["model_cfg"]["text_cfg"].get("context_length", 77))
+        self.tokenizer = open_clip.get_tokenizer(f"local-dir:{self.path}", context_length=self.context_length)
+        self._models: dict[int, IndomainFoldScorer] = {}
+
+    def fold_of(self, image_id: str) -> int:
+        """The fold an image was held out in; unseen ids fall back to :func:`hash_fold`."""
+        fold = self.folds.get(image_id)
+        return int(fold) if fold is not None else hash_fold(image_id, self.n_folds, self.seed)
+
+    def fold_model(self, fold: int) -> IndomainFoldScorer:
+        """The model trained without fold ``fold`` (loaded from safetensors on first use)."""
+        if not 0 <= fold < self.n_folds:
+            raise IndexError(f"fold {fold} out of range 0..{self.n_folds - 1}")
+        if fold not in self._models:
+            model = create_indomain_model(f"local-dir:{self.path}", device="cpu")
+            # Non-persistent buffers (the causal mask) are rebuilt by the constructor.
+            model.load_state_dict(load_file(str(self.path / fold_weights_file(fold))), strict=True)
+            model.to(self.device)
+            self._models[fold] = IndomainFoldScorer(
+                model, f"{self.scorer_id}#fold{fold}", self.tokenizer, self.image_size, self.device
+            )
+        return self._models[fold]
+
+
+def load_indomain(path: str | Path, device: str = "auto") -> IndomainScorer:
+    """Open a folder written by :func:`train_indomain` as a cross-fitted scorer.
+
+    Args:
+        path: the training output folder.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
+
+    Raises:
+        FileNotFoundError: the folder or one of its files is missing.
+    """
+    path = Path(path)
+    if not (path / REPORT_FILE).is_file():
+        raise FileNotFoundError(f"{path} has no {REPORT_FILE}; train it with `dldc train-scorer`")
+    return IndomainScorer(path, device=device)

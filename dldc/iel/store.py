@@ -1,0 +1,111 @@
+"""The embedding store: an append-only cache of embeddings per scorer.
+
+Image embeddings are keyed by the image file's sha256, text embeddings by the sha256 of the
+caption text, and both by the scorer id: re-scoring after new captions, a new threshold or
+a new manifest encodes only what the store lacks.
+
+Layout: ``<root>/<scorer folder>/{image,text}-<n>.safetensors``, each file holding
+``keys`` (uint8, ``(N, 32)`` sha256 digests), ``embeddings`` (float32, ``(N, D)``) and, for
+texts, ``tokens`` (int32 untruncated token counts). The scorer id sits in each file's
+metadata; files are written atomically, so a killed run leaves only complete parts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, safe_open, save_file
+
+from dldc.iel.base import column_name
+from dldc.io import atomic_path
+
+KINDS = ("image", "text")
+
+
+def text_key(text: str) -> bytes:
+    """The store key of a caption: sha256 of its UTF-8 bytes."""
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+class EmbeddingStore:
+    """Embeddings of one scorer, loaded into memory from every part file.
+
+    Args:
+        root: the store's folder (shared by all scorers).
+        scorer_id: the scorer whose embeddings this is.
+    """
+
+    def __init__(self, root: str | Path, scorer_id: str):
+        self.scorer_id = scorer_id
+        digest = hashlib.sha256(scorer_id.encode()).hexdigest()[:10]
+        self.folder = Path(root) / f"{column_name(scorer_id)[:60]}-{digest}"
+        self._rows: dict[str, dict[bytes, int]] = {kind: {} for kind in KINDS}
+        self._embeddings: dict[str, list[torch.Tensor]] = {kind: [] for kind in KINDS}
+        self._tokens: list[torch.Tensor] = []
+        self._parts = 0
+        self._matrix: dict[str, torch.Tensor | None] = {kind: None for kind in KINDS}
+        for kind in KINDS:
+            for path in sorted(self.folder.glob(f"{kind}-*.safetensors")):
+                with safe_open(str(path), framework="pt") as handle:
+                    stored_id = (handle.metadata() or {}).get("scorer_id")
+                if stored_id != scorer_id:
+                    raise ValueError(f"{path} belongs to scorer {stored_id!r}, not {scorer_id!r}; remove it")
+                self._append(kind, load_file(str(path)))
+                self._parts += 1
+
+    def __len__(self) -> int:
+        return sum(len(rows) for rows in self._rows.values())
+
+    def count(self, kind: str) -> int:
+        """Number of stored embeddings of ``kind``."""
+        return len(self._rows[kind])
+
+    def missing(self, kind: str, keys: list[bytes]) -> list[bytes]:
+        """The keys (deduplicated, in first-seen order) that the store lacks."""
+        rows = self._rows[kind]
+        return list(dict.fromkeys(key for key in keys if key not in rows))
+
+    def add(self, kind: str, keys: list[bytes], embeddings: torch.Tensor, tokens: list[int] | None = None) -> None:
+        """Store new embeddings and persist them as one part file (atomically)."""
+        if not keys:
+            return
+        if len(keys) != len(embeddings):
+            raise ValueError(f"{len(keys)} keys for {len(embeddings)} embeddings")
+        tensors = {
+            "keys": torch.frombuffer(bytearray(b"".join(keys)), dtype=torch.uint8).reshape(len(keys), -1),
+            "embeddings": embeddings.float().contiguous(),
+        }
+        if kind == "text":
+            tensors["tokens"] = torch.tensor(tokens if tokens is not None else [-1] * len(keys), dtype=torch.int32)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.folder / f"{kind}-{self._parts:06d}.safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata={"scorer_id": self.scorer_id, "kind": kind})
+        self._parts += 1
+        self._append(kind, tensors)
+
+    def get(self, kind: str, keys: list[bytes]) -> torch.Tensor:
+        """Embeddings for ``keys`` (each must be stored), in the keys' order."""
+        matrix = self._matrix[kind]
+        if matrix is None:
+            matrix = self._matrix[kind] = torch.cat(self._embeddings[kind]) if self._embeddings[kind] else None
+        rows = self._rows[kind]
+        index = torch.tensor([rows[key] for key in keys], dtype=torch.long)
+        return matrix[index]
+
+    def tokens(self, keys: list[bytes]) -> list[int]:
+        """Untruncated token counts of stored texts."""
+        counts = torch.cat(self._tokens)
+        rows = self._rows["text"]
+        return counts[torch.tensor([rows[key] for key in keys], dtype=torch.long)].tolist()
+
+    def _append(self, kind: str, tensors: dict[str, torch.Tensor]) -> None:
+        rows = self._rows[kind]
+        start = sum(len(block) for block in self._embeddings[kind])
+        for offset, key in enumerate(tensors["keys"].numpy()):
+            rows[key.tobytes()] = start + offset
+        self._embeddings[kind].append(tensors["embeddings"])
+        if kind == "text":
+            self._tokens.append(tensors["tokens"])
+        self._matrix[kind] = None
