@@ -380,3 +380,19 @@ def test_device_and_precision_resolution() -> None:
     assert isinstance(autocast(torch.device("cuda"), "bf16"), torch.autocast)
     assert not isinstance(autocast(torch.device("cuda"), "fp32"), torch.autocast)
     assert not isinstance(autocast(cpu, "bf16"), torch.autocast)
+
+
+def test_trimmed_text_encoding_equals_full_padding(oc: types.SimpleNamespace) -> None:
+    import open_clip
+
+    from dldc.iel.open_clip_scorer import _can_trim_padding
+
+    scorer = create_scorer(f"open_clip:{oc.config}:{oc.plain}", device="cpu")
+    assert _can_trim_padding(scorer.model)
+    texts = ["a", "two planes near a terminal", " ".join(["runway"] * 120), "a lake in the center surrounded by trees"]
+    tokens = open_clip.get_tokenizer("tiny-clip")(texts)
+    with torch.no_grad():
+        expected = F.normalize(oc.source.encode_text(tokens), dim=-1)
+    torch.testing.assert_close(scorer.encode_texts(texts), expected, atol=ATOL, rtol=0)
+    # Batch composition does not change a caption's embedding.
+    torch.testing.assert_close(scorer.encode_texts(texts[:1]), expected[:1], atol=ATOL, rtol=0)

@@ -79,6 +79,7 @@ REPORT_FILE = "indomain.json"
 SCORER_NAME = "indomain"
 MIN_LR_RATIO = 0.1  # cosine decay ends at lr * MIN_LR_RATIO (nanoGPT's min_lr = lr / 10)
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learned temperature at 100
+AUG_MIN_CROP = float(os.environ.get('AUG', '1.0'))
 
 _log = logging.getLogger(__name__)
 
@@ -223,17 +224,27 @@ class IndomainPreprocess:
         return normalise_pixels(pixels, torch.tensor(self.mean), torch.tensor(self.std))[0]
 
 
-def augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random flip and 90° rotation of each image (the 8 symmetries of a square).
+def augment(pixels: torch.Tensor, generator: torch.Generator, min_crop: float = 1.0) -> torch.Tensor:
+    """Random flip and 90° rotation of each image (the 8 symmetries of a square), and a zoom.
 
     Top-down imagery has no canonical orientation, so these are free, label-preserving views.
     Captions that name directions ("at the top left") become slightly wrong; at scene level,
-    which is what noise detection needs, they do not.
+    which is what noise detection needs, they do not. The zoom crops a random square of side
+    ``min_crop``..1 of the image and resizes it back (``min_crop=1`` turns it off).
     """
-    choice = torch.randint(0, 8, (pixels.shape[0],), generator=generator).tolist()
-    out = pixels.clone()
-    for index, code in enumerate(choice):
-        view = torch.rot90(pixels[index], k=code % 4, dims=(1, 2))
+    n, _, size, _ = pixels.shape
+    codes = torch.randint(0, 8, (n,), generator=generator).tolist()
+    sides = (torch.empty(n).uniform_(min_crop, 1.0, generator=generator) * size).round().long().clamp(1, size)
+    corners = torch.rand(n, 2, generator=generator)
+    out = torch.empty_like(pixels)
+    for index, (code, side) in enumerate(zip(codes, sides.tolist())):
+        view = pixels[index]
+        if side < size:
+            y, x = (corners[index] * (size - side + 1)).long().clamp(max=size - side).tolist()
+            crop = view[:, y : y + side, x : x + side].unsqueeze(0).float()
+            view = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)[0]
+            view = view.round().clamp(0, 255).to(torch.uint8)
+        view = torch.rot90(view, k=code % 4, dims=(1, 2))
         out[index] = view.flip(2) if code >= 4 else view
     return out
 
@@ -541,7 +552,7 @@ def train_fold(
             images = train_images[rows.numpy()]
             pairs = [data.pairs_of_image[i][p] for i, p in zip(images, pick[rows].tolist())]
             caption_ids = torch.from_numpy(data.pair_caption[pairs])
-            pixels = augment(data.pixels[images], generator)
+            pixels = augment(data.pixels[images], generator, min_crop=AUG_MIN_CROP)
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, total_steps, cfg)
             image_features = F.normalize(model.encode_image(normalise_pixels(pixels.to(device), mean, std)), dim=-1)
@@ -553,7 +564,7 @@ def train_fold(
             optimizer.step()
             with torch.no_grad():
                 model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-            losses.append(float(loss))
+            losses.append(loss.item())
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
@@ -571,17 +582,21 @@ def train_fold(
         "steps": total_steps,
         "epoch_loss": epoch_losses,
         "final_loss": epoch_losses[-1] if epoch_losses else None,
-        "logit_scale": round(float(model.logit_scale.exp()), 3),
+        "logit_scale": round(model.logit_scale.exp().item(), 3),
         "train_seconds": round(time.perf_counter() - start, 2),
     }
     stats["heldout"] = heldout_metrics(model, data, heldout_images, device)
     return model, stats
 
 
-def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write a model's state dict as safetensors (same tensors → same bytes)."""
+def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, Any] | None = None) -> None:
+    """Write a model's state dict as safetensors (same tensors and metadata → same bytes).
+
+    safetensors keeps metadata in a hash map whose order varies between runs, so all of it goes
+    into one ``dldc`` key as sorted JSON.
+    """
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    save_file(tensors, str(path), metadata=metadata)
+    save_file(tensors, str(path), metadata={"dldc": json.dumps(metadata or {}, sort_keys=True)})
 
 
 def train_indomain(cfg: IndomainConfig, progress: bool = True) -> dict[str, Any]:
@@ -630,7 +645,7 @@ def train_indomain(cfg: IndomainConfig, progress: bool = True) -> dict[str, Any]
         pq.write_table(folds_table, tmp / FOLDS_FILE, compression="zstd")
         for fold in range(cfg.folds):
             model, stats = train_fold(model_name, data, folds, fold, cfg, progress=progress)
-            save_weights(model, tmp / fold_weights_file(fold), {"fold": str(fold), "architecture": model_name})
+            save_weights(model, tmp / fold_weights_file(fold), {"fold": fold, "architecture": model_name})
             fold_stats.append(stats)
             heldout = stats["heldout"]
             _log.info("fold %d: loss %.3f, held-out gap %s", fold, stats["final_loss"] or 0, heldout.get("gap"))

@@ -103,14 +103,49 @@ class OpenClipScorer:
         """Texts → ``(N, D)`` L2-normalised float32 CPU embeddings (truncated to ``context_length``)."""
         if not texts:
             return torch.empty(0, self.embed_dim)
-        tokens = self.tokenizer(list(texts), context_length=self.context_length)
+        tokens = self.tokenizer(list(texts), context_length=self.context_length).to(self.device)
         with torch.inference_mode(), autocast(self.device, self.precision):
-            features = self.model.encode_text(tokens.to(self.device))
+            if _can_trim_padding(self.model):
+                features = _encode_text_trimmed(self.model, tokens)
+            else:
+                features = self.model.encode_text(tokens)
         return l2_normalise(features)
 
     def token_counts(self, texts: list[str]) -> list[int]:
         """Token count of each text without truncation, start/end (special) tokens included."""
         return [count_tokens(self.tokenizer, text) for text in texts]
+
+
+def _can_trim_padding(model: torch.nn.Module) -> bool:
+    # Standard CLIP text towers: causal attention and pooling at the end-of-text token, so the
+    # positions after the longest caption in a batch cannot change any output.
+    return (
+        getattr(model, "text_pool_type", None) == "argmax"
+        and getattr(model, "attn_mask", None) is not None
+        and hasattr(model, "token_embedding")
+        and hasattr(model, "positional_embedding")
+    )
+
+
+def _encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text`` on the tokens up to the batch's longest caption, not all 77.
+
+    Captions are ~15 tokens against CLIP's 77-token context, so this cuts the text tower's
+    work about fourfold; the result equals the padded computation (the mask is causal and
+    the EOT position is pooled), which tests check.
+    """
+    from open_clip.transformer import text_global_pool
+
+    length = int((tokens != 0).sum(dim=1).max().item()) or 1
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = text_global_pool(model.ln_final(x), tokens, "argmax")
+    projection = model.text_projection
+    if projection is None:
+        return x
+    return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
 
 
 def count_tokens(tokenizer: Any, text: str) -> int:
