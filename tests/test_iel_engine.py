@@ -190,3 +190,29 @@ def test_duplicate_scorer_names_are_refused(tmp_path):
         score_manifest(
             ScoreConfig(manifest=str(manifest), out=str(tmp_path / "o")), [ToyScorer(), ToyScorer()], progress=False
         )
+
+
+class OomScorer(ToyScorer):
+    """Runs out of memory on batches larger than 2, like a GPU would."""
+
+    def encode_images(self, pixels):
+        if len(pixels) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return super().encode_images(pixels)
+
+    def encode_texts(self, texts):
+        if len(texts) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return super().encode_texts(texts)
+
+
+def test_out_of_memory_halves_the_batch_and_gives_the_same_scores(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    manifest = _manifest(tmp_path)
+    reference = score_manifest(
+        ScoreConfig(manifest=str(manifest), out=str(tmp_path / "a")), [ToyScorer()], progress=False
+    )
+    cfg = ScoreConfig(manifest=str(manifest), out=str(tmp_path / "b"), batch_size=8)
+    result = score_manifest(cfg, [OomScorer()], progress=False)
+    assert result.report["oom_retries"] >= 2
+    pd.testing.assert_frame_equal(reference.frame, result.frame, atol=1e-6)
