@@ -58,8 +58,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--arch", default="ViT-B-32")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     scorer = load_open_clip(args.arch, None, "cpu")
     with tempfile.TemporaryDirectory() as tmp:
