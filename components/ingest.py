@@ -17,28 +17,10 @@ def ingest(
     """Check every pair of `dataset`; write manifest.parquet, rejects.parquet, ingest.json into `manifest`."""
     import json
     import os
-    import subprocess
-    import sys
 
-    overrides = [arg for setting in settings for arg in ("-S", setting)]
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dldc",
-            "--no-progress",
-            *overrides,
-            "ingest",
-            "--format",
-            dataset_format,
-            "--root",
-            dataset.path,
-            "--out",
-            manifest.path,
-        ],
-        check=True,
-        env={**os.environ, "DLDC_RUN_GROUP": run_group},
-    )
+    from dldc.cli import run_cli
+
+    run_cli(["ingest", "--format", dataset_format, "--root", dataset.path, "--out", manifest.path], settings, run_group)
     with open(os.path.join(manifest.path, "ingest.json"), encoding="utf-8") as report:
         numbers = json.load(report)["counts"]
     for name in ("input_pairs", "kept_pairs", "rejected_pairs", "kept_images", "scenes"):

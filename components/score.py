@@ -25,18 +25,12 @@ def score_part(
 ):
     """Score one slice of the manifest with the in-domain scorer (+ `extra_scorers` specs): raw scores."""
     import os
-    import subprocess
-    import sys
 
-    overrides = [arg for setting in settings for arg in ("-S", setting)]
+    from dldc.cli import run_cli
+
     specs = [arg for spec in [f"indomain:{scorer.path}", *extra_scorers] for arg in ("--scorer", spec)]
-    subprocess.run(
+    run_cli(
         [
-            sys.executable,
-            "-m",
-            "dldc",
-            "--no-progress",
-            *overrides,
             "score",
             "--manifest",
             os.path.join(manifest.path, "manifest.parquet"),
@@ -46,8 +40,8 @@ def score_part(
             part,
             *specs,
         ],
-        check=True,
-        env={**os.environ, "DLDC_RUN_GROUP": run_group},
+        settings,
+        run_group,
     )
 
 
@@ -62,25 +56,10 @@ def gather_scores(
     """Fuse the parts' raw scores per scene into one scores.parquet."""
     import json
     import os
-    import subprocess
-    import sys
 
-    overrides = [arg for setting in settings for arg in ("-S", setting)]
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dldc",
-            "--no-progress",
-            *overrides,
-            "gather-scores",
-            *[p.path for p in parts],
-            "--out",
-            scores.path,
-        ],
-        check=True,
-        env={**os.environ, "DLDC_RUN_GROUP": run_group},
-    )
+    from dldc.cli import run_cli
+
+    run_cli(["gather-scores", *[p.path for p in parts], "--out", scores.path], settings, run_group)
     with open(os.path.join(scores.path, "score.json"), encoding="utf-8") as handle:
         report = json.load(handle)
     summary.log_metric("pairs", report["pairs"])

@@ -16,18 +16,10 @@ def synth(
     run_group: str,
 ):
     """Generate SynthRS into the `dataset` artifact (Karpathy layout)."""
-    import os
-    import subprocess
-    import sys
+    from dldc.cli import run_cli
 
-    overrides = [arg for setting in settings for arg in ("-S", setting)]
-    subprocess.run(
+    run_cli(
         [
-            sys.executable,
-            "-m",
-            "dldc",
-            "--no-progress",
-            *overrides,
             "synth",
             "--out",
             dataset.path,
@@ -40,6 +32,6 @@ def synth(
             "--seed",
             str(seed),
         ],
-        check=True,
-        env={**os.environ, "DLDC_RUN_GROUP": run_group},
+        settings,
+        run_group,
     )

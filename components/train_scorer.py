@@ -9,23 +9,11 @@ from components.images import GPU_IMAGE
 def train_scorer(manifest: dsl.Input[dsl.Dataset], scorer: dsl.Output[dsl.Model], settings: list, run_group: str):
     """Train the cross-fitted in-domain scorer on `manifest` into the `scorer` artifact."""
     import os
-    import subprocess
-    import sys
 
-    overrides = [arg for setting in settings for arg in ("-S", setting)]
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dldc",
-            "--no-progress",
-            *overrides,
-            "train-scorer",
-            "--manifest",
-            os.path.join(manifest.path, "manifest.parquet"),
-            "--out",
-            scorer.path,
-        ],
-        check=True,
-        env={**os.environ, "DLDC_RUN_GROUP": run_group},
+    from dldc.cli import run_cli
+
+    run_cli(
+        ["train-scorer", "--manifest", os.path.join(manifest.path, "manifest.parquet"), "--out", scorer.path],
+        settings,
+        run_group,
     )

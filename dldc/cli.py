@@ -211,6 +211,25 @@ def pipeline_compile(out: str) -> None:
     click.echo(f"wrote {out}")
 
 
+def run_cli(args: list[str], settings: list[str] | tuple[str, ...] = (), run_group: str | None = None) -> None:
+    """Run ``dldc --no-progress [-S setting]... ARGS`` in a child process (what components call).
+
+    Args:
+        args: the command and its flags, e.g. ``["ingest", "--root", path]``.
+        settings: ``key=value`` overrides, passed as ``-S``.
+        run_group: the MLflow parent-run group (``DLDC_RUN_GROUP``) of the pipeline run.
+
+    Raises:
+        subprocess.CalledProcessError: the command failed (its output is on stderr).
+    """
+    import os
+    import subprocess
+
+    overrides = [arg for setting in settings for arg in ("-S", setting)]
+    env = {**os.environ, **({"DLDC_RUN_GROUP": run_group} if run_group else {})}
+    subprocess.run([sys.executable, "-m", "dldc", "--no-progress", *overrides, *args], check=True, env=env)
+
+
 def _print_ingest_summary(report: dict[str, Any], out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
