@@ -36,6 +36,7 @@ from dldc.iel.indomain import (
     image_to_uint8,
     load_indomain,
     prepare_data,
+    rank_auroc,
     resolve_architecture,
     train_fold,
     train_indomain,
@@ -58,7 +59,7 @@ def make_cfg(manifest: str, out, **overrides) -> IndomainConfig:
         "out": str(out),
         "architecture": "indomain-test",
         "folds": FOLDS,
-        "epochs": 12,
+        "epochs": 30,
         "batch_size": 16,
         "lr": 3e-3,
         "warmup_steps": 2,
@@ -138,7 +139,7 @@ def test_same_seed_gives_byte_identical_weights(trained, manifest, tmp_path):
     again = make_cfg(manifest, tmp_path / "again")
     train_indomain(again, progress=False)
     for name in [FOLDS_FILE, OPEN_CLIP_CONFIG_FILE] + [fold_weights_file(k) for k in range(FOLDS)]:
-        assert (tmp_path / "again" / name).read_bytes() == open(f"{cfg.out}/{name}", "rb").read(), name
+        assert (tmp_path / "again" / name).read_bytes() == Path(cfg.out, name).read_bytes(), name
     assert load_indomain(again.out).scorer_id == load_indomain(cfg.out).scorer_id
 
 
@@ -221,8 +222,10 @@ def test_heldout_pairs_score_above_shuffled_pairs(trained, frame, manifest):
         order = np.argsort(part["image_id"].to_numpy(), kind="stable")
         rolled = np.roll(order, 5)
         shuffled.append((image_features[order] * texts[rolled]).sum(1))
-    matched_mean, shuffled_mean = torch.cat(matched).mean(), torch.cat(shuffled).mean()
-    assert matched_mean > shuffled_mean + 0.05, (float(matched_mean), float(shuffled_mean))
+    matched, shuffled = torch.cat(matched).numpy(), torch.cat(shuffled).numpy()
+    assert matched.mean() > shuffled.mean()
+    positive = np.r_[np.ones(len(matched), bool), np.zeros(len(shuffled), bool)]
+    assert rank_auroc(np.r_[matched, shuffled], positive) > 0.6
 
 
 def test_bad_inputs_raise_clear_errors(manifest, tmp_path):

@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 import open_clip
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -79,7 +80,6 @@ REPORT_FILE = "indomain.json"
 SCORER_NAME = "indomain"
 MIN_LR_RATIO = 0.1  # cosine decay ends at lr * MIN_LR_RATIO (nanoGPT's min_lr = lr / 10)
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learned temperature at 100
-AUG_MIN_CROP = float(os.environ.get('AUG', '1.0'))
 
 _log = logging.getLogger(__name__)
 
@@ -425,21 +425,52 @@ def _optimizer(model: torch.nn.Module, cfg: IndomainConfig, device: torch.device
 
 
 def contrastive_loss(
-    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor, caption_ids: torch.Tensor
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor, positive: torch.Tensor
 ) -> torch.Tensor:
-    """Symmetric CLIP InfoNCE; identical captions in the batch are not negatives of each other.
+    """Symmetric CLIP InfoNCE with several positives per row (soft targets).
+
+    With one distinct text per image and no repeated texts this is exactly CLIP's loss. A text
+    that is a caption of several batch images (RSICD repeats captions) is a positive of each of
+    them rather than a false negative.
 
     Args:
-        image_features, text_features: ``(B, D)`` L2-normalised features of matching rows.
+        image_features: ``(B, D)`` L2-normalised image features.
+        text_features: ``(M, D)`` L2-normalised features of distinct texts.
         logit_scale: the learned log temperature.
-        caption_ids: ``(B,)`` unique-caption index of each text (equal ids = same text).
+        positive: ``(B, M)`` bool, text ``m`` is a caption of image ``b``; every row and column
+            has at least one ``True``.
     """
     logits = logit_scale.exp() * image_features @ text_features.T
-    same_text = caption_ids[:, None] == caption_ids[None, :]
-    false_negative = same_text & ~torch.eye(len(caption_ids), dtype=torch.bool, device=logits.device)
-    logits = logits.masked_fill(false_negative, float("-inf"))
-    labels = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    targets = positive.float()
+    image_to_text = -(targets / targets.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+    text_to_image = -(targets / targets.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean()
+    return (image_to_text + text_to_image) / 2
+
+
+def batch_texts(
+    data: TrainingData, images: np.ndarray, chosen_pairs: list[int] | None
+) -> tuple[np.ndarray, torch.Tensor]:
+    """The distinct caption texts of a batch and which images each one describes.
+
+    Args:
+        data: the decoded dataset.
+        images: image indices of the batch.
+        chosen_pairs: one pair per image to take its text from, or ``None`` for every caption.
+
+    Returns:
+        ``(caption_ids, positive)``: sorted unique caption indices and the ``(B, M)`` bool matrix
+        "caption ``m`` is one of image ``b``'s captions".
+    """
+    all_pairs = [data.pairs_of_image[i] for i in images]
+    chosen = np.concatenate(all_pairs) if chosen_pairs is None else np.asarray(chosen_pairs)
+    caption_ids = np.unique(data.pair_caption[chosen])
+    rows = np.repeat(np.arange(len(images)), [len(p) for p in all_pairs])
+    captions = data.pair_caption[np.concatenate(all_pairs)]
+    column = np.searchsorted(caption_ids, captions)
+    known = (column < len(caption_ids)) & (caption_ids[np.minimum(column, len(caption_ids) - 1)] == captions)
+    positive = torch.zeros(len(images), len(caption_ids), dtype=torch.bool)
+    positive[rows[known], column[known]] = True
+    return caption_ids, positive
 
 
 @torch.no_grad()
@@ -462,6 +493,23 @@ def embed_tokens(model: torch.nn.Module, tokens: torch.Tensor, device: torch.dev
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
+def rank_auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Probability that a random positive outscores a random negative (ties count 1/2).
+
+    The Mann–Whitney U statistic from average ranks; ``nan`` without both classes.
+
+    Example:
+        >>> rank_auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([False, False, True, True]))
+        0.75
+    """
+    positive = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = pd.Series(np.asarray(scores, dtype=np.float64)).rank(method="average").to_numpy()
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def heldout_metrics(model: torch.nn.Module, data: TrainingData, heldout: np.ndarray, device: torch.device) -> dict:
     """How well a fold model matches its held-out images and captions.
 
@@ -469,7 +517,9 @@ def heldout_metrics(model: torch.nn.Module, data: TrainingData, heldout: np.ndar
         ``cos_matched`` / ``cos_mismatched``: mean cosine of the held-out pairs / of held-out images
         with the captions of the other held-out images; ``gap`` their difference;
         ``t2i_recall_at_1`` / ``_at_5``: a caption's own image ranks first / in the top 5 among
-        the held-out images; ``t2i_scene_top1``: the top image has the caption's scene.
+        the held-out images; ``t2i_scene_top1``: the top image has the caption's scene;
+        ``auroc_vs_other_scene``: how often a held-out pair outscores a held-out image paired with
+        a caption of a held-out image of another scene (what caption-swap detection needs).
     """
     if len(heldout) == 0:
         return {}
@@ -486,6 +536,12 @@ def heldout_metrics(model: torch.nn.Module, data: TrainingData, heldout: np.ndar
     ranking = similarity.argsort(dim=1, descending=True)
     scenes = np.asarray(data.scenes)[heldout]
     top_scene = scenes[ranking[:, 0].numpy()]
+    # What caption-swap detection needs: own captions must beat captions of other-scene images.
+    other_scene = torch.from_numpy(scenes[None, :] != scenes[owner.numpy()][:, None])
+    swapped = similarity[other_scene].numpy()
+    swap_auroc = rank_auroc(
+        np.concatenate([matched.numpy(), swapped]), np.arange(len(matched) + len(swapped)) < len(matched)
+    )
     return {
         "pairs": len(pairs),
         "cos_matched": round(float(matched.mean()), 4),
@@ -494,6 +550,7 @@ def heldout_metrics(model: torch.nn.Module, data: TrainingData, heldout: np.ndar
         "t2i_recall_at_1": round(float((ranking[:, 0] == owner).float().mean()), 4),
         "t2i_recall_at_5": round(float((ranking[:, :5] == owner[:, None]).any(dim=1).float().mean()), 4),
         "t2i_scene_top1": round(float(np.mean(top_scene == scenes[owner.numpy()])), 4),
+        "auroc_vs_other_scene": round(swap_auroc, 4) if not math.isnan(swap_auroc) else None,
     }
 
 
@@ -550,14 +607,14 @@ def train_fold(
         for batch_start in range(0, steps_per_epoch * batch_size, batch_size):
             rows = order[batch_start : batch_start + batch_size]
             images = train_images[rows.numpy()]
-            pairs = [data.pairs_of_image[i][p] for i, p in zip(images, pick[rows].tolist())]
-            caption_ids = torch.from_numpy(data.pair_caption[pairs])
-            pixels = augment(data.pixels[images], generator, min_crop=AUG_MIN_CROP)
+            chosen = [data.pairs_of_image[i][p] for i, p in zip(images, pick[rows].tolist())]
+            caption_ids, positive = batch_texts(data, images, chosen)
+            pixels = augment(data.pixels[images], generator)
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, total_steps, cfg)
             image_features = F.normalize(model.encode_image(normalise_pixels(pixels.to(device), mean, std)), dim=-1)
             text_features = F.normalize(encode_tokens(model, data.tokens[caption_ids].to(device)), dim=-1)
-            loss = contrastive_loss(image_features, text_features, model.logit_scale, caption_ids.to(device))
+            loss = contrastive_loss(image_features, text_features, model.logit_scale, positive.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -639,9 +696,7 @@ def train_indomain(cfg: IndomainConfig, progress: bool = True) -> dict[str, Any]
     fold_stats = []
     with atomic_dir(cfg.out) as tmp:
         write_json(tmp / OPEN_CLIP_CONFIG_FILE, {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg})
-        folds_table = pa.table(
-            {"image_id": pa.array(data.image_ids, pa.string()), "fold": pa.array(folds, pa.int32())}
-        )
+        folds_table = pa.table({"image_id": pa.array(data.image_ids, pa.string()), "fold": pa.array(folds, pa.int32())})
         pq.write_table(folds_table, tmp / FOLDS_FILE, compression="zstd")
         for fold in range(cfg.folds):
             model, stats = train_fold(model_name, data, folds, fold, cfg, progress=progress)
