@@ -30,23 +30,9 @@ from dldc.data.images import load_rgb  # noqa: E402
 from dldc.data.ingest import ingest  # noqa: E402
 from dldc.data.manifest import MANIFEST_SCHEMA, dataset_root, read_manifest, write_manifest  # noqa: E402
 from dldc.iel.indomain import load_indomain, train_indomain  # noqa: E402
+from dldc.iel.indomain import rank_auroc as auroc  # noqa: E402
 
 NOISE_SOURCE = "noise:other_scene"
-
-
-def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Probability that a random positive scores higher than a random negative (ties: 1/2).
-
-    Example:
-        >>> auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([False, False, True, True]))
-        0.75
-    """
-    positive = np.asarray(positive, dtype=bool)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = pd.Series(scores).rank(method="average").to_numpy()  # average ranks handle ties
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def corrupt(frame: pd.DataFrame, rate: float, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
