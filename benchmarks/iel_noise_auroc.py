@@ -7,7 +7,18 @@ the captions of a random image of another scene; train the in-domain scorer with
 cross-fitting on that corrupted manifest; score every pair with its held-out fold model (cosine
 of L2-normalised embeddings); report the AUROC of "low score = replaced", overall and per scene,
 plus the training and scoring times. The AUROC is the Mann–Whitney rank statistic (ties count
-one half), computed here without sklearn.
+one half, :func:`dldc.iel.indomain.rank_auroc`), no sklearn.
+
+Findings on 2 CPU cores (details in the result file and the in-domain module docstring):
+
+* The target of 0.90 is not met: about 0.85 overall. Fold-0 sweeps (architecture ViT /
+  ModifiedResNet / timm ResNet, 64 vs 96 px, widths, text tower size, epochs 6-30, lr, batch,
+  zoom augmentation, all captions per step, EMA, SigLIP loss, fixed temperatures, same-scene
+  negative masking, even an auxiliary scene-label loss) all land within noise of each other.
+* The image side is the bottleneck: a naive-Bayes caption → scene model combined with the true
+  image scene separates these swaps with AUROC ~0.98, so the captions are not ambiguous; a
+  from-scratch image tower on ~1,500 images at 64 px recognises the scene too poorly.
+* Single-fold AUROC varies by ±0.04 between training seeds; read differences below that as noise.
 """
 
 from __future__ import annotations
@@ -92,7 +103,9 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.15, help="share of images whose captions are swapped")
     parser.add_argument("--architecture", default=defaults.architecture)
     parser.add_argument("--folds", type=int, default=defaults.folds)
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    # 8 epochs is the RSICD-dev optimum: held-out alignment peaks there and declines with longer
+    # training (the 1,488 training images of a fold are memorised), see the module docstring.
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)

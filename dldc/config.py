@@ -141,8 +141,8 @@ class IndomainConfig(_Section):
     out: str = "data/scorer"
     architecture: str = "indomain-tiny"
     folds: int = Field(5, ge=2, le=20)
-    epochs: int = Field(12, ge=1)
-    batch_size: int = Field(128, ge=2)
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=2)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.1, ge=0)
     warmup_steps: int = Field(20, ge=0)
@@ -211,7 +211,8 @@ PROFILES: dict[str, dict[str, Any]] = {
             "batch_size": 256,
             "workers": 8,
         },
-        "indomain": {"device": "cuda", "epochs": 30},
+        # RSICD-sized data: held-out alignment peaks near 8 epochs at batch 128 (iel_noise_auroc).
+        "indomain": {"device": "cuda", "epochs": 8, "batch_size": 128},
     },
 }
 
