@@ -17,18 +17,24 @@ def plan_parts(count: int) -> list[str]:
 def score_part(
     manifest: dsl.Input[dsl.Dataset],
     scorer: dsl.Input[dsl.Model],
+    exported: dsl.Input[dsl.Model],
     scores: dsl.Output[dsl.Dataset],
     part: str,
     extra_scorers: list,
     settings: list,
     run_group: str,
 ):
-    """Score one slice of the manifest with the in-domain scorer (+ `extra_scorers` specs): raw scores."""
+    """Score one slice of the manifest with the in-domain scorer (+ `extra_scorers` specs): raw scores.
+
+    When `exported` holds an ONNX export of the scorer (`export_scorer` ran), it scores with
+    `onnx:<exported>` instead of the torch model: same column names, gated parity.
+    """
     import os
 
     from dldc.cli import run_cli
 
-    specs = [arg for spec in [f"indomain:{scorer.path}", *extra_scorers] for arg in ("--scorer", spec)]
+    own = f"onnx:{exported.path}" if os.path.isfile(os.path.join(exported.path, "export.json")) else None
+    specs = [arg for spec in [own or f"indomain:{scorer.path}", *extra_scorers] for arg in ("--scorer", spec)]
     run_cli(
         [
             "score",

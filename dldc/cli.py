@@ -132,7 +132,8 @@ def train_scorer(obj: _Context, manifest: str | None, out: str | None, folds: in
     "scorers",
     multiple=True,
     metavar="SPEC",
-    help="Scorer spec, repeatable: indomain:DIR, open_clip:ARCH[:TAG_OR_CHECKPOINT], hf:ID_OR_DIR [score.scorers].",
+    help="Scorer spec, repeatable: indomain:DIR, open_clip:ARCH[:TAG_OR_CHECKPOINT], hf:ID_OR_DIR, onnx:DIR "
+    "[score.scorers].",
 )
 @click.option(
     "--part", metavar="I/N", help="Score only the I-th of N slices (fan-out); fuse with `dldc gather-scores`."
@@ -172,6 +173,57 @@ def gather_scores(obj: _Context, parts: tuple[str, ...], out: str | None) -> Non
     click.echo(f"fused {result.report['pairs']} pairs from {len(parts)} parts into {result.scores}")
 
 
+@main.command()
+@click.option("--manifest", type=click.Path(dir_okay=False), help="Manifest to repair [caption.manifest].")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder [caption.out].")
+@click.option(
+    "--backend",
+    "backends",
+    multiple=True,
+    metavar="SPEC",
+    help="Captioner, repeatable: hf:HUB_ID_OR_DIR, mask2text[:TABLE], retrieval[:INDOMAIN_DIR] [caption.backends].",
+)
+@click.option("--rounds", type=int, help="Most regeneration rounds K [caption.rounds].")
+@click.option("--scores", type=click.Path(dir_okay=False), help="Round-0 scores.parquet [caption.scores].")
+@click.option(
+    "--scorer", "scorers", multiple=True, metavar="SPEC", help="IEL scorer of candidates, repeatable [caption.scorers]."
+)
+@click.pass_obj
+def caption(
+    obj: _Context,
+    manifest: str | None,
+    out: str | None,
+    backends: tuple[str, ...],
+    rounds: int | None,
+    scores: str | None,
+    scorers: tuple[str, ...],
+) -> None:
+    """EGL: regenerate captions of low-scoring pairs, keep the ones the IEL scores higher."""
+    from dldc.stages import run_caption
+
+    cfg = obj.config(
+        **{
+            "caption.manifest": manifest,
+            "caption.out": out,
+            "caption.backends": list(backends) or None,
+            "caption.rounds": rounds,
+            "caption.scores": scores,
+            "caption.scorers": list(scorers) or None,
+        }
+    )
+    try:
+        result = run_caption(cfg, progress=obj.progress)
+    except (ValueError, FileNotFoundError, OSError, KeyError) as err:
+        raise click.ClickException(str(err)) from None
+    report = result.report
+    fused = " -> ".join(f"{r['mean_fused']:.3f}" for r in report["rounds"])
+    click.echo(
+        f"{report['low_at_start']} of {report['pairs']} pairs below their scene threshold; "
+        f"{report['replaced']} captions replaced ({report['replaced_by_backend']}), {report['still_low']} still low; "
+        f"mean fused per round {fused}; stopped: {report['stop']}; wrote {result.manifest}"
+    )
+
+
 def _parse_part(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
@@ -179,6 +231,251 @@ def _parse_part(text: str | None) -> tuple[int, int] | None:
     if not sep or not index.isdigit() or not count.isdigit() or not 0 <= int(index) < int(count):
         raise click.BadParameter(f"expected I/N with 0 <= I < N, got {text!r}", param_hint="--part")
     return int(index), int(count)
+
+
+@main.command()
+@click.option(
+    "--generations",
+    "generations",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="Folder from `dldc generate`; repeatable (each arm in one folder) [evaluate.generations].",
+)
+@click.option("--manifest", type=click.Path(dir_okay=False), help="Manifest the prompts came from [evaluate.manifest].")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder [evaluate.out].")
+@click.option("--base-arm", help="Arm that relative changes are measured against [evaluate.base_arm].")
+@click.option("--fid/--no-fid", default=None, help="Inception FID/KID (needs the staged weights) [evaluate.fid].")
+@click.option("--bootstrap", type=int, help="Bootstrap resamples for the intervals [evaluate.bootstrap].")
+@click.pass_obj
+def evaluate(
+    obj: _Context,
+    generations: tuple[str, ...],
+    manifest: str | None,
+    out: str | None,
+    base_arm: str | None,
+    fid: bool | None,
+    bootstrap: int | None,
+) -> None:
+    """FID/KID, FD/KD in IEL feature spaces and CLIP scores of every arm vs. the real test images."""
+    from dldc.stages import run_evaluate
+
+    cfg = obj.config(
+        **{
+            "evaluate.generations": list(generations) or None,
+            "evaluate.manifest": manifest,
+            "evaluate.out": out,
+            "evaluate.base_arm": base_arm,
+            "evaluate.fid": fid,
+            "evaluate.bootstrap": bootstrap,
+        }
+    )
+    try:
+        result = run_evaluate(cfg, progress=obj.progress)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        raise click.ClickException(str(err)) from None
+    import math
+
+    click.echo(f"wrote {cfg.evaluate.out}/results.md:")
+    overall = result.table[result.table["scene"] == "all"]
+    for arm, rows in overall.groupby("arm", sort=False):
+        figures = []
+        for metric, value, change in zip(rows["metric"], rows["value"], rows["rel_change_pct"]):
+            vs_base = "" if arm == cfg.evaluate.base_arm or math.isnan(change) else f" ({change:+.1f}%)"
+            figures.append(f"{metric} {value:.4g}{vs_base}")
+        click.echo(f"  {arm}: {', '.join(figures)}")
+
+
+@main.command()
+@click.option("--evaluation", type=click.Path(file_okay=False), help="`dldc evaluate` output [promote.evaluation].")
+@click.option("--candidate-arm", help="Evaluated arm whose adapter is the candidate [promote.candidate_arm].")
+@click.option("--adapter", type=click.Path(file_okay=False), help="Candidate adapter folder [promote.adapter].")
+@click.option("--out", type=click.Path(file_okay=False), help="Folder for decision.json [promote.out].")
+@click.pass_obj
+def promote(
+    obj: _Context, evaluation: str | None, candidate_arm: str | None, adapter: str | None, out: str | None
+) -> None:
+    """Register the candidate adapter in MLflow; move the champion alias only if it beats the champion."""
+    from dldc.stages import run_promote
+
+    cfg = obj.config(
+        **{
+            "promote.evaluation": evaluation,
+            "promote.candidate_arm": candidate_arm,
+            "promote.adapter": adapter,
+            "promote.out": out,
+        }
+    )
+    try:
+        decision = run_promote(cfg)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        raise click.ClickException(str(err)) from None
+    candidate = decision["candidate"]
+    click.echo(
+        f"{cfg.registry.model_name} version {candidate['version']} ({candidate['arm']}): {decision['outcome']}: "
+        f"{decision['reason']}"
+    )
+
+
+@main.command("export-scorer")
+@click.option("--scorer", metavar="SPEC", help="Scorer spec to export, e.g. indomain:data/scorer [export.scorer].")
+@click.option("--out", type=click.Path(file_okay=False), help="Export folder; score with onnx:DIR [export.out].")
+@click.option(
+    "--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="fp32, fp16 (GPU), int8 (CPU) [export.precision]."
+)
+@click.option(
+    "--calibration",
+    type=click.Path(dir_okay=False),
+    help="Manifest the parity gate samples pairs from [export.calibration_manifest].",
+)
+@click.option(
+    "--from-export",
+    type=click.Path(file_okay=False, exists=True),
+    help="Convert this fp32 export of the same weights instead of tracing again (still gated).",
+)
+@click.pass_obj
+def export_scorer(
+    obj: _Context,
+    scorer: str | None,
+    out: str | None,
+    precision: str | None,
+    calibration: str | None,
+    from_export: str | None,
+) -> None:
+    """Export a scorer to ONNX (fp32/fp16/int8), refuse it unless it ranks pairs like its source."""
+    from dldc.export.exporter import ExportRefusedError
+    from dldc.export.runtime import ExportInvalidError
+    from dldc.stages import run_export_scorer
+
+    cfg = obj.config(
+        **{
+            "export.scorer": scorer,
+            "export.out": out,
+            "export.precision": precision,
+            "export.calibration_manifest": calibration,
+        }
+    )
+    try:
+        result = run_export_scorer(cfg, progress=obj.progress, from_export=from_export)
+    except (ExportRefusedError, ExportInvalidError, ValueError, FileNotFoundError, RuntimeError) as err:
+        raise click.ClickException(str(err)) from None
+    figures = result.meta["parity"]["figures"]
+    registry = result.meta.get("registry") or {}
+    registered = f"; registered {registry['name']} v{registry['version']}" if registry.get("version") else ""
+    alias = f" @{registry['alias']}" if registry.get("alias") else ""
+    click.echo(
+        f"exported {cfg.export.scorer} ({result.meta['precision']}) to {result.path}: cosine min "
+        f"{figures['cosine_min']:.6f}, Spearman {figures['spearman']:.5f}, flip rate {figures['flip_rate']:.2%} "
+        f"on {figures['pairs']} pairs{registered}{alias}; score with onnx:{result.path}"
+    )
+
+
+@main.command("fetch-scorer")
+@click.argument("reference", metavar="NAME@ALIAS")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the export to.")
+@click.pass_obj
+def fetch_scorer(obj: _Context, reference: str, out: str) -> None:
+    """Download the exported scorer an MLflow alias points at (e.g. dldc-iel-scorer@exported)."""
+    from mlflow.exceptions import MlflowException
+
+    from dldc.export.registry import fetch_export
+
+    cfg = obj.config()
+    try:
+        path = fetch_export(reference, out, cfg.tracking)
+    except (ValueError, MlflowException) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"fetched {reference} to {path}; score with onnx:{path}")
+
+
+@main.command("build-base")
+@click.option("--out", type=click.Path(file_okay=False), help="Pipeline folder to write [base.out].")
+@click.option("--steps", type=int, help="UNet + text-encoder training steps [base.steps].")
+@click.option(
+    "--check-scorer", type=click.Path(file_okay=False), help="In-domain scorer for the scene check [base.check_scorer]."
+)
+@click.pass_obj
+def build_base(obj: _Context, out: str | None, steps: int | None, check_scorer: str | None) -> None:
+    """Train the demo's tiny Stable Diffusion from scratch on a SynthRS pretraining split (save_pretrained folder)."""
+    from dldc.stages import run_build_base
+
+    cfg = obj.config(**{"base.out": out, "base.steps": steps, "base.check_scorer": check_scorer})
+    try:
+        report = run_build_base(cfg, progress=obj.progress)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        raise click.ClickException(str(err)) from None
+    check = report.get("scene_check")
+    scene = (
+        f"; scene accuracy {check['generated']['accuracy']:.2f} on generated images "
+        f"(ceiling {check['ceiling']['accuracy']:.2f}, chance {check['chance']:.2f})"
+        if check
+        else ""
+    )
+    click.echo(f"wrote the base pipeline to {cfg.base.out} in {report['timings']['total_s']:.0f} s{scene}")
+
+
+@main.command()
+@click.option("--base", help="Base pipeline: hub id or save_pretrained folder [finetune.base].")
+@click.option("--manifest", type=click.Path(dir_okay=False), help="Manifest to train on [finetune.manifest].")
+@click.option("--out", type=click.Path(file_okay=False), help="Adapter folder [finetune.out].")
+@click.option("--steps", type=int, help="Optimizer steps [finetune.steps].")
+@click.option("--seed", type=int, help="Seed of LoRA init, batches and noise [finetune.seed].")
+@click.pass_obj
+def finetune(
+    obj: _Context, base: str | None, manifest: str | None, out: str | None, steps: int | None, seed: int | None
+) -> None:
+    """LoRA fine-tune Stable Diffusion on a manifest; resumes from the last checkpoint of the same settings."""
+    from dldc.stages import run_finetune
+
+    cfg = obj.config(
+        **{
+            "finetune.base": base,
+            "finetune.manifest": manifest,
+            "finetune.out": out,
+            "finetune.steps": steps,
+            "finetune.seed": seed,
+        }
+    )
+    try:
+        report = run_finetune(cfg, progress=obj.progress)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        raise click.ClickException(str(err)) from None
+    resumed = f", resumed from step {report['resumed_from'][-1]}" if report["resumed_from"] else ""
+    click.echo(
+        f"wrote {cfg.finetune.out}/{report['adapter']} ({report['lora_parameters']} LoRA parameters, "
+        f"{report['steps']} steps{resumed}, final loss {report['final_loss']:.4f}, "
+        f"{report['throughput']['images_per_s']} images/s)"
+    )
+
+
+@main.command()
+@click.option("--base", help="Base pipeline: hub id or save_pretrained folder [generate.base].")
+@click.option("--arm", "arms", multiple=True, metavar="NAME=ADAPTER_DIR",
+              help="An arm and its adapter folder (NAME= for the base alone); repeatable, replaces generate.arms.")
+@click.option("--manifest", type=click.Path(dir_okay=False), help="Manifest with the prompts [generate.manifest].")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder [generate.out].")
+@click.pass_obj
+def generate(obj: _Context, base: str | None, arms: tuple[str, ...], manifest: str | None, out: str | None) -> None:
+    """Generate images for the test prompts for every arm (same seeds); resumable; writes generations.parquet."""
+    from dldc.stages import run_generate
+
+    parsed = None
+    if arms:
+        parsed = {}
+        for item in arms:
+            name, sep, adapter = item.partition("=")
+            if not sep or not name:
+                raise click.BadParameter(f"expected NAME=ADAPTER_DIR (or NAME= for the base), got {item!r}",
+                                         param_hint="--arm")
+            parsed[name] = adapter
+    cfg = obj.config(
+        **{"generate.base": base, "generate.arms": parsed, "generate.manifest": manifest, "generate.out": out}
+    )
+    try:
+        result = run_generate(cfg, progress=obj.progress)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        raise click.ClickException(str(err)) from None
+    counts = ", ".join(f"{arm}: {c['generated']} new / {c['reused']} kept" for arm, c in result.report["arms"].items())
+    click.echo(f"wrote {result.report['images']} images ({counts}) and {result.table}")
 
 
 @main.group()

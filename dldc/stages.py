@@ -15,6 +15,7 @@ from dldc.data.manifest import read_manifest
 from dldc.tracking import stage_run
 
 if TYPE_CHECKING:
+    from dldc.egl.loop import CaptionResult
     from dldc.iel.engine import ScoreResult
 
 
@@ -82,6 +83,37 @@ def run_score(cfg: DldcConfig, progress: bool = True, part: tuple[int, int] | No
     return result
 
 
+def run_caption(cfg: DldcConfig, progress: bool = True) -> CaptionResult:
+    """Run the EGL loop on ``cfg.caption.manifest`` and log rounds, replacements and the outputs."""
+    from dldc.egl.loop import caption_manifest
+
+    params = {**cfg.caption.model_dump(mode="json"), "score.fusion": cfg.score.fusion}
+    params["prompts"] = sorted(cfg.caption.prompts)  # ids only: the templates are versioned by id
+    with stage_run(cfg.tracking, "caption", params) as run:
+        result = caption_manifest(cfg.caption, cfg.score, progress=progress)
+        report = result.report
+        run.log_metrics(
+            {
+                "pairs": report["pairs"],
+                "low_at_start": report["low_at_start"],
+                "replaced": report["replaced"],
+                "still_low": report["still_low"],
+                "candidates": report["candidates"],
+                "rounds_run": len(report["rounds"]) - 1,
+                "seconds": report["seconds"],
+            }
+        )
+        for summary in report["rounds"]:
+            figures = {"mean_fused": summary["mean_fused"], "low": summary["low_after"]}
+            run.log_metrics({f"round_{summary['round']}": figures})
+        run.set_tags({f"caption.backend.{i}": b["fingerprint"] for i, b in enumerate(report["backends"])})
+        run.log_artifact(result.report_path)
+        run.log_artifact(result.captions)
+        if run.enabled:
+            run.log_dataset(result.frame, source=result.manifest.resolve(), name="captions", context="caption")
+    return result
+
+
 def run_gather_scores(cfg: DldcConfig, parts: list[str]) -> ScoreResult:
     """Fuse the raw scores of fanned-out manifest parts into ``cfg.score.out``."""
     from dldc.iel.engine import gather_scores
@@ -90,4 +122,125 @@ def run_gather_scores(cfg: DldcConfig, parts: list[str]) -> ScoreResult:
         result = gather_scores(parts, cfg.score.out, cfg.score.fusion, cfg.score.disagreement)
         run.log_metrics(_numbers(result.report))
         run.log_artifact(result.report_path)
+    return result
+
+
+def run_evaluate(cfg: DldcConfig, progress: bool = True) -> Any:
+    """Evaluate ``cfg.evaluate.generations`` against the real test images; log every overall metric."""
+    from dldc.evaluate.evaluate import SUMMARY_FILE, evaluate_generations, summary
+
+    with stage_run(cfg.tracking, "evaluate", cfg.evaluate.model_dump(mode="json")) as run:
+        result = evaluate_generations(cfg=cfg.evaluate, progress=progress)
+        overall = summary(result)
+        # MLflow metric names: <arm>.<metric>, e.g. clean.FD-indomain; relative changes as <arm>.<metric>.rel_pct.
+        run.log_metrics({f"{arm}.{m}": v for arm, values in overall["arms"].items() for m, v in values.items()})
+        run.log_metrics(
+            {
+                f"{arm}.{m}.rel_pct": v
+                for arm, values in overall["relative_change_vs_base_pct"].items()
+                for m, v in values.items()
+            }
+        )
+        run.set_tags({"evaluate.fingerprint": overall["fingerprint"]})
+        for name in ("results.json", "results.md", SUMMARY_FILE):
+            run.log_artifact(Path(cfg.evaluate.out) / name)
+    return result
+
+
+def run_promote(cfg: DldcConfig) -> dict[str, Any]:
+    """Register the candidate adapter and move the champion alias when it beats the champion."""
+    from dldc.registry.promote import promote
+
+    params = {"promote": cfg.promote.model_dump(mode="json"), "registry": cfg.registry.model_dump(mode="json")}
+    with stage_run(cfg.tracking, "promote", params) as run:
+        return promote(cfg, run)
+
+
+def run_export_scorer(cfg: DldcConfig, progress: bool = True, from_export: str | None = None) -> Any:
+    """Export ``cfg.export.scorer`` to ONNX behind the parity gate; log it to MLflow and register it.
+
+    A refused export fails the stage's run with the measured parity figures logged as metrics.
+    """
+    from dldc.export.exporter import ExportRefusedError, export_scorer
+    from dldc.export.registry import log_export
+
+    section = cfg.export
+    params = {**section.model_dump(mode="json"), "from_export": from_export}
+    with stage_run(cfg.tracking, "export_scorer", params) as run:
+        try:
+            result = export_scorer(section, progress=progress, from_export=from_export)
+        except ExportRefusedError as err:
+            run.log_metrics({f"parity.{k}": v for k, v in err.figures.items()})
+            run.set_tags({"export.parity_passed": "false"})
+            raise
+        if run.enabled:
+            result.meta["registry"] = log_export(result.path, result.meta, section.registered_model, section.alias)
+        else:
+            result.meta["registry"] = None
+    return result
+
+
+def run_build_base(cfg: DldcConfig, progress: bool = True) -> dict[str, Any]:
+    """Train the tiny demo Stable Diffusion into ``cfg.base.out``; log its losses, timings and scene check."""
+    from dldc.t2i.base import REPORT_FILE, SAMPLES_FILE, build_base
+
+    with stage_run(cfg.tracking, "build_base", cfg.base.model_dump(mode="json")) as run:
+        report = build_base(cfg.base, progress=progress)
+        run.log_metrics(
+            {
+                "timings": report["timings"],
+                "vae": report["vae"],
+                "denoiser": report["denoiser"],
+                "parameters": report["parameters"],
+                "scene_accuracy": report.get("scene_check", {}).get("generated", {}).get("accuracy"),
+                "scene_accuracy_ceiling": report.get("scene_check", {}).get("ceiling", {}).get("accuracy"),
+                "scene_accuracy_real": report.get("scene_check", {}).get("real", {}).get("accuracy"),
+            }
+        )
+        for step, loss in enumerate(report["losses"]["denoiser"]):
+            run.log_metrics({"denoiser_loss_curve": loss}, step=step)
+        out = Path(cfg.base.out)
+        run.log_artifact(out / REPORT_FILE)
+        if (out / SAMPLES_FILE).is_file():
+            run.log_artifact(out / SAMPLES_FILE)
+    return report
+
+
+def run_finetune(cfg: DldcConfig, progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
+    """LoRA fine-tune ``cfg.finetune.base`` on ``cfg.finetune.manifest``; log the loss curve, samples and adapter."""
+    from dldc.t2i.finetune import ADAPTER_FILE, REPORT_FILE, SAMPLES_FILE, finetune
+
+    section = cfg.finetune
+    with stage_run(cfg.tracking, "finetune", section.model_dump(mode="json")) as run:
+        report = finetune(
+            section, progress=progress, on_log=lambda step, values: run.log_metrics(values, step=step),
+            stop_after=stop_after,
+        )
+        if "stopped_at" in report:
+            return report
+        run.log_metrics(
+            {"final_loss": report["final_loss"], "lora_parameters": report["lora_parameters"], **report["throughput"]}
+        )
+        run.set_tags({"base": section.base, "manifest_sha256": report["manifest_sha256"],
+                      "fingerprint": report["fingerprint"]})
+        out = Path(section.out)
+        for name in (ADAPTER_FILE, REPORT_FILE):
+            run.log_artifact(out / name, artifact_path="adapter")
+        if report["samples"]:
+            run.log_artifact(out / SAMPLES_FILE)
+        if run.enabled:
+            frame, _ = read_manifest(section.manifest)
+            run.log_dataset(frame, source=Path(section.manifest).resolve(), name="train_manifest", context="finetune")
+    return report
+
+
+def run_generate(cfg: DldcConfig, progress: bool = True) -> Any:
+    """Generate the test prompts' images for every arm of ``cfg.generate`` and log the counts."""
+    from dldc.t2i.generate import REPORT_FILE, generate_images
+
+    with stage_run(cfg.tracking, "generate", cfg.generate.model_dump(mode="json")) as run:
+        result = generate_images(cfg.generate, progress=progress)
+        run.log_metrics({"images": result.report["images"], "images_per_s": result.report["images_per_s"],
+                         "arms": result.report["arms"]})
+        run.log_artifact(result.out / REPORT_FILE)
     return result

@@ -36,8 +36,11 @@ class StageRun:
     def enabled(self) -> bool:
         return self._mlflow is not None
 
-    def log_metrics(self, metrics: Mapping[str, Any]) -> None:
-        """Log numeric values (nested dicts become dotted names; non-numbers are skipped)."""
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log numeric values (nested dicts become dotted names; non-numbers are skipped).
+
+        ``step`` makes the values one point of a curve (e.g. the training loss per step).
+        """
         if self._mlflow is None:
             return
         numbers = {
@@ -46,7 +49,7 @@ class StageRun:
             if isinstance(value, (int, float)) and not isinstance(value, bool)
         }
         if numbers:
-            self._mlflow.log_metrics(numbers)
+            self._mlflow.log_metrics(numbers, step=step)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self._mlflow is not None:

@@ -1,4 +1,4 @@
-"""The dldc Kubeflow pipeline: synth → ingest → train-scorer → score (fanned out) → gather.
+"""The dldc Kubeflow pipeline: synth → ingest → train-scorer → score (fanned out) → gather → caption.
 
 Compile with `dldc pipeline compile --out dldc.pipeline.yaml`, or run locally with
 `kfp.local` (see tests/test_pipeline.py). Later stages attach after `gather_scores`.
@@ -8,6 +8,8 @@ from pathlib import Path
 
 from kfp import compiler, dsl, kubernetes
 
+from components.caption import caption
+from components.export_scorer import export_scorer
 from components.images import GPU_NODE_SELECTOR, GPU_RESOURCE
 from components.ingest import ingest
 from components.score import gather_scores, plan_parts, score_part
@@ -33,11 +35,17 @@ def dldc_pipeline(
     score_parts: int = 2,
     extra_scorers: list = [],  # noqa: B006 - KFP reads the default as the parameter's default value
     settings: list = [],  # noqa: B006
+    caption_backends: list = ["mask2text:synthrs", "retrieval"],  # noqa: B006
+    caption_rounds: int = 2,
+    export_precision: str = "none",
 ):
     """SynthRS → ingest → in-domain scorer → scoring over `score_parts` slices → fused scores.
 
     `settings` are `key=value` overrides passed to every stage (`dldc -S`); `extra_scorers`
-    are scorer specs (e.g. `open_clip:ViT-L-14:openai`) scored beside the in-domain model.
+    are scorer specs (e.g. `open_clip:ViT-L-14:openai`) scored beside the in-domain model;
+    `caption_backends` and `caption_rounds` drive the EGL loop (`dldc caption`) after scoring;
+    `export_precision` (`fp32`, `fp16` or `int8`; default `none`) exports the in-domain scorer to
+    ONNX behind the parity gate before scoring, and the score parts then run the export.
     """
     # One MLflow parent run per pipeline run: the stages share the job id as their run group.
     group = dsl.PIPELINE_JOB_ID_PLACEHOLDER
@@ -50,21 +58,43 @@ def dldc_pipeline(
     scorer_task = _on_gpu(
         train_scorer(manifest=ingest_task.outputs["manifest"], settings=settings, run_group=group)
     ).set_display_name("train-scorer")
+    export_task = _on_gpu(
+        export_scorer(
+            scorer=scorer_task.outputs["scorer"],
+            manifest=ingest_task.outputs["manifest"],
+            precision=export_precision,
+            settings=settings,
+            run_group=group,
+        )
+    ).set_display_name("export-scorer")
     plan = plan_parts(count=score_parts).set_display_name("plan-parts")
     with dsl.ParallelFor(plan.output) as part:
         part_task = _on_gpu(
             score_part(
                 manifest=ingest_task.outputs["manifest"],
                 scorer=scorer_task.outputs["scorer"],
+                exported=export_task.outputs["exported"],
                 part=part,
                 extra_scorers=extra_scorers,
                 settings=settings,
                 run_group=group,
             )
         ).set_display_name("score-part")
-    gather_scores(
+    gather_task = gather_scores(
         parts=dsl.Collected(part_task.outputs["scores"]), settings=settings, run_group=group
     ).set_display_name("gather-scores")
+    # EGL: layout descriptions for the low-scoring pairs, judged by the same in-domain scorer.
+    _on_gpu(
+        caption(
+            manifest=ingest_task.outputs["manifest"],
+            scores=gather_task.outputs["scores"],
+            scorer=scorer_task.outputs["scorer"],
+            backends=caption_backends,
+            rounds=caption_rounds,
+            settings=settings,
+            run_group=group,
+        )
+    ).set_display_name("caption")
 
 
 def compile_pipeline(out: Path) -> Path:

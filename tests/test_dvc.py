@@ -8,6 +8,42 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+STAGES = (
+    "synth",
+    "ingest",
+    "train_scorer",
+    "score",
+    "caption",
+    "build_base",
+    "finetune@raw",
+    "finetune@clean",
+    "generate",
+    "evaluate",
+    "promote",
+)
+# The demo chain's shapes at toy size: every stage runs, in seconds.
+TINY_BASE = {
+    "n_images": 100,  # 10 per scene: the scene check needs test-split images
+    "resolution": 16,
+    "vae_channels": [8, 8],
+    "unet_channels": [8, 16],
+    "unet_cross_attention": [True, True],
+    "attention_head_dim": 4,
+    "text_width": 16,
+    "text_layers": 1,
+    "text_heads": 2,
+    "norm_groups": 4,
+    "vae_steps": 2,
+    "vae_batch": 4,
+    "vae_crop": 8,
+    "text_steps": 2,
+    "text_batch": 4,
+    "steps": 3,
+    "batch_size": 4,
+    "warmup_steps": 1,
+    "check_images_per_scene": 1,
+    "check_steps": 1,
+}
 
 
 @pytest.mark.slow
@@ -18,8 +54,13 @@ def test_dvc_repro_runs_then_is_up_to_date(tmp_path, mlflow_uri):
         shutil.copy(REPO / name, work / name)
     shutil.copytree(REPO / "dldc", work / "dldc", ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((work / "params.yaml").read_text())
-    params["synth"].update(n_images=30, size=32)
+    params["synth"].update(n_images=100, size=32)  # 10 per scene: generation needs test-split images
     params["indomain"].update(architecture="indomain-test", folds=2, epochs=1, batch_size=32)
+    params["caption"].update(rounds=1)
+    params["base"].update(TINY_BASE)
+    params["finetune"].update(resolution=16, rank=4, steps=2, batch_size=4, checkpoint_every=1, sample_steps=1)
+    params["generate"].update(steps=1, batch_size=8, prompts_per_image=1)
+    params["evaluate"].update(bootstrap=10, kid_subsets=2, kid_subset_size=4)
     params["tracking"]["uri"] = mlflow_uri
     (work / "params.yaml").write_text(yaml.safe_dump(params))
 
@@ -28,14 +69,16 @@ def test_dvc_repro_runs_then_is_up_to_date(tmp_path, mlflow_uri):
 
     dvc("init", "--no-scm", "-q")
     first = dvc("repro")
-    for stage in ("synth", "ingest", "train_scorer", "score"):
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in first
     assert (work / "data" / "ingest" / "manifest.parquet").is_file()
     assert (work / "data" / "scores" / "scores.parquet").is_file()
+    assert (work / "data" / "captions" / "manifest.parquet").is_file()
+    assert (work / "data" / "generate" / "generations.parquet").is_file()
     assert "up to date" in dvc("repro")
     assert "up to date" in dvc("status")
     lock = yaml.safe_load((work / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"synth", "ingest", "train_scorer", "score"}
+    assert set(lock["stages"]) == set(STAGES)
     # A changed score setting re-runs only `score`, and the embedding store spares re-encoding.
     params["score"]["fusion"] = "zscore"
     (work / "params.yaml").write_text(yaml.safe_dump(params))

@@ -15,12 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from dldc.config import IndomainConfig, IngestConfig
+from dldc.config import IndomainConfig, IngestConfig, ScoreConfig
 from dldc.data.images import load_rgb
 from dldc.data.ingest import ingest
 from dldc.data.manifest import dataset_root, read_manifest, write_manifest
 from dldc.data.synth import write_synthrs
 from dldc.iel.base import CrossFitScorer, Scorer
+from dldc.iel.engine import gather_scores, score_manifest
 from dldc.iel.indomain import (
     FOLDS_FILE,
     OPEN_CLIP_CONFIG_FILE,
@@ -38,9 +39,11 @@ from dldc.iel.indomain import (
     prepare_data,
     rank_auroc,
     resolve_architecture,
+    scene_model_file,
     train_fold,
     train_indomain,
 )
+from dldc.iel.scene_text import SceneCaptionModel, content_tokens
 
 FOLDS = 3
 
@@ -84,6 +87,7 @@ def test_outputs_written_atomically(trained):
     cfg, report = trained
     out = Path(cfg.out)
     expected = {OPEN_CLIP_CONFIG_FILE, FOLDS_FILE, REPORT_FILE} | {fold_weights_file(k) for k in range(FOLDS)}
+    expected |= {scene_model_file(k) for k in range(FOLDS)}
     assert {p.name for p in out.iterdir()} == expected
     assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []  # no temp folder left
     assert report["out"] == cfg.out and report["architecture"] == "indomain-test"
@@ -226,6 +230,72 @@ def test_heldout_pairs_score_above_shuffled_pairs(trained, frame, manifest):
     assert matched.mean() > shuffled.mean()
     positive = np.r_[np.ones(len(matched), bool), np.zeros(len(shuffled), bool)]
     assert rank_auroc(np.r_[matched, shuffled], positive) > 0.6
+
+
+def test_scene_head_is_cross_fitted_and_finds_other_scene_captions(trained, frame):
+    cfg, report = trained
+    assert report["scene_head"] is True
+    scorer = load_indomain(cfg.out, device="cpu")
+    assert scorer.has_scene_head
+    tokenizer = open_clip.get_tokenizer("local-dir:" + cfg.out)
+    images = frame.drop_duplicates("image_id")
+    for k in range(FOLDS):
+        # The fold's scene model counts exactly the tokens of the captions outside fold k.
+        outside = frame[frame["image_id"].map(scorer.fold_of) != k]
+        expected = SceneCaptionModel.fit(
+            content_tokens(tokenizer(outside["caption"].tolist()), tokenizer.sot_token_id, tokenizer.eot_token_id),
+            outside["scene"].tolist(),
+            vocab_size=tokenizer.vocab_size,
+        )
+        model = scorer.fold_model(k).scene_model
+        assert model.scenes == expected.scenes
+        np.testing.assert_allclose(model.log_likelihood, expected.log_likelihood)
+    # Held-out captions fit their own scene better than the same captions put under another scene.
+    own, other = [], []
+    scenes = sorted(frame["scene"].unique())
+    for _, row in images.iterrows():
+        fold_model = scorer.fold_model(scorer.fold_of(row["image_id"]))
+        wrong = scenes[(scenes.index(row["scene"]) + 1) % len(scenes)]
+        p_own, p_other = fold_model.scene_fit([row["caption"]] * 2, [row["scene"], wrong])
+        own.append(p_own)
+        other.append(p_other)
+    positive = np.r_[np.ones(len(own), bool), np.zeros(len(other), bool)]
+    assert rank_auroc(np.r_[own, other], positive) > 0.9
+    assert np.isnan(scorer.fold_model(0).scene_fit(["a field"], ["no-such-scene"])[0])
+
+
+def test_score_reports_and_fuses_the_scene_fit(trained, frame, manifest, tmp_path):
+    cfg, _ = trained
+    score_cfg = ScoreConfig(manifest=manifest, out=str(tmp_path / "scores"), scorers=[f"indomain:{cfg.out}"])
+    result = score_manifest(score_cfg, progress=False)
+    scored = result.frame
+    assert result.report["scorers"][0]["scene_head"] is True
+    assert "indomain_scenefit_clipscore" not in scored
+    scorer = load_indomain(cfg.out, device="cpu")
+    first = frame.iloc[0]
+    expected = scorer.fold_model(scorer.fold_of(first["image_id"])).scene_fit([first["caption"]], [first["scene"]])
+    assert scored["indomain_scenefit"].iloc[0] == pytest.approx(expected[0])
+    mean_pct = (scored["indomain_scene_pct"] + scored["indomain_scenefit_scene_pct"]) / 2
+    np.testing.assert_allclose(scored["fused"], mean_pct)
+    # Gathering parts fuses the same way.
+    parts = []
+    for index in range(2):
+        part_cfg = score_cfg.model_copy(update={"out": str(tmp_path / f"part{index}")})
+        score_manifest(part_cfg, progress=False, part=(index, 2))
+        parts.append(part_cfg.out)
+    gathered = gather_scores(parts, tmp_path / "gathered").frame
+    np.testing.assert_allclose(gathered["fused"], scored["fused"])
+
+
+def test_scene_head_can_be_turned_off(manifest, tmp_path):
+    cfg = make_cfg(manifest, tmp_path / "plain", epochs=1, scene_head=False)
+    report = train_indomain(cfg, progress=False)
+    assert report["scene_head"] is False
+    assert not list(Path(cfg.out).glob("*.scene.safetensors"))
+    scorer = load_indomain(cfg.out, device="cpu")
+    assert not scorer.has_scene_head
+    with pytest.raises(RuntimeError, match="scene_head=true"):
+        scorer.fold_model(0).scene_fit(["x"], ["y"])
 
 
 def test_bad_inputs_raise_clear_errors(manifest, tmp_path):

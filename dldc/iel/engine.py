@@ -17,6 +17,8 @@ How a run goes:
 ``scores.parquet`` columns: ``pair_id, image_id, scene, split``, then per scorer ``<name>``
 (cosine), ``<name>_clipscore`` (``100·max(cos, 0)``), ``<name>_tokens`` (untruncated token
 count), ``<name>_truncated`` (caption longer than the scorer's context), ``<name>_scene_pct``;
+for a scorer with a scene head (the in-domain one) also ``<name>_scenefit`` (``P(image's scene |
+caption)``, :mod:`dldc.iel.scene_text`) and ``<name>_scenefit_scene_pct``, fused like a scorer;
 then ``fused``, ``scene_percentile``, ``disagree``. ``score.json`` holds the scorers, counts
 of truncated captions, cache and shard reuse, and timings.
 """
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 
 SCORES_FILE = "scores.parquet"
 REPORT_FILE = "score.json"
+SCENEFIT_SUFFIX = "_scenefit"
 SHARD_KEY = b"dldc.shard_key"
 
 
@@ -191,6 +194,8 @@ def score_manifest(
                 columns[scorer.name] = cosine
                 columns[f"{scorer.name}_tokens"] = tokens
                 columns[f"{scorer.name}_truncated"] = [t > context for t in tokens]
+                if has_scene_head(scorer):
+                    columns[f"{scorer.name}{SCENEFIT_SUFFIX}"] = _scene_fit_rows(scorer, rows)
             table = pa.table(columns).replace_schema_metadata({SHARD_KEY: key.encode()})
             write_parquet(path, table)
         else:
@@ -208,8 +213,9 @@ def score_manifest(
         .reset_index(drop=True)
         .join(raw.drop(columns="pair_id").reset_index(drop=True))
     )
+    signals = [f"{s.name}{SCENEFIT_SUFFIX}" for s in scorers if has_scene_head(s)]
     if part is None:
-        scored = fuse_scores(scored, names, cfg.fusion, cfg.disagreement)
+        scored = fuse_scores(scored, names, cfg.fusion, cfg.disagreement, signals=signals)
     seconds = time.perf_counter() - started
     report = {
         "manifest": str(Path(cfg.manifest)),
@@ -252,7 +258,8 @@ def gather_scores(
     if not joined["pair_id"].is_unique:
         raise ValueError("a pair appears in more than one part; were the parts cut from one manifest?")
     names = [s["name"] for s in reports[0]["scorers"]]
-    fused = fuse_scores(joined, names, method, disagreement)
+    signals = [f"{s['name']}{SCENEFIT_SUFFIX}" for s in reports[0]["scorers"] if s.get("scene_head")]
+    fused = fuse_scores(joined, names, method, disagreement, signals=signals)
     out = Path(out)
     report = {
         "parts": [str(p) for p in parts],
@@ -341,10 +348,29 @@ def _score_rows(
     return cosine.tolist(), store.tokens(caption_keys), scorer.context_length
 
 
+def has_scene_head(scorer: Scorer | CrossFitScorer) -> bool:
+    """Whether a cross-fitted scorer also reports caption–scene consistency (the in-domain one can)."""
+    return bool(getattr(scorer, "has_scene_head", False))
+
+
+def _scene_fit_rows(scorer: CrossFitScorer, rows: pd.DataFrame) -> list[float]:
+    """``P(image's scene | caption)`` of each row, from the fold model that never saw the image."""
+    values = [0.0] * len(rows)
+    folds = [scorer.fold_of(image_id) for image_id in rows["image_id"]]
+    captions, scenes = rows["caption"].tolist(), rows["scene"].astype(str).tolist()
+    for fold in sorted(set(folds)):
+        positions = [i for i, f in enumerate(folds) if f == fold]
+        fitted = scorer.fold_model(fold).scene_fit([captions[i] for i in positions], [scenes[i] for i in positions])
+        for position, value in zip(positions, fitted):
+            values[position] = value
+    return values
+
+
 def _describe(scorer: Scorer | CrossFitScorer) -> dict[str, Any]:
     info: dict[str, Any] = {"scorer_id": scorer.scorer_id, "name": scorer.name}
     if isinstance(scorer, CrossFitScorer) and not isinstance(scorer, Scorer):
         info["folds"] = scorer.n_folds
+        info["scene_head"] = has_scene_head(scorer)
     else:
         info["context_length"] = scorer.context_length
     return info

@@ -14,7 +14,9 @@ Spec forms:
   where ``ARCH`` is an open_clip model name (``ViT-B-32``) or the path of an open_clip JSON
   model config (``/cfg/tiny-clip.json``);
 * ``hf:HUB_ID[@REVISION]`` or ``hf:DIR`` — a Hugging Face CLIP/SigLIP model;
-* ``indomain:DIR`` — the cross-fitted in-domain model (:mod:`dldc.iel.indomain`).
+* ``indomain:DIR`` — the cross-fitted in-domain model (:mod:`dldc.iel.indomain`);
+* ``onnx:DIR`` — any of the above exported by ``dldc export-scorer`` and run with ONNX Runtime
+  (TensorRT, CUDA or CPU provider; :mod:`dldc.export.runtime`).
 """
 
 from __future__ import annotations
@@ -31,14 +33,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("open_clip", "hf", "indomain")
+BACKENDS = ("open_clip", "hf", "indomain", "onnx")
 PRECISIONS = ("fp32", "fp16", "bf16")
 SPEC_FORMS = (
     "open_clip:ARCH_OR_CONFIG_JSON (random weights), "
     "open_clip:ARCH_OR_CONFIG_JSON:TAG (e.g. open_clip:ViT-B-32:openai), "
     "open_clip:ARCH_OR_CONFIG_JSON:CHECKPOINT (e.g. open_clip:ViT-L-14:/models/RemoteCLIP-ViT-L-14.pt), "
     "hf:HUB_ID[@REVISION] or hf:DIR (e.g. hf:openai/clip-vit-base-patch32), "
-    "indomain:DIR"
+    "indomain:DIR, "
+    "onnx:DIR (an export of dldc export-scorer)"
 )
 
 _AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -52,8 +55,8 @@ class ScorerSpec(NamedTuple):
     """A parsed scorer spec.
 
     Attributes:
-        backend: ``open_clip``, ``hf`` or ``indomain``.
-        target: the architecture / config path, hub id / directory, or in-domain directory.
+        backend: ``open_clip``, ``hf``, ``indomain`` or ``onnx``.
+        target: the architecture / config path, hub id / directory, in-domain or export directory.
         weights: open_clip tag or checkpoint path, hf revision, or ``None``.
     """
 
@@ -177,12 +180,14 @@ def create_scorer(
     Args:
         spec: e.g. ``open_clip:ViT-L-14:/models/RemoteCLIP-ViT-L-14.pt`` or ``hf:DIR``.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``… (ignored by ``indomain``, whose
-            loader decides).
-        precision: ``auto``, ``fp32``, ``fp16`` or ``bf16`` (see :func:`resolve_precision`).
+            loader decides; for ``onnx`` it picks the ONNX Runtime execution provider).
+        precision: ``auto``, ``fp32``, ``fp16`` or ``bf16`` (see :func:`resolve_precision`; an ``onnx``
+            export runs at the precision it was exported with).
         trust_remote_code: let ``hf`` models run code from their repository (off by default).
 
     Returns:
-        A :class:`~dldc.iel.base.Scorer`, or a :class:`~dldc.iel.base.CrossFitScorer` for ``indomain``.
+        A :class:`~dldc.iel.base.Scorer`, or a :class:`~dldc.iel.base.CrossFitScorer` for ``indomain``
+        (and for an ``onnx`` export of it).
 
     Raises:
         ValueError: malformed spec, unknown architecture/tag, or weights that do not fit the model.
@@ -193,6 +198,10 @@ def create_scorer(
         from dldc.iel.indomain import load_indomain  # written separately; imported only when asked for
 
         return load_indomain(parsed.target)
+    if parsed.backend == "onnx":
+        from dldc.export.runtime import load_onnx  # precision is the export's; device picks the provider
+
+        return load_onnx(parsed.target, device=device)
 
     resolved_device = resolve_device(device)
     resolved_precision = resolve_precision(precision, resolved_device)

@@ -30,7 +30,7 @@ def scene_percentile(values: pd.Series, scenes: pd.Series) -> pd.Series:
         [0.167, 0.833, 0.5, 0.5]
     """
     grouped = values.groupby(scenes)
-    return (grouped.rank(method="average") - 0.5) / grouped.transform("size")
+    return (grouped.rank(method="average") - 0.5) / grouped.transform("count")  # NaN: no rank, not counted
 
 
 def scene_zscore(values: pd.Series, scenes: pd.Series) -> pd.Series:
@@ -42,7 +42,11 @@ def scene_zscore(values: pd.Series, scenes: pd.Series) -> pd.Series:
 
 
 def fuse_scores(
-    frame: pd.DataFrame, scorer_names: list[str], method: str = "rank", disagreement: float = 0.5
+    frame: pd.DataFrame,
+    scorer_names: list[str],
+    method: str = "rank",
+    disagreement: float = 0.5,
+    signals: list[str] | tuple[str, ...] = (),
 ) -> pd.DataFrame:
     """Add fused and per-scene columns to a frame of raw cosine scores.
 
@@ -51,6 +55,9 @@ def fuse_scores(
         scorer_names: the cosine columns to fuse.
         method: ``rank`` or ``zscore`` (see the module docstring).
         disagreement: percentile-rank gap above which ``disagree`` is set.
+        signals: further higher-is-better columns fused like scorers but not cosines (no
+            ``_clipscore``), e.g. the in-domain scorer's ``indomain_scenefit``. A NaN signal
+            (unknown scene) is left out of that pair's mean.
 
     Returns:
         A copy with ``<name>_clipscore`` (``100 * max(cos, 0)``), ``<name>_scene_pct``,
@@ -69,17 +76,19 @@ def fuse_scores(
         raise ValueError(f"fusion method must be 'rank' or 'zscore', got {method!r}")
     if not scorer_names:
         raise ValueError("fuse_scores needs at least one scorer column")
-    missing = [name for name in [*scorer_names, "scene"] if name not in frame.columns]
+    fused_names = [*scorer_names, *signals]
+    missing = [name for name in [*fused_names, "scene"] if name not in frame.columns]
     if missing:
         raise ValueError(f"score frame lacks columns {missing}")
     out = frame.copy()
     normalised = []
-    for name in scorer_names:
-        out[f"{name}_clipscore"] = 100.0 * out[name].clip(lower=0.0)
+    for name in fused_names:
+        if name in scorer_names:
+            out[f"{name}_clipscore"] = 100.0 * out[name].clip(lower=0.0)
         out[f"{name}_scene_pct"] = scene_percentile(out[name], out["scene"])
         normalised.append(out[f"{name}_scene_pct"] if method == "rank" else scene_zscore(out[name], out["scene"]))
     out["fused"] = pd.concat(normalised, axis=1).mean(axis=1)
     out["scene_percentile"] = scene_percentile(out["fused"], out["scene"])
-    pct = out[[f"{name}_scene_pct" for name in scorer_names]]
+    pct = out[[f"{name}_scene_pct" for name in fused_names]]
     out["disagree"] = (pct.max(axis=1) - pct.min(axis=1)) > disagreement
     return out

@@ -41,6 +41,7 @@ Output folder (written atomically: built in a temporary sibling, then renamed)::
       open_clip_config.json    {"model_cfg": ..., "preprocess_cfg": ...}; open_clip's
                                ``local-dir:`` format, so ``create_model("local-dir:out")`` works
       fold-<k>.safetensors     weights of fold model k (trained without fold k), k = 0..K-1
+      fold-<k>.scene.safetensors  fold k's caption -> scene naive Bayes (scene_head; scene_text.py)
       folds.parquet            image_id (string), fold (int32): the held-out fold of each image
       indomain.json            config, data counts, per-fold losses, held-out metrics, timings
 
@@ -79,6 +80,7 @@ from dldc.config import IndomainConfig
 from dldc.data.images import load_rgb
 from dldc.data.manifest import dataset_root, read_manifest
 from dldc.iel.base import l2_normalise
+from dldc.iel.scene_text import SceneCaptionModel, content_tokens
 from dldc.io import atomic_dir, write_json
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -90,6 +92,11 @@ MIN_LR_RATIO = 0.1  # cosine decay ends at lr * MIN_LR_RATIO (nanoGPT's min_lr =
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learned temperature at 100
 
 _log = logging.getLogger(__name__)
+
+
+def scene_model_file(fold: int) -> str:
+    """File name of fold ``fold``'s caption–scene model (:mod:`dldc.iel.scene_text`)."""
+    return f"fold-{fold}.scene.safetensors"
 
 
 def fold_weights_file(fold: int) -> str:
@@ -654,6 +661,17 @@ def train_fold(
     return model, stats
 
 
+def fit_scene_model(
+    data: TrainingData, folds: np.ndarray, fold: int, tokenizer: Any, alpha: float
+) -> SceneCaptionModel:
+    """Fit fold ``fold``'s caption–scene model on the pairs of every image outside that fold."""
+    train_pairs = np.flatnonzero(folds[data.pair_image] != fold)
+    tokens = data.tokens[data.pair_caption[train_pairs]]
+    captions = content_tokens(tokens, tokenizer.sot_token_id, tokenizer.eot_token_id)
+    scenes = [data.scenes[i] for i in data.pair_image[train_pairs]]
+    return SceneCaptionModel.fit(captions, scenes, vocab_size=tokenizer.vocab_size, alpha=alpha)
+
+
 def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, Any] | None = None) -> None:
     """Write a model's state dict as safetensors (same tensors and metadata → same bytes).
 
@@ -692,6 +710,8 @@ def train_indomain(cfg: IndomainConfig, progress: bool = True) -> dict[str, Any]
     assignment = assign_folds(data.image_ids, data.scenes, cfg.folds, cfg.seed)
     folds = np.array([assignment[image_id] for image_id in data.image_ids])
     device = resolve_device(cfg.device)
+    # The caption–scene head needs at least two scene labels (a scene-less dataset has none).
+    scene_head = cfg.scene_head and len(set(data.scenes)) >= 2
 
     preprocess_cfg = {
         "size": image_size,
@@ -709,6 +729,9 @@ def train_indomain(cfg: IndomainConfig, progress: bool = True) -> dict[str, Any]
         for fold in range(cfg.folds):
             model, stats = train_fold(model_name, data, folds, fold, cfg, progress=progress)
             save_weights(model, tmp / fold_weights_file(fold), {"fold": fold, "architecture": model_name})
+            if scene_head:
+                scene_model = fit_scene_model(data, folds, fold, tokenizer, cfg.scene_alpha)
+                scene_model.save(tmp / scene_model_file(fold))
             fold_stats.append(stats)
             heldout = stats["heldout"]
             _log.info("fold %d: loss %.3f, held-out gap %s", fold, stats["final_loss"] or 0, heldout.get("gap"))
@@ -728,6 +751,7 @@ def train_indomain(cfg: IndomainConfig, progress: bool = True) -> dict[str, Any]
                 "scenes": len(set(data.scenes)),
             },
             "fold_sizes": np.bincount(folds, minlength=cfg.folds).tolist(),
+            "scene_head": scene_head,
             "folds": fold_stats,
             "heldout_mean": _mean_metrics([s["heldout"] for s in fold_stats]),
             "timings": {
@@ -759,7 +783,15 @@ class IndomainFoldScorer:
     worker processes receive a few numbers instead of the model when it is pickled.
     """
 
-    def __init__(self, model: torch.nn.Module, scorer_id: str, tokenizer: Any, image_size: int, device: torch.device):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        scorer_id: str,
+        tokenizer: Any,
+        image_size: int,
+        device: torch.device,
+        scene_model: SceneCaptionModel | None = None,
+    ):
         self.model = model.eval()
         self.scorer_id = scorer_id
         self.name = SCORER_NAME
@@ -767,6 +799,21 @@ class IndomainFoldScorer:
         self.context_length = int(model.context_length)
         self.tokenizer = tokenizer
         self.preprocess = IndomainPreprocess(image_size)
+        self.scene_model = scene_model
+
+    def scene_fit(self, texts: list[str], scenes: list[str]) -> list[float]:
+        """``P(scene | text)`` of each (caption, image scene) pair under this fold's scene model.
+
+        NaN where the scene was not in the fold's training data.
+
+        Raises:
+            RuntimeError: the scorer was trained without the scene head.
+        """
+        if self.scene_model is None:
+            raise RuntimeError("this in-domain scorer has no scene head; retrain with indomain.scene_head=true")
+        tokens = self.tokenizer(list(texts), context_length=self.context_length)
+        captions = content_tokens(tokens, self.tokenizer.sot_token_id, self.tokenizer.eot_token_id)
+        return self.scene_model.probability(captions, scenes).tolist()
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -792,6 +839,7 @@ class IndomainScorer:
             every fold's weights, so it changes whenever any embedding could.
         name: ``indomain``.
         n_folds: K.
+        has_scene_head: whether each fold also has a caption–scene model (``scene_fit``).
         path: the output folder.
         folds: ``{image_id: fold}`` from ``folds.parquet``.
         seed: the training seed (used by the :func:`hash_fold` fallback).
@@ -806,7 +854,10 @@ class IndomainScorer:
         self.device = resolve_device(device)
         table = pq.read_table(self.path / FOLDS_FILE)
         self.folds = dict(zip(table["image_id"].to_pylist(), table["fold"].to_pylist()))
+        self.has_scene_head = bool(report.get("scene_head", False))
         files = [OPEN_CLIP_CONFIG_FILE, FOLDS_FILE] + [fold_weights_file(k) for k in range(self.n_folds)]
+        if self.has_scene_head:
+            files += [scene_model_file(k) for k in range(self.n_folds)]
         missing = [name for name in files if not (self.path / name).is_file()]
         if missing:
             raise FileNotFoundError(f"{self.path} is not a complete in-domain scorer: missing {missing}")
@@ -835,8 +886,9 @@ class IndomainScorer:
             # Non-persistent buffers (the causal mask) are rebuilt by the constructor.
             model.load_state_dict(load_file(str(self.path / fold_weights_file(fold))), strict=True)
             model.to(self.device)
+            scene_model = SceneCaptionModel.load(self.path / scene_model_file(fold)) if self.has_scene_head else None
             self._models[fold] = IndomainFoldScorer(
-                model, f"{self.scorer_id}#fold{fold}", self.tokenizer, self.image_size, self.device
+                model, f"{self.scorer_id}#fold{fold}", self.tokenizer, self.image_size, self.device, scene_model
             )
         return self._models[fold]
 

@@ -1,0 +1,343 @@
+"""T2I cleaning benchmark: LoRA on noisy vs. truth-cleaned SynthRS, and our loop's training throughput.
+
+    python benchmarks/t2i_cleaning.py [--work /tmp/t2i-bench] [--base data/base/model] [--scorer data/scorer]
+
+Demo profile, same seeds for every arm:
+
+* **data** — SynthRS with the demo settings (400 images, 64 px, 30% caption noise, seed 0),
+  ingested. Arm ``noisy`` trains on all its train pairs; arm ``clean`` on the same pairs minus
+  the noisy ones by SynthRS's ground truth (``truth/noise_labels.jsonl``: a benchmark may read
+  it, a cleaning stage never does). Both fine-tunes use the demo ``finetune`` settings
+  (same steps, batch and seed: the same compute), from the demo base (``dldc build-base``).
+* **generation** — ``dldc generate`` of the test split's prompts for ``base``, ``noisy`` and
+  ``clean`` into one folder (same seeds).
+* **scene accuracy** (training side) — share of generated images that the in-domain scene
+  classifier (:mod:`dldc.t2i.scene_check`) puts in the scene of the prompt's image, over all
+  test prompts and over the prompts that are clean by the ground truth.
+* **metrics** — :func:`evaluate_arms` (clearly marked below) calls ``dldc.evaluate`` when it
+  is installed: FD / KD in the in-domain scorer's feature space and the in-domain CLIP score,
+  with bootstrap intervals, (b) vs. (a). Target: ``clean`` beats ``noisy`` on both, by more
+  than the interval.
+* **throughput** — images/s of :func:`dldc.t2i.finetune.finetune`'s loop vs. a plain
+  diffusers + peft loop on the same model and batch (``plain_lora_loop``: what
+  ``train_text_to_image_lora.py`` does each step: decode + transform images, VAE-encode,
+  text-encode, UNet), both for ``--throughput-steps`` steps in this process.
+
+Writes ``benchmarks/results/t2i_cleaning.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_result  # noqa: E402
+
+from dldc.config import BaseConfig, FinetuneConfig, GenerateConfig, IngestConfig, SynthConfig  # noqa: E402
+from dldc.data.manifest import dataset_root, image_id_for, read_manifest, write_manifest  # noqa: E402
+
+ARMS = ("noisy", "clean")
+
+
+# --------------------------------------------------------------------------- data
+
+
+def make_data(work: Path) -> tuple[Path, Path]:
+    """SynthRS (demo settings) → manifest of all pairs (noisy) and without the truly noisy ones (clean)."""
+    from dldc.data.ingest import ingest
+    from dldc.data.synth import write_synthrs
+
+    synth = SynthConfig()
+    root = work / "synthrs"
+    noisy = work / "noisy" / "manifest.parquet"
+    if not noisy.is_file():
+        write_synthrs(
+            root, n_images=synth.n_images, size=synth.size, noise_rate=synth.noise_rate, seed=synth.seed, progress=False
+        )
+        ingest(IngestConfig(root=str(root), out=str(noisy.parent), workers=1), progress=False)
+    frame, meta = read_manifest(noisy)
+    truth = truth_labels(dataset_root(noisy, meta))
+    frame = frame.merge(truth, on="pair_id", how="left", validate="one_to_one")
+    if frame["noisy"].isna().any():
+        raise RuntimeError("some manifest pairs have no ground-truth row")
+    clean_rows = frame[~frame["noisy"].astype(bool)].drop(columns=["noisy", "kind"])
+    clean = work / "clean" / "manifest.parquet"
+    root_abs = str(dataset_root(noisy, meta))
+    write_manifest(clean, clean_rows.to_dict("records"), type(meta)(**{**meta.__dict__, "root": root_abs}))
+    return noisy, clean
+
+
+def truth_labels(root: Path) -> pd.DataFrame:
+    """``pair_id, noisy, kind`` from SynthRS's ground truth (caption k of an image = its k-th truth row)."""
+    labels = pd.DataFrame(map(json.loads, (root / "truth" / "noise_labels.jsonl").open()))
+    labels["k"] = labels.groupby("filename").cumcount()
+    labels["pair_id"] = labels["filename"].map(lambda f: image_id_for(f"images/{f}")) + ":" + labels["k"].astype(str)
+    return labels[["pair_id", "noisy", "kind"]]
+
+
+# --------------------------------------------------------------------------- training and generation
+
+
+def ensure_base(base: Path, scorer: Path | None) -> dict[str, Any]:
+    """The demo base (``dldc build-base`` defaults), built unless ``base`` already holds it."""
+    from dldc.t2i.base import REPORT_FILE, build_base
+
+    if (base / "model_index.json").is_file():
+        return json.loads((base / REPORT_FILE).read_text()) if (base / REPORT_FILE).is_file() else {}
+    cfg = BaseConfig(out=str(base), data=str(base.parent), check_scorer=str(scorer) if scorer else None)
+    return build_base(cfg, progress=True)
+
+
+def finetune_arms(work: Path, base: Path, manifests: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    from dldc.t2i.finetune import REPORT_FILE, finetune
+
+    reports = {}
+    for arm, manifest in manifests.items():
+        out = work / "adapters" / arm
+        if (out / REPORT_FILE).is_file():
+            reports[arm] = json.loads((out / REPORT_FILE).read_text())
+            continue
+        reports[arm] = finetune(FinetuneConfig(base=str(base), manifest=str(manifest), out=str(out)), progress=True)
+    return reports
+
+
+def generate_arms(work: Path, base: Path, manifest: Path) -> Path:
+    from dldc.t2i.generate import generate_images
+
+    arms = {"base": "", **{arm: str(work / "adapters" / arm) for arm in ARMS}}
+    cfg = GenerateConfig(base=str(base), arms=arms, manifest=str(manifest), out=str(work / "generate"))
+    return generate_images(cfg, progress=True).out
+
+
+def scene_accuracy(generations: Path, manifest: Path, scorer: Path) -> dict[str, Any]:
+    """Per arm: share of images classified as their prompt image's scene (all prompts / truly clean prompts)."""
+    from PIL import Image
+
+    from dldc.t2i.scene_check import SceneClassifier, accuracy
+
+    classifier = SceneClassifier.fit(scorer, manifest, ["train"])
+    table = pd.read_parquet(generations / "generations.parquet")
+    frame, meta = read_manifest(manifest)
+    truth = truth_labels(dataset_root(manifest, meta)).set_index("pair_id")
+    table["prompt_noisy"] = table["pair_id"].map(truth["noisy"]).astype(bool)
+    table["predicted"] = classifier.predict([Image.open(generations / p).convert("RGB") for p in table["path"]])
+    result = {}
+    for arm, rows in table.groupby("arm"):
+        clean_rows = rows[~rows["prompt_noisy"]]
+        result[arm] = {
+            "all_prompts": accuracy(rows["predicted"].tolist(), rows["scene"].tolist())["accuracy"],
+            "clean_prompts": accuracy(clean_rows["predicted"].tolist(), clean_rows["scene"].tolist())["accuracy"],
+            "n_all": len(rows),
+            "n_clean": len(clean_rows),
+        }
+    return result
+
+
+# --------------------------------------------------------------------------- metrics (dldc.evaluate)
+
+
+def evaluate_arms(generations: Path, manifest: Path, scorer: Path) -> dict[str, Any] | None:
+    """>>> METRIC SIDE: FD / KD / CLIP score per arm with ``dldc.evaluate``, when it is installed. <<<
+
+    Returns ``None`` (and says so) when ``dldc.evaluate`` is not available; the evaluation
+    engineer owns this function's figures.
+    """
+    try:
+        from dldc.config import EvaluateConfig
+        from dldc.evaluate import evaluate_generations
+    except ImportError as err:
+        print(f"dldc.evaluate not available ({err}); metric side skipped")
+        return None
+    spec = f"indomain:{scorer}"
+    cfg = EvaluateConfig(
+        generations=[str(generations)],
+        manifest=str(manifest),
+        feature_scorers={"indomain": spec},
+        clip_scorers={"indomain": spec},
+        device="cpu",
+    )
+    result = evaluate_generations(cfg=cfg, out="")
+    figures: dict[str, Any] = {"arms": {}, "clean_vs_noisy": {}}
+    metrics = sorted(set(result.table["metric"]))
+    for arm in ("base", *ARMS):
+        figures["arms"][arm] = {m: result.value(arm, m) for m in metrics}
+    for metric in ("FD-indomain", "CLIPScore-indomain"):
+        if metric in metrics:
+            figures["clean_vs_noisy"][metric] = result.compare("clean", "noisy", metric)
+    return figures
+
+
+# --------------------------------------------------------------------------- throughput
+
+
+def plain_lora_loop(base: Path, manifest: Path, steps: int, batch_size: int, resolution: int, seed: int = 0) -> float:
+    """A plain diffusers + peft LoRA loop (as ``train_text_to_image_lora.py``): images/s over ``steps`` steps.
+
+    Each step decodes and transforms its images (DataLoader, no workers: the demo machine has
+    two cores), VAE-encodes them, encodes the captions and trains the UNet's LoRA.
+    """
+    import torch.nn.functional as F
+    from peft import LoraConfig
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision import transforms
+
+    from dldc.data.images import load_rgb
+    from dldc.t2i.models import load_components
+
+    parts = load_components(str(base))
+    vae, text_encoder, unet, tokenizer, scheduler = (
+        parts[k] for k in ("vae", "text_encoder", "unet", "tokenizer", "scheduler")
+    )
+    for module in (vae, text_encoder, unet):
+        module.requires_grad_(False)
+    torch.manual_seed(seed)
+    unet.add_adapter(
+        LoraConfig(r=8, lora_alpha=8, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"])
+    )
+    params = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    frame, meta = read_manifest(manifest)
+    frame = frame[frame["split"] == "train"]
+    root = dataset_root(manifest, meta)
+    transform = transforms.Compose(
+        [
+            transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR),
+            transforms.CenterCrop(resolution),
+            transforms.ToTensor(),
+            transforms.Normalize([0.5], [0.5]),
+        ]
+    )
+
+    class Pairs(Dataset):
+        def __len__(self) -> int:
+            return len(frame)
+
+        def __getitem__(self, i: int) -> dict[str, Any]:
+            row = frame.iloc[i]
+            ids = tokenizer(
+                row.caption,
+                max_length=tokenizer.model_max_length,
+                padding="max_length",
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids[0]
+            return {"pixel_values": transform(load_rgb(root / row.image)), "input_ids": ids}
+
+    loader = DataLoader(Pairs(), batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    unet.train()
+    batches = iter(loader)
+    start = time.perf_counter()
+    for _ in range(steps):
+        try:
+            batch = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            batch = next(batches)
+        latents = vae.encode(batch["pixel_values"]).latent_dist.sample() * vae.config.scaling_factor
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),))
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        hidden = text_encoder(batch["input_ids"], return_dict=False)[0]
+        prediction = unet(noisy, timesteps, hidden, return_dict=False)[0]
+        loss = F.mse_loss(prediction.float(), noise.float())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def ours_throughput(work: Path, base: Path, manifest: Path, steps: int) -> dict[str, float]:
+    from dldc.t2i.finetune import finetune
+
+    cfg = FinetuneConfig(
+        base=str(base),
+        manifest=str(manifest),
+        out=str(work / "throughput"),
+        steps=steps,
+        sample_steps=0,
+        checkpoint_every=10**6,
+        snr_gamma=None,
+    )
+    report = finetune(cfg, progress=False)
+    (work / "throughput" / "finetune.json").unlink()
+    return {
+        "images_per_s": report["throughput"]["images_per_s"],
+        "setup_s": report["throughput"]["setup_s"],
+        "batch_size": cfg.batch_size,
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/t2i-bench"))
+    parser.add_argument("--base", type=Path, default=Path("data/base/model"), help="demo base (built when missing)")
+    parser.add_argument("--scorer", type=Path, default=Path("data/scorer"), help="in-domain scorer for the checks")
+    parser.add_argument("--throughput-steps", type=int, default=30)
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    mark = time.perf_counter()
+    noisy, clean = make_data(args.work)
+    base_report = ensure_base(args.base, args.scorer if (args.scorer / "indomain.json").is_file() else None)
+    timings["data_and_base_s"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    reports = finetune_arms(args.work, args.base, {"noisy": noisy, "clean": clean})
+    timings["finetune_s"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    generations = generate_arms(args.work, args.base, noisy)
+    timings["generate_s"] = time.perf_counter() - mark
+
+    figures: dict[str, Any] = {
+        "data": {arm: {"train_pairs": reports[arm]["data"]["pairs"]} for arm in ARMS},
+        "finetune": {
+            arm: {
+                "final_loss": reports[arm]["final_loss"],
+                "steps": reports[arm]["steps"],
+                "images_per_s": reports[arm]["throughput"]["images_per_s"],
+            }
+            for arm in ARMS
+        },
+        "base_scene_check": base_report.get("scene_check"),
+    }
+    if (args.scorer / "indomain.json").is_file():
+        figures["scene_accuracy"] = scene_accuracy(generations, noisy, args.scorer)
+        figures["metrics"] = evaluate_arms(generations, noisy, args.scorer)
+    else:
+        print(f"no in-domain scorer at {args.scorer} (run `dldc train-scorer`): scene accuracy and metrics skipped")
+
+    mark = time.perf_counter()
+    ours = ours_throughput(args.work, args.base, noisy, args.throughput_steps)
+    plain = plain_lora_loop(args.base, noisy, args.throughput_steps, ours["batch_size"], SynthConfig().size)
+    timings["throughput_s"] = time.perf_counter() - mark
+    figures["throughput"] = {
+        "ours_images_per_s": ours["images_per_s"],
+        "ours_setup_s": ours["setup_s"],
+        "plain_diffusers_peft_images_per_s": round(plain, 3),
+        "ratio": round(ours["images_per_s"] / plain, 2),
+        "steps": args.throughput_steps,
+        "batch_size": ours["batch_size"],
+    }
+    figures["timings"] = {k: round(v, 1) for k, v in timings.items()}
+    figures["torch_threads"] = torch.get_num_threads()
+    write_result("t2i_cleaning", figures)
+
+
+if __name__ == "__main__":
+    main()

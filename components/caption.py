@@ -1,0 +1,50 @@
+"""`dldc caption` (the EGL loop) as a Kubeflow component, on a GPU node for VLM backends."""
+
+from kfp import dsl
+
+from components.images import GPU_IMAGE
+
+
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+def caption(
+    manifest: dsl.Input[dsl.Dataset],
+    scores: dsl.Input[dsl.Dataset],
+    scorer: dsl.Input[dsl.Model],
+    captions: dsl.Output[dsl.Dataset],
+    summary: dsl.Output[dsl.Metrics],
+    backends: list,
+    rounds: int,
+    settings: list,
+    run_group: str,
+):
+    """Repair low-scoring captions of `manifest` (round 0: `scores`) with `backends`, judged by the in-domain model."""
+    import json
+    import os
+
+    from dldc.cli import run_cli
+
+    specs = [arg for spec in backends for arg in ("--backend", spec)]
+    run_cli(
+        [
+            "caption",
+            "--manifest",
+            os.path.join(manifest.path, "manifest.parquet"),
+            "--scores",
+            os.path.join(scores.path, "scores.parquet"),
+            "--scorer",
+            f"indomain:{scorer.path}",
+            "--out",
+            captions.path,
+            "--rounds",
+            str(rounds),
+            *specs,
+        ],
+        # The embedding store travels with the output, so a retried task reuses it.
+        [*settings, f"caption.cache={os.path.join(captions.path, 'embeddings')}"],
+        run_group,
+    )
+    with open(os.path.join(captions.path, "caption.json"), encoding="utf-8") as handle:
+        report = json.load(handle)
+    for name in ("pairs", "low_at_start", "replaced", "still_low", "candidates"):
+        summary.log_metric(name, report[name])
+    summary.log_metric("mean_fused_last_round", report["rounds"][-1]["mean_fused"])

@@ -1,0 +1,340 @@
+"""Fast scorers: ONNX export, parity gate, ``onnx:DIR`` runtime, refusal, MLflow registry.
+
+Tiny models (``tests/iel_fixtures.py``) on a 40-image SynthRS set (200 pairs). Each model family is
+traced once per module (the dynamo exporter costs seconds per tower); the int8 and fp16 exports
+are converted from the fp32 export (``from_export``), which is also what users do.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dldc.cli import main
+from dldc.config import ExportConfig, IndomainConfig, IngestConfig, ScoreConfig
+from dldc.data.ingest import ingest
+from dldc.data.synth import write_synthrs
+from dldc.export.exporter import ExportRefusedError, export_scorer
+from dldc.export.parity import Gates, calibration_set, dropped, gate_failures, spearman
+from dldc.export.registry import fetch_export
+from dldc.export.runtime import ExportInvalidError, OnnxCrossFitScorer, OnnxScorer, choose_providers, load_onnx
+from dldc.iel.base import CrossFitScorer, Scorer
+from dldc.iel.engine import score_manifest
+from dldc.iel.factory import create_scorer, parse_spec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from iel_fixtures import CAPTIONS, build_open_clip_model, save_hf_clip, write_open_clip_config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> str:
+    base = tmp_path_factory.mktemp("synth")
+    write_synthrs(base / "synthrs", n_images=40, size=32, seed=0, progress=False)
+    return str(ingest(IngestConfig(root=str(base / "synthrs"), out=str(base / "ingest")), progress=False).manifest)
+
+
+@pytest.fixture(scope="module")
+def calibration(manifest):
+    return calibration_set(manifest, pairs=200)
+
+
+def export_cfg(manifest: str, scorer: str, out: Path, **overrides) -> ExportConfig:
+    return ExportConfig(scorer=scorer, out=str(out), calibration_manifest=manifest, device="cpu", **overrides)
+
+
+@pytest.fixture(scope="module")
+def remoteclip_spec(tmp_path_factory) -> str:
+    """A tiny open_clip model saved the way RemoteCLIP ships its weights (DDP-prefixed state dict)."""
+    base = tmp_path_factory.mktemp("remoteclip")
+    config = write_open_clip_config(base)
+    state = build_open_clip_model(config, seed=3).state_dict()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, base / "RemoteCLIP-tiny.pt")
+    return f"open_clip:{config}:{base / 'RemoteCLIP-tiny.pt'}"
+
+
+@pytest.fixture(scope="module")
+def open_clip_export(remoteclip_spec, manifest, tmp_path_factory, mlflow_uri) -> Path:
+    """fp32 export through the CLI and stage runner, logged and registered in MLflow."""
+    out = tmp_path_factory.mktemp("exports") / "oc-fp32"
+    args = ["--no-progress", "-S", f"tracking.uri={mlflow_uri}", "-S", "tracking.experiment=t-export"]
+    args += ["-S", "export.device=cpu", "-S", "export.calibration_pairs=200", "-S", "export.alias=t-exported"]
+    result = CliRunner().invoke(
+        main,
+        [*args, "export-scorer", "--scorer", remoteclip_spec, "--out", str(out), "--calibration", manifest],
+    )
+    assert result.exit_code == 0, result.output
+    assert "score with onnx:" in result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def torch_scorer(remoteclip_spec):
+    return create_scorer(remoteclip_spec, device="cpu")
+
+
+def test_onnx_spec_parses():
+    assert parse_spec("onnx:data/scorer-onnx") == ("onnx", "data/scorer-onnx", None)
+
+
+@pytest.mark.slow
+def test_export_is_self_describing_and_passes_the_fp32_gate(open_clip_export, torch_scorer):
+    meta = json.loads((open_clip_export / "export.json").read_text())
+    assert meta["precision"] == "fp32" and meta["opset"] == 18 and "dynamo=True" in meta["exporter"]
+    assert meta["source"]["scorer_id"] == torch_scorer.scorer_id
+    assert meta["source"]["checksum"].startswith("sha256:")
+    assert meta["text_sequence"] == "dynamic"
+    assert set(meta["files"]) >= {"image.onnx", "text.onnx", "open_clip_config.json"}
+    parity = meta["parity"]
+    assert parity["passed"] and parity["figures"]["pairs"] == 200
+    assert parity["figures"]["cosine_min"] >= 0.9999 and parity["figures"]["spearman"] >= 0.995
+    assert parity["figures"]["flip_rate"] == 0.0
+    assert meta["profiles"]["image"]["pixels"]["max"] == [256, 3, 32, 32]
+
+    scorer = create_scorer(f"onnx:{open_clip_export}", device="cpu")
+    assert isinstance(scorer, OnnxScorer) and isinstance(scorer, Scorer)
+    assert scorer.scorer_id.startswith("onnx-fp32:") and scorer.scorer_id.endswith(torch_scorer.scorer_id)
+    assert scorer.scorer_id != torch_scorer.scorer_id and scorer.name == torch_scorer.name
+    assert scorer.provider == "CPUExecutionProvider" and "device=cpu" in scorer.provider_note
+    assert scorer.token_counts(CAPTIONS) == torch_scorer.token_counts(CAPTIONS)
+
+
+@pytest.mark.slow
+def test_text_graph_takes_any_batch_and_sequence_length(open_clip_export, torch_scorer):
+    scorer = load_onnx(open_clip_export, device="cpu")
+    texts = ["a", CAPTIONS[1], "many buildings and green trees are around a large playground near a river"]
+    full = torch_scorer.tokenizer(texts)  # padded to 77, as the untrimmed torch computation
+    expected = torch.nn.functional.normalize(torch_scorer.model.encode_text(full).detach(), dim=-1)
+    for count in (1, 3):
+        trimmed = scorer.encode_texts(texts[:count])
+        assert torch.allclose(trimmed, expected[:count], atol=1e-5)
+    (padded,) = scorer.text_session.run(None, {"tokens": full.numpy()})
+    assert np.allclose(torch.nn.functional.normalize(torch.from_numpy(padded), dim=-1), expected, atol=1e-5)
+    pixels = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        reference = torch_scorer.encode_images(pixels)
+    assert torch.allclose(scorer.encode_images(pixels), reference, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_int8_and_fp16_converted_from_fp32_pass_their_gates(open_clip_export, torch_scorer, calibration, manifest):
+    # A tiny random model scores its pairs within a narrow band, so int8 noise swaps a few near-tied
+    # neighbours at the drop boundary (6 of 200 decisions here): the flip-rate gate is loosened for
+    # it; the cosine and Spearman gates are the production ones. (The ViT-B-32 RSICD benchmark
+    # measures the flip rate at the production gate.)
+    for precision, low, max_flip_rate in (("int8", "MatMulInteger", 0.05), ("fp16", None, 0.005)):
+        out = open_clip_export.parent / f"oc-{precision}"
+        cfg = export_cfg(manifest, "open_clip:unused", out, precision=precision, max_flip_rate=max_flip_rate)
+        result = export_scorer(cfg, torch_scorer, calibration, progress=False, from_export=open_clip_export)
+        figures = result.meta["parity"]["figures"]
+        assert result.meta["parity"]["passed"], figures
+        assert figures["spearman"] >= 0.995
+        assert figures["cosine_min"] >= (0.99 if precision == "int8" else 0.999)
+        graph = onnx.load(str(out / "image.onnx"))
+        ops = {node.op_type for node in graph.graph.node}
+        if low:
+            assert low in ops and "ConvInteger" not in ops  # only MatMul/Gemm are quantized
+        else:
+            types = {init.data_type for init in graph.graph.initializer}
+            assert onnx.TensorProto.FLOAT16 in types
+        assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 I/O kept
+        scorer = load_onnx(out, device="cpu")
+        assert scorer.precision == precision and scorer.scorer_id.startswith(f"onnx-{precision}:")
+
+
+@pytest.mark.slow
+def test_broken_export_is_refused_with_its_figures(open_clip_export, torch_scorer, calibration, manifest, monkeypatch):
+    from onnx import numpy_helper
+
+    import dldc.export.exporter as exporter
+
+    def perturbed(source, target, *args, **kwargs):  # a conversion that damages the weights
+        model = onnx.load(str(source))
+        for index, init in enumerate(model.graph.initializer):
+            value = numpy_helper.to_array(init)
+            if value.dtype == np.float32 and value.ndim == 2 and np.isfinite(value).all():  # not the causal mask
+                noise = np.random.default_rng(index).normal(0, value.std() + 1e-3, value.shape).astype(np.float32)
+                model.graph.initializer[index].CopyFrom(numpy_helper.from_array(value + noise, init.name))
+        onnx.save(model, str(target))
+        return target
+
+    monkeypatch.setattr(exporter, "convert_precision", perturbed)
+    out = open_clip_export.parent / "oc-broken"
+    cfg = export_cfg(manifest, "open_clip:unused", out)
+    with pytest.raises(ExportRefusedError, match="refused by its parity gate") as caught:
+        export_scorer(cfg, torch_scorer, calibration, progress=False, from_export=open_clip_export)
+    assert caught.value.figures["cosine_min"] < 0.9999
+    assert "Spearman" in str(caught.value) and "Nothing was written" in str(caught.value)
+    assert not out.exists() and not list(out.parent.glob(".oc-broken*"))
+
+
+@pytest.mark.slow
+def test_modified_or_refused_exports_do_not_load(open_clip_export, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(open_clip_export, copy)
+    graph = copy / "text.onnx"
+    data = bytearray(graph.read_bytes())
+    data[-10] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    with pytest.raises(ExportInvalidError, match=r"text.onnx \(modified\)"):
+        load_onnx(copy)
+    meta = json.loads((copy / "export.json").read_text())
+    meta["parity"]["passed"] = False
+    (copy / "export.json").write_text(json.dumps(meta))
+    with pytest.raises(ExportInvalidError, match="did not pass its parity gate"):
+        load_onnx(copy)
+    with pytest.raises(FileNotFoundError, match="dldc export-scorer"):
+        load_onnx(tmp_path)
+
+
+@pytest.mark.slow
+def test_scoring_a_manifest_with_onnx_equals_torch(open_clip_export, torch_scorer, manifest, tmp_path):
+    scored = {}
+    for label, scorers in (("torch", [torch_scorer]), ("onnx", None)):
+        specs = [f"onnx:{open_clip_export}"] if scorers is None else ["unused:x"]
+        cfg = ScoreConfig(manifest=manifest, out=str(tmp_path / label), scorers=specs, device="cpu", shard_size=64)
+        scored[label] = score_manifest(cfg, scorers, progress=False)
+    name = torch_scorer.name
+    torch_frame, onnx_frame = scored["torch"].frame, scored["onnx"].frame
+    assert list(torch_frame["pair_id"]) == list(onnx_frame["pair_id"])
+    assert np.allclose(torch_frame[name], onnx_frame[name], atol=1e-5)
+    assert (torch_frame[f"{name}_tokens"] == onnx_frame[f"{name}_tokens"]).all()
+    ids = {label: result.report["scorers"][0]["scorer_id"] for label, result in scored.items()}
+    assert ids["onnx"] != ids["torch"] and ids["onnx"].startswith("onnx-fp32:")
+
+
+@pytest.mark.slow
+def test_export_is_logged_registered_and_fetched_by_alias(open_clip_export, mlflow_uri, tmp_path):
+    from dldc.config import TrackingConfig
+
+    mlflow.set_tracking_uri(mlflow_uri)
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias("dldc-iel-scorer", "t-exported")
+    run = client.get_run(version.run_id)
+    assert run.info.run_name == "export_scorer" and run.info.status == "FINISHED"
+    assert run.data.metrics["parity.spearman"] >= 0.995
+    assert run.data.tags["export.precision"] == "fp32" and run.data.tags["export.parity_passed"] == "true"
+    fetched = fetch_export("dldc-iel-scorer@t-exported", tmp_path / "fetched", TrackingConfig(uri=mlflow_uri))
+    scorer = load_onnx(fetched, device="cpu")
+    assert scorer.scorer_id == json.loads((open_clip_export / "export.json").read_text())["scorer_id"]
+
+
+@pytest.mark.slow
+def test_hf_clip_exports_with_attention_mask(manifest, calibration, tmp_path):
+    source = create_scorer(f"hf:{save_hf_clip(tmp_path / 'hf-clip')}", device="cpu")
+    result = export_scorer(
+        export_cfg(manifest, "hf:unused", tmp_path / "hf-onnx"), source, calibration, progress=False
+    )
+    meta = result.meta
+    assert meta["family"] == "hf" and meta["inputs"]["text"] == ["input_ids", "attention_mask"]
+    assert meta["parity"]["figures"]["cosine_min"] >= 0.9999 and meta["parity"]["figures"]["flip_rate"] == 0.0
+    scorer = load_onnx(tmp_path / "hf-onnx", device="cpu")
+    texts = ["a", *CAPTIONS]  # different lengths: padding and mask matter
+    assert torch.allclose(scorer.encode_texts(texts), source.encode_texts(texts), atol=1e-5)
+    assert scorer.token_counts(texts) == source.token_counts(texts)
+
+
+@pytest.mark.slow
+def test_indomain_folds_export_as_a_crossfit_scorer(manifest, calibration, tmp_path):
+    from dldc.iel.indomain import load_indomain, train_indomain
+
+    folder = tmp_path / "indomain"
+    train_indomain(
+        IndomainConfig(
+            manifest=manifest, out=str(folder), architecture="indomain-test", folds=2, epochs=1, batch_size=16,
+            device="cpu",
+        ),
+        progress=False,
+    )
+    source = load_indomain(folder, device="cpu")
+    out = tmp_path / "indomain-onnx"
+    result = export_scorer(export_cfg(manifest, f"indomain:{folder}", out), source, calibration, progress=False)
+    figures = result.meta["parity"]["figures"]
+    assert figures["models"] == 2 and figures["cosine_min"] >= 0.9999 and figures["flip_rate"] == 0.0
+    scorer = create_scorer(f"onnx:{out}", device="cpu")
+    assert isinstance(scorer, OnnxCrossFitScorer) and isinstance(scorer, CrossFitScorer)
+    assert not isinstance(scorer, Scorer) and scorer.name == "indomain" and scorer.n_folds == 2
+    assert all(scorer.fold_of(i) == source.fold_of(i) for i in list(source.folds)[:20] + ["unseen-id"])
+
+    cfgs = {
+        label: ScoreConfig(manifest=manifest, out=str(tmp_path / label), scorers=["x:y"], device="cpu")
+        for label in ("torch", "onnx")
+    }
+    frames = {
+        "torch": score_manifest(cfgs["torch"], [source], progress=False).frame,
+        "onnx": score_manifest(cfgs["onnx"], [scorer], progress=False).frame,
+    }
+    assert np.allclose(frames["torch"]["indomain"], frames["onnx"]["indomain"], atol=1e-5)
+    scene_columns = [c for c in frames["torch"].columns if "scenefit" in c]  # the scene head, when trained
+    for column in scene_columns:
+        assert np.allclose(frames["torch"][column], frames["onnx"][column], equal_nan=True)
+
+
+def test_gates_and_decisions_on_known_figures():
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.9, 0.8, 0.7, 0.6, 0.5])
+    scenes = ["a"] * 5 + ["b"] * 5
+    assert dropped(scores, scenes, 0.4).tolist() == [1, 1, 0, 0, 0, 0, 0, 0, 1, 1]
+    assert spearman(scores, scores * 2) == pytest.approx(1.0) and spearman(scores, -scores) == pytest.approx(-1.0)
+    figures = {"cosine_min": 0.9995, "spearman": 0.999, "flipped_pairs": 6, "pairs": 1000, "flip_rate": 0.006,
+               "drop_ratio": 0.2}
+    failures = gate_failures(figures, "fp32", Gates())
+    assert len(failures) == 2 and "cosine" in failures[0] and "flip rate" in failures[1]
+    assert gate_failures(figures, "fp16", Gates(max_flip_rate=0.01)) == []
+    # One boundary swap (2 flips) is tolerated on small calibration sets.
+    assert gate_failures({**figures, "pairs": 100, "flipped_pairs": 2, "flip_rate": 0.02}, "fp16", Gates()) == []
+
+
+def test_execution_providers_prefer_tensorrt_then_cuda(monkeypatch, tmp_path):
+    cpu, cuda, trt = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+    assert choose_providers("auto", "fp32", [cpu])[0] == [cpu]
+    assert "int8" in choose_providers("auto", "int8", [trt, cuda, cpu])[1]
+    with pytest.raises(ValueError, match="onnxruntime-gpu"):
+        choose_providers("cuda", "fp16", [cpu])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    providers, note = choose_providers("auto", "fp16", [trt, cuda, cpu])
+    assert providers == [cpu] and "no CUDA device" in note
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setenv("DLDC_TRT_CACHE", str(tmp_path))
+    profiles = {"pixels": {"min": [1, 3, 224, 224], "opt": [64, 3, 224, 224], "max": [256, 3, 224, 224]}}
+    providers, _ = choose_providers("cuda:1", "fp16", [trt, cuda, cpu], profiles)
+    assert [p if isinstance(p, str) else p[0] for p in providers] == [trt, cuda, cpu]
+    options = providers[0][1]
+    assert options["device_id"] == 1 and options["trt_engine_cache_enable"]
+    assert Path(options["trt_engine_cache_path"]).parent == tmp_path
+    assert Path(options["trt_engine_cache_path"]).name.startswith("NVIDIA-H100-80GB-HBM3-trt")
+    assert options["trt_profile_max_shapes"] == "pixels:256x3x224x224"
+    monkeypatch.setenv("DLDC_DISABLE_TENSORRT", "1")
+    providers, note = choose_providers("cuda", "fp32", [trt, cuda, cpu])
+    assert providers[0][0] == cuda and "DLDC_DISABLE_TENSORRT" in note
+
+
+def test_tensorrt_missing_is_a_clear_error():
+    pytest.importorskip("onnxruntime")
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        from dldc.export.tensorrt import build_engine
+
+        with pytest.raises(ImportError, match="gpu extra"):
+            build_engine("missing.onnx", {})
+    else:
+        pytest.skip("tensorrt is installed here")
+
+
+def test_export_config_is_in_the_resolved_configuration():
+    result = CliRunner().invoke(main, ["-S", "export.precision=int8", "config", "show", "--json"])
+    assert result.exit_code == 0
+    section = json.loads(result.output)["export"]
+    assert section["precision"] == "int8" and section["min_spearman"] == 0.995 and section["max_flip_rate"] == 0.005
+    bad = CliRunner().invoke(main, ["-S", "export.precision=int4", "config", "show"])
+    assert bad.exit_code == 1 and "export.precision" in bad.output

@@ -1,0 +1,206 @@
+"""MLflow registry and promotion: decisions with known answers, against a local SQLite MLflow."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from dldc.config import DldcConfig, PromoteConfig, PromoteCriterion, RegistryConfig, TrackingConfig
+from dldc.registry.data_version import data_version, dvc_md5, manifest_from_adapter
+from dldc.registry.models import adapter_digest
+from dldc.registry.promote import decide
+from dldc.stages import run_promote
+
+FD, CLIP = "FD-indomain", "CLIPScore-indomain"
+CRITERIA = [PromoteCriterion(metric=FD), PromoteCriterion(metric=CLIP)]
+
+
+# --------------------------------------------------------------------------- decide (no MLflow)
+
+
+def test_first_candidate_is_promoted_and_says_so():
+    promoted, results, reason = decide({FD: 3.0, CLIP: 20.0}, None, CRITERIA)
+    assert promoted and "no current champion" in reason and "first candidate" in reason
+    assert all(r.passed and r.note == "no champion" for r in results)
+
+
+def test_directions_and_margins():
+    champion = {FD: 10.0, CLIP: 20.0, "FID": 50.0}
+    # Lower FD and higher CLIP are better.
+    assert decide({FD: 9.0, CLIP: 21.0}, champion, CRITERIA)[0]
+    assert not decide({FD: 11.0, CLIP: 21.0}, champion, CRITERIA)[0]
+    assert not decide({FD: 9.0, CLIP: 19.0}, champion, CRITERIA)[0]
+    # Ties do not promote.
+    promoted, results, reason = decide({FD: 10.0, CLIP: 21.0}, champion, CRITERIA)
+    assert not promoted and not results[0].passed and "FD-indomain" in reason and "FAILED" in reason
+    # Relative margin: 10% of 50 = 5 FID points; absolute margin: 1 CLIP point.
+    criteria = [PromoteCriterion(metric="FID", margin=0.1), PromoteCriterion(metric=CLIP, margin=1.0, relative=False)]
+    assert not decide({"FID": 46.0, CLIP: 22.0}, champion, criteria)[0]  # FID only 4 better
+    assert not decide({"FID": 44.0, CLIP: 21.0}, champion, criteria)[0]  # CLIP only 1 better (needs more)
+    promoted, results, _ = decide({"FID": 44.0, CLIP: 21.5}, champion, criteria)
+    assert promoted
+    assert results[0].required_improvement == pytest.approx(5.0) and results[0].improvement == pytest.approx(6.0)
+    # An explicit direction overrides the name-based one.
+    assert decide({"custom": 1.0}, {"custom": 2.0}, [PromoteCriterion(metric="custom", direction="lower")])[0]
+    assert not decide({"custom": 1.0}, {"custom": 2.0}, [PromoteCriterion(metric="custom")])[0]
+
+
+def test_missing_values_fail_with_a_note():
+    promoted, results, _ = decide({FD: float("nan"), CLIP: 30.0}, {FD: 1.0, CLIP: 20.0}, CRITERIA)
+    assert not promoted and results[0].note == "the candidate has no finite value"
+    promoted, results, _ = decide({FD: 1.0, CLIP: 30.0}, {CLIP: 20.0}, CRITERIA)
+    assert not promoted and results[0].note == "the champion has no finite value"
+
+
+# --------------------------------------------------------------------------- data version
+
+
+def test_data_version_reads_dvc_lock(tmp_path, monkeypatch):
+    manifest = tmp_path / "data" / "ingest" / "manifest.parquet"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_bytes(b"rows")
+    lock = {"stages": {"ingest": {"outs": [{"path": "data/ingest", "md5": "abc.dir"}]}}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    monkeypatch.chdir(tmp_path)
+    assert dvc_md5("data/ingest/manifest.parquet") == {"stage": "ingest", "path": "data/ingest", "md5": "abc.dir"}
+    assert dvc_md5("elsewhere.parquet") is None
+    version = data_version("data/ingest/manifest.parquet")
+    assert version["manifest_sha256"] == hashlib.sha256(b"rows").hexdigest()
+    assert version["dvc"]["md5"] == "abc.dir"
+    assert version["git_rev"] is None  # not a git repository
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "finetune.json").write_text(json.dumps({"config": {"manifest": "data/clean.parquet"}}))
+    assert manifest_from_adapter(tmp_path / "adapter") == "data/clean.parquet"
+
+
+# --------------------------------------------------------------------------- promotion in MLflow
+
+
+def make_adapter(folder: Path, value: float) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"unet.lora_A.weight": torch.full((4, 2), value)}, str(folder / "pytorch_lora_weights.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 4}))
+    return folder
+
+
+def fake_evaluation(folder: Path, arms: dict[str, dict], fingerprint: str = "protocol-a") -> Path:
+    """A minimal `dldc evaluate` results.json: per arm its adapter and overall metrics."""
+    metrics = [
+        {"scene": "all", "arm": arm, "metric": name, "value": value}
+        for arm, info in arms.items()
+        for name, value in info["metrics"].items()
+    ]
+    results = {
+        "protocol": {"fingerprint": fingerprint},
+        "arms": {arm: {"adapter": info.get("adapter", ""), "model": "tiny-sd"} for arm, info in arms.items()},
+        "metrics": metrics,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(results))
+    return folder
+
+
+def candidate_evaluation(folder: Path, adapter: Path, fd: float, clip: float) -> Path:
+    """An evaluation of the base model and one candidate arm, ``clean``."""
+    arms = {
+        "base": {"metrics": {FD: 9.0, CLIP: 10.0}},
+        "clean": {"adapter": str(adapter), "metrics": {FD: fd, CLIP: clip}},
+    }
+    return fake_evaluation(folder, arms)
+
+
+@pytest.fixture
+def cfg_for(mlflow_uri, tmp_path, request):
+    model_name = f"lora-{request.node.name}"[:60]
+
+    def build(evaluation: Path, out: str = "promote", **promote) -> DldcConfig:
+        return DldcConfig(
+            tracking=TrackingConfig(uri=mlflow_uri, experiment="test-registry"),
+            registry=RegistryConfig(model_name=model_name),
+            promote=PromoteConfig(evaluation=str(evaluation), out=str(tmp_path / out), **promote),
+        )
+
+    return build
+
+
+def client(uri: str) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_promotion_history(cfg_for, tmp_path, mlflow_uri):
+    first = make_adapter(tmp_path / "a1", 1.0)
+    cfg = cfg_for(candidate_evaluation(tmp_path / "e1", first, fd=5.0, clip=20.0))
+    decision = run_promote(cfg)
+    assert decision["promoted"] and decision["outcome"] == "promoted" and decision["champion_before"] is None
+    assert json.loads((tmp_path / "promote" / "decision.json").read_text())["outcome"] == "promoted"
+    name = cfg.registry.model_name
+    champion = client(mlflow_uri).get_model_version_by_alias(name, "champion")
+    tags = champion.tags
+    assert tags["adapter_sha256"] == adapter_digest(first, ["*.safetensors", "*.json"])
+    assert float(tags["eval.FD-indomain"]) == 5.0 and tags["eval.protocol"] == "protocol-a"
+    assert tags["promotion.outcome"] == "promoted" and "first candidate" in tags["promotion.reason"]
+    assert tags["arm"] == "clean" and tags["base_model"] == "tiny-sd" and tags["data.git_rev"]
+
+    # Same adapter again: registered once, already champion.
+    decision = run_promote(cfg)
+    assert decision["outcome"] == "already_champion" and decision["candidate"]["version"] == champion.version
+
+    # A worse candidate under the same protocol: compared with the champion's tags, rejected.
+    second = make_adapter(tmp_path / "a2", 2.0)
+    cfg2 = cfg_for(candidate_evaluation(tmp_path / "e2", second, fd=4.0, clip=19.0), out="p2")
+    decision = run_promote(cfg2)
+    assert decision["outcome"] == "rejected"
+    assert decision["champion_before"]["version"] == champion.version
+    assert decision["champion_before"]["metrics_source"].startswith("version tags")
+    assert [c["passed"] for c in decision["criteria"]] == [True, False]
+    versions = client(mlflow_uri).search_model_versions(f"name='{name}'")
+    rejected = next(v for v in versions if v.version == decision["candidate"]["version"])
+    assert rejected.tags["promotion.outcome"] == "rejected" and rejected.tags["promotion.compared_with"] == "1"
+    assert client(mlflow_uri).get_model_version_by_alias(name, "champion").version == champion.version
+
+    # A better one by more than the margins: promoted.
+    third = make_adapter(tmp_path / "a3", 3.0)
+    criteria = [PromoteCriterion(metric=FD, margin=0.1), PromoteCriterion(metric=CLIP, margin=0.5, relative=False)]
+    cfg3 = cfg_for(candidate_evaluation(tmp_path / "e3", third, fd=4.0, clip=21.0), out="p3", criteria=criteria)
+    decision = run_promote(cfg3)
+    assert decision["outcome"] == "promoted" and "beats the champion" in decision["reason"]
+    assert client(mlflow_uri).get_model_version_by_alias(name, "champion").version == decision["candidate"]["version"]
+
+
+def test_other_protocol_is_not_compared(cfg_for, tmp_path, mlflow_uri):
+    evaluation = {"clean": {"adapter": str(make_adapter(tmp_path / "a1", 1.0)), "metrics": {FD: 5.0, CLIP: 20.0}}}
+    run_promote(cfg_for(fake_evaluation(tmp_path / "e1", evaluation)))
+    better = {"clean": {"adapter": str(make_adapter(tmp_path / "a2", 2.0)), "metrics": {FD: 1.0, CLIP: 30.0}}}
+    elsewhere = fake_evaluation(tmp_path / "e2", better, fingerprint="protocol-b")
+    decision = run_promote(cfg_for(elsewhere, out="p2"))
+    assert decision["outcome"] == "not_comparable" and "another protocol" in decision["reason"]
+    assert "promote.require_same_protocol" in decision["reason"]
+    decision = run_promote(cfg_for(elsewhere, out="p3", require_same_protocol=False))
+    assert decision["outcome"] == "promoted"
+    assert "another protocol" in decision["champion_before"]["metrics_source"]
+
+
+def test_bad_requests_are_explained(cfg_for, tmp_path):
+    evaluation = fake_evaluation(tmp_path / "e", {"base": {"metrics": {FD: 5.0, CLIP: 20.0}}})
+    with pytest.raises(ValueError, match="arm 'clean' is not in the evaluation"):
+        run_promote(cfg_for(evaluation))
+    with pytest.raises(ValueError, match="the base model is not a candidate"):
+        run_promote(cfg_for(evaluation, candidate_arm="base"))
+    with pytest.raises(ValueError, match=r"metrics the evaluation does not have: \['FID'\]"):
+        run_promote(cfg_for(evaluation, candidate_arm="base", criteria=[PromoteCriterion(metric="FID")]))
+    with pytest.raises(FileNotFoundError, match="run `dldc evaluate` first"):
+        run_promote(cfg_for(tmp_path / "nothing"))
+    off = cfg_for(evaluation).model_copy(update={"tracking": TrackingConfig(enabled=False)})
+    with pytest.raises(ValueError, match="needs the MLflow registry"):
+        run_promote(off)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no files matching"):
+        adapter_digest(empty, ["*.safetensors"])
