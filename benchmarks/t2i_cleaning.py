@@ -269,6 +269,7 @@ def ours_throughput(work: Path, base: Path, manifest: Path, steps: int) -> dict[
         sample_steps=0,
         checkpoint_every=10**6,
         snr_gamma=None,
+        text_encoder_lora=False,  # the plain loop's LoRA: UNet attention only
     )
     report = finetune(cfg, progress=False)
     (work / "throughput" / "finetune.json").unlink()

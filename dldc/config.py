@@ -496,6 +496,9 @@ class BaseConfig(_Section):
         data: folder for the pretraining split (``synthrs/`` and its ``ingest/`` manifest).
         n_images, data_seed, noise_rate: SynthRS parameters of the pretraining split; its seed
             differs from ``synth.seed`` so the base never sees the fine-tuning images.
+        caption_style: ``scene`` (scene-level alt texts such as "a lake seen from above": a generic
+            pretrained model that knows the scenes but not the layout descriptions fine-tuning teaches)
+            or ``synthrs`` (SynthRS's own layout captions).
         resolution: image side in pixels (SynthRS's size).
         vae_channels: AutoencoderKL block widths; 3 blocks = 4x downsampling (64 px -> 16x16 latents).
         latent_channels: latent channels (SD: 4).
@@ -527,6 +530,7 @@ class BaseConfig(_Section):
     n_images: int = Field(1000, ge=10)
     data_seed: int = 1000
     noise_rate: float = Field(0.0, ge=0.0, le=1.0)
+    caption_style: Literal["scene", "synthrs"] = "scene"
     resolution: int = Field(64, ge=8)
     vae_channels: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=1)
     latent_channels: int = Field(4, ge=1)
@@ -581,7 +585,8 @@ class FinetuneConfig(_Section):
         resolution: training side in pixels (centre crop + bicubic resize).
         rank, alpha, dropout: LoRA rank r, scaling alpha (update scaled by alpha / r) and dropout.
         target_modules: UNet modules that get LoRA (its attention projections by default).
-        text_encoder_lora: also train LoRA on the text encoder's ``text_target_modules``.
+        text_encoder_lora: also train LoRA on the text encoder's ``text_target_modules`` (demo: on, since
+            the demo base's text encoder never saw the layout vocabulary; paper: off, diffusers' default).
         text_target_modules: text-encoder modules that get LoRA when ``text_encoder_lora``.
         steps: optimizer steps.
         batch_size: pairs per micro-batch; an optimizer step sees ``batch_size * grad_accum``.
@@ -615,7 +620,7 @@ class FinetuneConfig(_Section):
     alpha: float = Field(8.0, gt=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(default_factory=lambda: list(_LORA_UNET_TARGETS), min_length=1)
-    text_encoder_lora: bool = False
+    text_encoder_lora: bool = True
     text_target_modules: list[str] = Field(default_factory=lambda: list(_LORA_TEXT_TARGETS), min_length=1)
     steps: int = Field(300, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -758,6 +763,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "resolution": 512,
             "rank": 16,
             "alpha": 16.0,
+            "text_encoder_lora": False,
             "steps": 5000,
             "batch_size": 8,
             "grad_accum": 4,

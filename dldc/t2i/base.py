@@ -10,7 +10,10 @@ How it is trained (every choice made to fit minutes on two CPU cores; see
 ``benchmarks/t2i_cleaning.py`` for the measured time and the scene accuracy):
 
 1. **Data.** ``write_synthrs`` + ``ingest`` into ``data`` (reused when its parameters match);
-   the ``train`` split's pairs, images decoded once at ``resolution``.
+   the ``train`` split's pairs, images decoded once at ``resolution``. By default
+   (``caption_style: scene``) the captions are scene-level alt texts ("a lake seen from above",
+   :func:`scene_caption`): like a generic pretrained Stable Diffusion, the base knows the scenes
+   but not the dataset's layout descriptions, which is what fine-tuning then teaches.
 2. **VAE.** Trained briefly as an autoencoder (MSE + a small KL term, as SD's VAE without the
    perceptual and adversarial terms) on random ``vae_crop`` crops: the model is fully
    convolutional, so crops cost a quarter of full 64 px images and teach the same textures.
@@ -49,6 +52,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dldc.config import BaseConfig, IngestConfig
+from dldc.data.manifest import read_manifest, write_manifest
 from dldc.io import atomic_dir, write_json
 from dldc.t2i.data import PairData, encode_latents, load_pairs, to_model_range, tokenize
 from dldc.t2i.models import TinySpec, assemble_pipeline, tiny_components
@@ -78,12 +82,49 @@ def spec_of(cfg: BaseConfig) -> TinySpec:
     )
 
 
+# Alt-text-like captions of the "generic" pretraining corpus (``caption_style: scene``).
+SCENE_TEMPLATES: tuple[str, ...] = (
+    "an aerial image of a {scene}",
+    "a satellite image of a {scene}",
+    "a {scene} seen from above",
+    "a remote sensing image showing a {scene}",
+    "a top down view of a {scene}",
+)
+_SCENE_WORDS = {"residential": "residential area", "industrial": "industrial area", "parking": "parking lot"}
+
+
+def scene_caption(scene: str, index: int) -> str:
+    """Caption ``index`` of an image in the scene-level style, e.g. ``"a lake seen from above"``."""
+    return SCENE_TEMPLATES[index % len(SCENE_TEMPLATES)].format(scene=_SCENE_WORDS.get(scene, scene))
+
+
 def prepare_pretraining_data(cfg: BaseConfig, progress: bool = False) -> Path:
     """Write the SynthRS pretraining split and its manifest into ``cfg.data`` (reused when unchanged).
 
+    With ``caption_style: scene`` the manifest's captions are replaced by :func:`scene_caption`
+    (``manifest-scene.parquet``): the demo's stand-in for a generic pretrained model, which knows
+    what a lake or an airport looks like but not the dataset's layout descriptions.
+
     Returns:
-        The manifest path.
+        The manifest path to train on.
     """
+    source = _synthrs_manifest(cfg, progress)
+    if cfg.caption_style == "synthrs":
+        return source
+    frame, meta = read_manifest(source)
+    frame["caption"] = [scene_caption(s, _caption_index(p)) for s, p in zip(frame["scene"], frame["pair_id"])]
+    frame["caption_source"] = "template:scene"
+    target = source.with_name("manifest-scene.parquet")  # same folder: the relative root still holds
+    write_manifest(target, frame.to_dict("records"), meta)
+    return target
+
+
+def _caption_index(pair_id: str) -> int:
+    tail = pair_id.rpartition(":")[2]
+    return int(tail) if tail.isdigit() else 0
+
+
+def _synthrs_manifest(cfg: BaseConfig, progress: bool) -> Path:
     from dldc.data.ingest import ingest
     from dldc.data.synth import write_synthrs
 
@@ -230,7 +271,7 @@ def encode_texts(text_encoder: torch.nn.Module, tokens: torch.Tensor, device: to
 def train_denoiser(
     unet: torch.nn.Module,
     scheduler: Any,
-    latents: tuple[torch.Tensor, torch.Tensor],
+    latents: torch.Tensor,
     states: torch.Tensor,
     unconditional: torch.Tensor,
     pair_image: np.ndarray,
@@ -248,7 +289,6 @@ def train_denoiser(
     Returns:
         The loss per step.
     """
-    mean, std = latents
     pair_image_t = torch.from_numpy(pair_image)
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
     params = [p for p in unet.parameters() if p.requires_grad]
@@ -265,7 +305,7 @@ def train_denoiser(
         rows = pair_image_t[index]
         hidden = states[index].clone()
         hidden[torch.rand(cfg.batch_size, generator=generator) < cfg.caption_dropout] = unconditional
-        clean = mean[rows] + std[rows] * torch.randn(mean[rows].shape, generator=generator)
+        clean = latents[rows]
         noise = torch.randn(clean.shape, generator=generator)
         timesteps = torch.randint(n_timesteps, (cfg.batch_size,), generator=generator)
         clean, noise, timesteps = clean.to(device), noise.to(device), timesteps.to(device)
@@ -324,8 +364,8 @@ def build_base(cfg: BaseConfig, progress: bool = True) -> dict[str, Any]:
         vae = components["vae"].to(device)
         mark = time.perf_counter()
         vae_losses = train_vae(vae, pixels=pairs.pixels, cfg=cfg, device=device, progress=progress)
-        mean, _ = encode_latents(vae, pairs.pixels, device)
-        scaling = 1.0 / float(mean.std())
+        vae.register_to_config(scaling_factor=1.0)
+        scaling = 1.0 / float(encode_latents(vae, pairs.pixels, device).std())  # SD: unit-variance latents
         vae.register_to_config(scaling_factor=scaling)
         latents = encode_latents(vae, pairs.pixels, device)
         recon_mse = reconstruction_error(vae, pairs.pixels, device)
@@ -335,7 +375,7 @@ def build_base(cfg: BaseConfig, progress: bool = True) -> dict[str, Any]:
         mark = time.perf_counter()
         text_encoder = components["text_encoder"].to(device)
         tokens = tokenize(components["tokenizer"], pairs.captions)
-        text_losses = pretrain_text_encoder(text_encoder, latents[0], pairs, tokens, cfg, device, progress)
+        text_losses = pretrain_text_encoder(text_encoder, latents, pairs, tokens, cfg, device, progress)
         text_encoder.requires_grad_(False)
         states = encode_texts(text_encoder, tokens, device)
         unconditional = encode_texts(text_encoder, tokenize(components["tokenizer"], [""]), device)[0]

@@ -1,10 +1,11 @@
 """Image–caption pairs of a manifest as training tensors, and their cached VAE latents.
 
 Training never augments: captions name positions ("a lake at the top left"), so a flip or a
-rotation would make them wrong. Each image is therefore decoded and encoded by the VAE *once*;
-the posterior's mean and standard deviation are cached and a fresh latent is sampled from them
-at every step, exactly what encoding the image at every step would give, at a fraction of the
-cost (:func:`encode_latents`).
+rotation would make them wrong. Each image is therefore decoded and encoded by the VAE *once*
+(:func:`encode_latents`) and the cached latent is the VAE posterior's mean, as latent-caching
+LoRA trainers use it. For Stable Diffusion's VAE the posterior's standard deviation is about a
+thousandth of the latents' spread, so this is what sampling would give; a tiny VAE trained for a
+few minutes has a much wider posterior, and sampling from it would teach the UNet to draw grain.
 
 Example:
     >>> pairs = PairData.from_lists(["a", "b"], ["farmland", "lake"], torch.zeros(1, 3, 8, 8, dtype=torch.uint8),
@@ -135,22 +136,19 @@ def to_model_range(pixels: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def encode_latents(
     vae: Any, pixels: torch.Tensor, device: torch.device, batch_size: int = 32, progress: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode every image once: the VAE posterior's ``(mean, std)``, already scaled.
+) -> torch.Tensor:
+    """Encode every image once: the VAE posterior's mean times ``scaling_factor``, float32 on the CPU.
 
-    Multiply a standard normal draw by ``std`` and add ``mean`` to get what
-    ``vae.encode(x).latent_dist.sample() * scaling_factor`` would give. Both come back as float32
-    on the CPU (``(N, C, h, w)`` each).
+    Returns:
+        ``(N, C, h, w)`` latents, the UNet's training input.
     """
     scale = float(vae.config.scaling_factor)
     dtype = next(vae.parameters()).dtype
-    means, stds = [], []
+    means = []
     for start in tqdm(range(0, len(pixels), batch_size), desc="encode latents", disable=not progress):
         batch = to_model_range(pixels[start : start + batch_size]).to(device, dtype)
-        dist = vae.encode(batch).latent_dist
-        means.append((dist.mean * scale).float().cpu())
-        stds.append((dist.std * scale).float().cpu())
-    return torch.cat(means), torch.cat(stds)
+        means.append((vae.encode(batch).latent_dist.mean * scale).float().cpu())
+    return torch.cat(means)
 
 
 def tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:

@@ -9,7 +9,7 @@ UNet's attention projections (and optionally the text encoder), encode every tra
 * AdamW on the LoRA weights only (fp32), linear warmup + cosine decay, gradient clipping;
 * mixed precision on CUDA: frozen weights in bf16/fp16, autocast, a gradient scaler for fp16;
 * gradient accumulation and optional gradient checkpointing;
-* every random number (batch order, latent sample, noise, timesteps, LoRA dropout) is drawn from
+* every random number (batch order, noise, timesteps, LoRA dropout) is drawn from
   a generator seeded by ``(seed, step, micro-batch)``, so a run resumed from a checkpoint draws
   exactly what the uninterrupted run drew (:mod:`dldc.t2i.checkpoints`; tested bit-identical on CPU).
 
@@ -233,7 +233,7 @@ def finetune(
 
     # --- data: every image encoded once, every caption tokenized once -------------------------
     pairs = load_pairs(cfg.manifest, list(cfg.splits), cfg.resolution, progress=progress, max_pairs=cfg.max_pairs)
-    latent_mean, latent_std = encode_latents(vae, pairs.pixels, device, progress=progress)
+    cached_latents = encode_latents(vae, pairs.pixels, device, progress=progress)
     tokens = tokenize(tokenizer, pairs.captions)
     pair_image = torch.from_numpy(pairs.pair_image)
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
@@ -275,7 +275,7 @@ def finetune(
                 len(pairs), cfg.batch_size, (step * cfg.grad_accum + micro) * cfg.batch_size, cfg.seed
             )
             rows = pair_image[index]
-            latents = latent_mean[rows] + latent_std[rows] * torch.randn(latent_mean[rows].shape, generator=generator)
+            latents = cached_latents[rows]
             noise = torch.randn(latents.shape, generator=generator)
             if cfg.noise_offset:
                 noise += cfg.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator)

@@ -216,7 +216,7 @@ def generate_images(cfg: GenerateConfig, progress: bool = True) -> GenerateResul
             raise ValueError(f"arm {arm!r}: two prompts map to the same gen_id; are pair_ids unique in the manifest?")
         table["path"] = [f"{IMAGES_DIR}/{gen_id}.png" for gen_id in table["gen_id"]]
         settings = arm_settings(cfg, arm, adapter, height, width, precision)
-        _forget_stale_arm(out, arm, settings)
+        _forget_stale_arm(out, arm, settings, table["path"].tolist())
         write_json(out / ARMS_DIR / f"{arm}.json", settings)  # before rendering: a killed run resumes
         todo = table[[not (out / path).is_file() for path in table["path"]]]
         counts[arm] = {"generated": len(todo), "reused": len(table) - len(todo)}
@@ -266,20 +266,17 @@ def generate_images(cfg: GenerateConfig, progress: bool = True) -> GenerateResul
     return GenerateResult(out / GENERATIONS_FILE, report, out)
 
 
-def _forget_stale_arm(out: Path, arm: str, settings: dict[str, Any]) -> None:
-    """Delete an arm's images when they were made with other settings."""
+def _forget_stale_arm(out: Path, arm: str, settings: dict[str, Any], paths: list[str]) -> None:
+    """Delete the arm's images (``paths``) when they were made with other settings, or unknown ones."""
     record = out / ARMS_DIR / f"{arm}.json"
-    if not record.is_file():
+    try:
+        previous = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else None
+    except ValueError:
         previous = None
-    else:
-        try:
-            previous = json.loads(record.read_text(encoding="utf-8"))
-        except ValueError:
-            previous = {}
     if previous == settings:
         return
-    for path in (out / IMAGES_DIR).glob(f"{arm}_*.png"):
-        path.unlink()
+    for path in paths:
+        (out / path).unlink(missing_ok=True)
     record.unlink(missing_ok=True)
 
 
