@@ -328,6 +328,7 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=CaptionConfig().threshold)
     parser.add_argument("--min-gain", type=float, default=CaptionConfig().min_gain)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--augment", choices=["dihedral", "none"], default="none", help="in-domain training views")
     parser.add_argument("--work", type=Path, default=None, help="Keep intermediate data here (default: a temp dir).")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="egl-repair-"))
@@ -341,7 +342,8 @@ def main() -> None:
         ingest(IngestConfig(root=str(root), out=str(manifest.parent)), progress=False)
     scorer_dir = work / "scorer"
     if not (scorer_dir / "indomain.json").is_file():
-        train_indomain(IndomainConfig(manifest=str(manifest), out=str(scorer_dir), seed=args.seed), progress=False)
+        scorer_cfg = IndomainConfig(manifest=str(manifest), out=str(scorer_dir), seed=args.seed, augment=args.augment)
+        train_indomain(scorer_cfg, progress=False)
     setup_seconds = time.perf_counter() - started
     score_cfg = ScoreConfig(manifest=str(manifest), out=str(work / "scores"), scorers=[f"indomain:{scorer_dir}"])
     scorers = [create_scorer(spec) for spec in score_cfg.scorers]
@@ -396,7 +398,7 @@ def main() -> None:
             "pairs": len(truth),
             "noisy_pairs": int(truth["noisy"].sum()),
             "noisy_share": round(noisy_share, 4),
-            "scorer": "in-domain, 5 folds, demo training settings (cross-fitted)",
+            "scorer": f"in-domain, 5 folds, demo training settings (cross-fitted), augment={args.augment}",
             "settings": {"rounds": args.rounds, "threshold": args.threshold, "min_gain": args.min_gain},
             "targets": {"repaired": ">= 0.70", "clean_replaced": "<= 0.05"},
             "checker": checker,

@@ -112,11 +112,14 @@ def finetune_arms(work: Path, base: Path, manifests: dict[str, Path]) -> dict[st
     return reports
 
 
-def generate_arms(work: Path, base: Path, manifest: Path) -> Path:
+def generate_arms(work: Path, base: Path, manifest: Path, images_per_prompt: int) -> Path:
     from dldc.t2i.generate import generate_images
 
     arms = {"base": "", **{arm: str(work / "adapters" / arm) for arm in ARMS}}
-    cfg = GenerateConfig(base=str(base), arms=arms, manifest=str(manifest), out=str(work / "generate"))
+    cfg = GenerateConfig(
+        base=str(base), arms=arms, manifest=str(manifest), out=str(work / "generate"),
+        images_per_prompt=images_per_prompt,
+    )
     return generate_images(cfg, progress=True).out
 
 
@@ -172,7 +175,7 @@ def evaluate_arms(generations: Path, manifest: Path, scorer: Path) -> dict[str, 
     metrics = sorted(set(result.table["metric"]))
     for arm in ("base", *ARMS):
         figures["arms"][arm] = {m: result.value(arm, m) for m in metrics}
-    for metric in ("FD-indomain", "CLIPScore-indomain"):
+    for metric in ("FD-indomain", "FD-indomain-intra", "CLIPScore-indomain"):
         if metric in metrics:
             figures["clean_vs_noisy"][metric] = result.compare("clean", "noisy", metric)
     return figures
@@ -289,6 +292,7 @@ def main() -> None:
     parser.add_argument("--base", type=Path, default=Path("data/base/model"), help="demo base (built when missing)")
     parser.add_argument("--scorer", type=Path, default=Path("data/scorer"), help="in-domain scorer for the checks")
     parser.add_argument("--throughput-steps", type=int, default=30)
+    parser.add_argument("--images-per-prompt", type=int, default=2, help="seeds per test prompt (tighter intervals)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -302,7 +306,7 @@ def main() -> None:
     reports = finetune_arms(args.work, args.base, {"noisy": noisy, "clean": clean})
     timings["finetune_s"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    generations = generate_arms(args.work, args.base, noisy)
+    generations = generate_arms(args.work, args.base, noisy, args.images_per_prompt)
     timings["generate_s"] = time.perf_counter() - mark
 
     figures: dict[str, Any] = {
@@ -316,6 +320,7 @@ def main() -> None:
             for arm in ARMS
         },
         "base_scene_check": base_report.get("scene_check"),
+        "generate": {"images_per_prompt": args.images_per_prompt},
     }
     if (args.scorer / "indomain.json").is_file():
         figures["scene_accuracy"] = scene_accuracy(generations, noisy, args.scorer)

@@ -18,15 +18,20 @@ def finetune(
     run_group: str,
     base: str = "",
     base_model: dsl.Input[dsl.Model] = None,
+    manifest_file: str = "manifest.parquet",
 ):
-    """LoRA fine-tune the base (`base_model` artifact, else the hub id `base`) on `manifest` into `adapter`."""
+    """LoRA fine-tune the base (`base_model` artifact, else the hub id `base`) on `manifest` into `adapter`.
+
+    `manifest_file` is the manifest's path inside the `manifest` artifact (`select` writes
+    `cleaned_manifest.parquet` and `global/cleaned_manifest.parquet`).
+    """
     import json
     import os
 
     from dldc.cli import run_cli
 
     chosen = base_model.path if base_model is not None else base
-    args = ["finetune", "--manifest", os.path.join(manifest.path, "manifest.parquet"), "--out", adapter.path]
+    args = ["finetune", "--manifest", os.path.join(manifest.path, manifest_file), "--out", adapter.path]
     run_cli([*args, *(["--base", chosen] if chosen else [])], settings, run_group)
     with open(os.path.join(adapter.path, "finetune.json"), encoding="utf-8") as handle:
         report = json.load(handle)

@@ -19,8 +19,9 @@ def generate(
     base_model: dsl.Input[dsl.Model] = None,
     raw_adapter: dsl.Input[dsl.Model] = None,
     clean_adapter: dsl.Input[dsl.Model] = None,
+    global_adapter: dsl.Input[dsl.Model] = None,
 ):
-    """Images for the test prompts: arm `base`, plus `raw` / `clean` for the adapters given; same seeds."""
+    """Images for the test prompts: arm `base`, plus `raw` / `clean` / `global` for the adapters given; same seeds."""
     import json
     import os
 
@@ -28,7 +29,7 @@ def generate(
 
     chosen = base_model.path if base_model is not None else base
     arms = ["--arm", "base="]
-    for name, artifact in (("raw", raw_adapter), ("clean", clean_adapter)):
+    for name, artifact in (("raw", raw_adapter), ("clean", clean_adapter), ("global", global_adapter)):
         if artifact is not None:
             arms += ["--arm", f"{name}={artifact.path}"]
     args = ["generate", "--manifest", os.path.join(manifest.path, "manifest.parquet"), "--out", generations.path]

@@ -478,6 +478,118 @@ def generate(obj: _Context, base: str | None, arms: tuple[str, ...], manifest: s
     click.echo(f"wrote {result.report['images']} images ({counts}) and {result.table}")
 
 
+@main.command()
+@click.option("--scores", type=click.Path(dir_okay=False), help="Scores of the final captions [select.scores].")
+@click.option("--manifest", type=click.Path(dir_okay=False), help="Manifest the scores belong to [select.manifest].")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder [select.out].")
+@click.option("--mode", type=click.Choice(["proxy", "loop"]), help="proxy (no training) or loop [select.mode].")
+@click.option("--trials", type=click.Path(file_okay=False), help="`dldc select-trial` outputs [select.trials].")
+@click.pass_obj
+def select(
+    obj: _Context, scores: str | None, manifest: str | None, out: str | None, mode: str | None, trials: str | None
+) -> None:
+    """Choose each scene's cleaning ratio; write selection.json and the cleaned manifests."""
+    from dldc.stages import run_select
+
+    cfg = obj.config(
+        **{"select.scores": scores, "select.manifest": manifest, "select.out": out, "select.mode": mode,
+           "select.trials": trials}
+    )
+    try:
+        result = run_select(cfg, progress=obj.progress)
+    except (ValueError, FileNotFoundError, OSError, KeyError) as err:
+        raise click.ClickException(str(err)) from None
+    chosen = result.selection
+    ratios = ", ".join(f"{scene} {r:g}" for scene, r in chosen["ratios"].items())
+    fallbacks = f"; {len(chosen['fallbacks'])} scene(s) fell back to it" if chosen["fallbacks"] else ""
+    click.echo(
+        f"{chosen['mode']}: global ratio {chosen['global_ratio']:g}{fallbacks}; per scene: {ratios}; kept "
+        f"{chosen['pairs']['kept']} of {chosen['pairs']['total']} pairs; wrote {result.out}"
+    )
+
+
+@main.command("select-trial")
+@click.option("--ratio", type=float, required=True, help="Ratio dropped from every scene (one point of select.grid).")
+@click.option("--out", type=click.Path(file_okay=False), help="Trial folder [<select.trials>/r<RATIO>].")
+@click.option("--scores", type=click.Path(dir_okay=False), help="Scores of the final captions [select.scores].")
+@click.option("--manifest", type=click.Path(dir_okay=False), help="Manifest the scores belong to [select.manifest].")
+@click.option("--base", help="Base pipeline: hub id or save_pretrained folder [finetune.base].")
+@click.pass_obj
+def select_trial(
+    obj: _Context, ratio: float, out: str | None, scores: str | None, manifest: str | None, base: str | None
+) -> None:
+    """One dual-loop trial: clean every scene at RATIO, short LoRA, generate and evaluate on held-out prompts."""
+    from dldc.select.trial import trial_dir_name
+    from dldc.stages import run_select_trial
+
+    cfg = obj.config(**{"select.scores": scores, "select.manifest": manifest, "finetune.base": base})
+    if not 0.0 <= ratio < 1.0:
+        raise click.BadParameter(f"must be in [0, 1), got {ratio}", param_hint="--ratio")
+    folder = out or str(Path(cfg.select.trials) / trial_dir_name(ratio))
+    try:
+        report = run_select_trial(cfg, ratio, folder, progress=obj.progress)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        raise click.ClickException(str(err)) from None
+    overall = report["metrics"].get("all", {})
+    figures = ", ".join(f"{m} {v:.4g}" for m, v in overall.items())
+    click.echo(f"trial r={ratio:g}: kept {report['kept_pairs']} pairs; held-out {figures}; wrote {folder}")
+
+
+@main.command()
+@click.option("--dataset", help="Dataset layout: synthrs, dubai, loveda, potsdam, vaihingen, deepglobe, folder "
+              "[segment.dataset].")
+@click.option("--root", type=click.Path(file_okay=False), help="Dataset root [segment.root].")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder [segment.out].")
+@click.option("--base", help="Text-to-image base of the synthetic arms [segment.base].")
+@click.option("--arm", "arms", multiple=True, metavar="NAME=ADAPTER_DIR",
+              help="A synthetic arm and its adapter (NAME= for the base alone); repeatable, replaces segment.arms.")
+@click.option("--protocol", "protocols", multiple=True, type=click.Choice(["pseudo-label", "layout-prompt"]),
+              help="Synthetic-mask protocol; repeatable, replaces segment.protocols.")
+@click.option("--real-only", is_flag=True, help="Train and score the real-only baseline alone (no synthetic arm).")
+@click.option("--steps", type=int, help="Training steps of every arm [segment.steps].")
+@click.pass_obj
+def segment(
+    obj: _Context,
+    dataset: str | None,
+    root: str | None,
+    out: str | None,
+    base: str | None,
+    arms: tuple[str, ...],
+    protocols: tuple[str, ...],
+    real_only: bool,
+    steps: int | None,
+) -> None:
+    """Downstream segmentation: real-only vs. real + synthetic arms, same budget; writes results.json / results.md."""
+    from dldc.stages import run_segment
+
+    parsed = None
+    if arms:
+        parsed = {}
+        for item in arms:
+            name, sep, adapter = item.partition("=")
+            if not sep or not name:
+                raise click.BadParameter(f"expected NAME=ADAPTER_DIR (or NAME= for the base), got {item!r}",
+                                         param_hint="--arm")
+            parsed[name] = adapter
+    cfg = obj.config(
+        **{
+            "segment.dataset": dataset,
+            "segment.root": root,
+            "segment.out": out,
+            "segment.base": base,
+            "segment.arms": parsed,
+            "segment.protocols": [] if real_only else (list(protocols) or None),
+            "segment.steps": steps,
+        }
+    )
+    try:
+        report = run_segment(cfg, progress=obj.progress)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(Path(cfg.segment.out, "results.md").read_text(encoding="utf-8"))
+    click.echo(f"wrote {cfg.segment.out}/results.json ({len(report['runs'])} runs, {report['seconds']} s)")
+
+
 @main.group()
 def config() -> None:
     """Inspect the resolved configuration."""

@@ -139,6 +139,9 @@ class IndomainConfig(_Section):
             (:mod:`dldc.iel.scene_text`); scoring then reports ``P(image's scene | caption)``
             as ``indomain_scenefit`` and fuses it with the cosine. Needs scene labels.
         scene_alpha: its Laplace smoothing count.
+        augment: training views of the images: ``dihedral`` (random flips and 90° rotations: a
+            top-down tile has no "up"; best for scene-level noise) or ``none`` (the tower can then
+            learn positions, for captions that name them: "a lake at the top left").
     """
 
     manifest: str = "data/ingest/manifest.parquet"
@@ -154,6 +157,7 @@ class IndomainConfig(_Section):
     device: str = "auto"
     scene_head: bool = True
     scene_alpha: float = Field(1.0, gt=0)
+    augment: Literal["dihedral", "none"] = "dihedral"
 
 
 class ScoreConfig(_Section):
@@ -671,7 +675,12 @@ class GenerateConfig(_Section):
     base: str = "data/base/model"
     revision: str | None = None
     arms: dict[str, str] = Field(
-        default_factory=lambda: {"base": "", "raw": "data/finetune/raw", "clean": "data/finetune/clean"},
+        default_factory=lambda: {
+            "base": "",
+            "raw": "data/finetune/raw",
+            "clean": "data/finetune/clean",
+            "global": "data/finetune/global",  # the global-ratio baseline of `dldc select`
+        },
         min_length=1,
     )
     manifest: str = "data/ingest/manifest.parquet"
@@ -700,6 +709,172 @@ class GenerateConfig(_Section):
         return self
 
 
+class SelectConfig(_Section):
+    """Per-scene cleaning-ratio selection, the dual loop's decision (``dldc select``, :mod:`dldc.select`).
+
+    Attributes:
+        scores: IEL scores of the final captions (``dldc caption``'s ``scores.parquet``).
+        manifest: the manifest those scores belong to (``dldc caption``'s ``manifest.parquet``).
+        out: folder for ``selection.json``, ``cleaned_manifest.parquet``, ``dropped.parquet``,
+            ``global/cleaned_manifest.parquet`` (the global-ratio baseline), ``results.md``,
+            ``results.parquet`` and ``plots/``.
+        trials: folder of the loop's trials (``dldc select-trial``), one sub-folder per ratio.
+        mode: ``loop`` (one short fine-tune per ratio, judged on held-out prompts) or ``proxy``
+            (no training: an objective on each scene's score distribution).
+        grid: the ratios tried; ``r`` drops the lowest ``r`` of each scene by fused score.
+        splits: the splits that are cleaned (never the held-out or test split).
+        min_scene_pairs: scenes with fewer cleanable pairs take the global ratio (recorded).
+        proxy_penalty: ``proxy`` objective: mean kept quality (pooled z-score of the raw cosines)
+            minus this times ``r``.
+        objective: ``loop`` objective: ``{metric: weight}`` over the trials' evaluation metrics
+            (``CLIPScore-<label>``, ``FD-<label>``, ``KD-<label>``, ``FID``, ``KID``); each metric is
+            min-max scaled per scene over the grid, direction-aware.
+        eval_split: the held-out split whose prompts judge the trials (not the test split: that
+            one measures the final result).
+        trial_steps: fine-tuning steps of one trial (the other settings are ``finetune``'s).
+        trial_prompts_per_image: held-out captions per image used as prompts (``null``: all).
+        trial_images_per_prompt: seeds per prompt.
+        trial_generate_steps: denoising steps of the trials' images (``null``: ``generate.steps``).
+        plots: draw the histograms and curves (needs matplotlib; skipped with a note if missing).
+    """
+
+    scores: str = "data/captions/scores.parquet"
+    manifest: str = "data/captions/manifest.parquet"
+    out: str = "data/select"
+    trials: str = "data/select/trials"
+    mode: Literal["loop", "proxy"] = "loop"
+    grid: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5], min_length=1)
+    splits: list[str] = Field(default_factory=lambda: ["train"], min_length=1)
+    min_scene_pairs: int = Field(20, ge=1)
+    proxy_penalty: float = Field(1.0, ge=0.0)
+    objective: dict[str, float] = Field(
+        default_factory=lambda: {"CLIPScore-indomain": 1.0, "FD-indomain": 1.0}, min_length=1
+    )
+    eval_split: str = "val"
+    trial_steps: int = Field(100, ge=1)
+    trial_prompts_per_image: int | None = Field(None, ge=1)
+    trial_images_per_prompt: int = Field(1, ge=1)
+    trial_generate_steps: int | None = Field(None, ge=1)
+    plots: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> SelectConfig:
+        if any(not 0.0 <= r < 1.0 for r in self.grid):
+            raise ValueError(f"grid: every ratio must be in [0, 1), got {self.grid}")
+        if len(set(self.grid)) != len(self.grid):
+            raise ValueError(f"grid: ratios must be distinct, got {self.grid}")
+        if any(w < 0 for w in self.objective.values()) or sum(self.objective.values()) <= 0:
+            raise ValueError(f"objective: weights must be >= 0 with a positive sum, got {self.objective}")
+        if self.eval_split in self.splits:
+            raise ValueError(f"eval_split {self.eval_split!r} must not be a cleaned (trained-on) split {self.splits}")
+        return self
+
+
+class SegmentConfig(_Section):
+    """Downstream segmentation: real-only vs. real + synthetic arms (``dldc segment``, :mod:`dldc.segment`).
+
+    Attributes:
+        dataset: folder layout (``synthrs``, ``dubai``, ``loveda``, ``potsdam``, ``vaihingen``,
+            ``deepglobe``; ``folder`` = ``image_glob`` / ``mask_pattern`` / ``mask_replace`` below).
+        root: the dataset root; no image or mask path may resolve outside it.
+        classes: class table name or JSON path (``null``: the layout's own, e.g. ``dubai-seg``
+            with the colours its masks really use).
+        image_glob, mask_pattern, mask_replace, binarize: the ``folder`` layout (glob of the images;
+            regex on an image's relative path and its replacement = the mask's path; threshold RGB
+            mask channels at 128 first).
+        scale: resize factor applied to images (bilinear) and masks (nearest) before patching.
+        patch_size: side of the square training / evaluation patches, in pixels.
+        stride: step between training patches (``null``: ``patch_size``, no overlap); evaluation
+            patches always use ``patch_size`` and never count a pixel twice.
+        ignore_index: label of unlabeled pixels (left out of the loss and the metrics).
+        split_ratios: train / val / test shares of the tiles (split by tile, never by patch).
+        split_by: ``image`` (each image is a tile) or ``folder`` (its top folder is, e.g. ``tile_N``).
+        split_seed: seed of the tile split (fixed: every arm sees the same split).
+        max_pixels: decompression-bomb guard per image.
+        model: ``unet`` (compact U-Net), ``lraspp`` or ``deeplabv3`` (torchvision, random weights).
+        widths: U-Net channels per level.
+        steps, batch_size, lr, weight_decay: the training budget, identical for every arm.
+        checkpoint_every: resumable checkpoint period in steps (atomic writes).
+        eval_every: validation mIoU period in steps (the validation curve).
+        seed: model initialisation, batch order and flips.
+        bootstrap: tile resamples for the confidence intervals (0: none); ``ci`` their coverage.
+        protocols: synthetic-mask protocols run (``pseudo-label``, ``layout-prompt``); ``[]`` = real only.
+        base, revision: the text-to-image base every synthetic arm shares.
+        arms: ``{arm: adapter folder}`` for the synthetic arms (``""`` = the base alone).
+        synthetic_per_arm: generated images per arm (``null``: one per real training patch); the
+            same prompts and seeds for every arm.
+        prompt_variant: mask2text variant of the layout prompts (``full``, ``brief``, ...).
+        gen_steps, guidance_scale, scheduler, resolution, lora_scale, gen_batch_size, precision:
+            generation settings (as ``generate``'s; ``resolution`` ``null`` = the base's native size).
+        pseudo_label_threshold: ``pseudo-label`` pixels whose top class probability is below this
+            are ignored (0: label every pixel).
+        out: folder for ``results.json``, ``results.md``, ``per_class.parquet``, ``segment.json``,
+            ``runs/`` and ``synthetic/``.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``; ``threads``: torch CPU threads (0: default).
+    """
+
+    dataset: Literal["synthrs", "dubai", "loveda", "potsdam", "vaihingen", "deepglobe", "folder"] = "synthrs"
+    root: str = "data/synthrs"
+    classes: str | None = None
+    image_glob: str = "images/*.png"
+    mask_pattern: str = r"images/(.+)\.png"
+    mask_replace: str = r"masks/\1.png"
+    binarize: bool = False
+    scale: float = Field(1.0, gt=0.0, le=1.0)
+    patch_size: int = Field(64, ge=8)
+    stride: int | None = Field(None, ge=1)
+    ignore_index: int = Field(255, ge=1, le=255)
+    split_ratios: list[float] = Field(default_factory=lambda: [0.6, 0.2, 0.2], min_length=3, max_length=3)
+    split_by: Literal["image", "folder"] = "image"
+    split_seed: int = 0
+    max_pixels: int = Field(64_000_000, ge=1)
+    model: Literal["unet", "lraspp", "deeplabv3"] = "unet"
+    widths: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=1)
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(2e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    checkpoint_every: int = Field(100, ge=1)
+    eval_every: int = Field(50, ge=1)
+    seed: int = 0
+    bootstrap: int = Field(200, ge=0)
+    ci: float = Field(0.95, gt=0.0, lt=1.0)
+    protocols: list[Literal["pseudo-label", "layout-prompt"]] = Field(
+        default_factory=lambda: ["pseudo-label", "layout-prompt"]
+    )
+    base: str = "data/base/model"
+    revision: str | None = None
+    arms: dict[str, str] = Field(
+        default_factory=lambda: {"base": "", "raw": "data/finetune/raw", "clean": "data/finetune/clean"}
+    )
+    synthetic_per_arm: int | None = Field(120, ge=1)
+    prompt_variant: Literal["full", "brief", "cover", "places", "counts"] = "full"
+    gen_steps: int = Field(20, ge=1)
+    guidance_scale: float = Field(4.0, ge=0.0)
+    scheduler: Literal["default", "dpmsolver", "ddim", "euler", "pndm"] = "default"
+    resolution: int | None = Field(None, ge=8)
+    lora_scale: float = Field(1.0, ge=0.0)
+    gen_batch_size: int = Field(32, ge=1)
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    pseudo_label_threshold: float = Field(0.0, ge=0.0, lt=1.0)
+    out: str = "data/segment"
+    device: str = "auto"
+    threads: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> SegmentConfig:
+        import re
+
+        for arm in self.arms:
+            if not re.match(r"^[A-Za-z0-9_.-]+$", arm) or arm == "real":
+                raise ValueError(f"arms: name {arm!r} must use letters, digits, '_', '.' or '-' and not be 'real'")
+        if min(self.split_ratios) < 0 or self.split_ratios[0] <= 0 or self.split_ratios[2] <= 0:
+            raise ValueError(f"split_ratios: train and test shares must be > 0, val >= 0; got {self.split_ratios}")
+        if len(set(self.protocols)) != len(self.protocols):
+            raise ValueError(f"protocols: each at most once, got {self.protocols}")
+        return self
+
+
 class DldcConfig(_Section):
     """The whole configuration, one section per stage."""
 
@@ -717,6 +892,8 @@ class DldcConfig(_Section):
     base: BaseConfig = BaseConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     generate: GenerateConfig = GenerateConfig()
+    select: SelectConfig = SelectConfig()
+    segment: SegmentConfig = SegmentConfig()
 
 
 # Profile overrides on top of the code defaults (which are the demo profile). Later stages add
@@ -784,12 +961,41 @@ PROFILES: dict[str, dict[str, Any]] = {
             "batch_size": 16,
             "device": "cuda",
         },
+        # Per-scene ratios judged by CLIP score, RemoteCLIP score and FID of short LoRA runs (RSICD val split).
+        "select": {
+            "objective": {"CLIPScore-clip": 1.0, "CLIPScore-remoteclip": 1.0, "FID": 1.0},
+            "trial_steps": 1000,
+            "trial_prompts_per_image": 1,
+        },
         "promote": {
             "criteria": [
                 {"metric": "FID"},
                 {"metric": "CLIPScore-clip"},
                 {"metric": "CLIPScore-remoteclip"},
             ]
+        },
+        # Downstream segmentation on a real aerial set (Dubai, the README's true colours) with SD 1.5 arms
+        # at 512 px. Our choice (the paper does not publish its segmentation setup): DeepLabV3-R50 from
+        # scratch, 512 px patches, 20k steps at batch 16, both mask protocols.
+        "segment": {
+            "dataset": "dubai",
+            "root": "../shared/data/dubai-seg",
+            "split_by": "image",
+            "patch_size": 512,
+            "stride": 384,
+            "model": "deeplabv3",
+            "steps": 20000,
+            "batch_size": 16,
+            "lr": 1e-4,
+            "checkpoint_every": 1000,
+            "eval_every": 1000,
+            "bootstrap": 1000,
+            "base": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+            "synthetic_per_arm": None,
+            "gen_steps": 50,
+            "guidance_scale": 7.5,
+            "gen_batch_size": 16,
+            "device": "cuda",
         },
     },
 }

@@ -244,3 +244,72 @@ def run_generate(cfg: DldcConfig, progress: bool = True) -> Any:
                          "arms": result.report["arms"]})
         run.log_artifact(result.out / REPORT_FILE)
     return result
+
+
+def run_select_trial(cfg: DldcConfig, ratio: float, out: str | Path, progress: bool = True) -> dict[str, Any]:
+    """One dual-loop trial at ``ratio`` (clean every scene → short LoRA → held-out generation → evaluation)."""
+    from dldc.select.trial import TRIAL_FILE, run_trial
+
+    params = {"select": cfg.select.model_dump(mode="json"), "ratio": ratio, "out": str(out)}
+    with stage_run(cfg.tracking, "select_trial", params) as run:
+        report = run_trial(cfg, ratio, out, progress=progress)
+        run.log_metrics({"ratio": ratio, "kept_pairs": report["kept_pairs"], "final_loss": report["final_loss"]})
+        run.log_metrics({f"{scene}.{m}": v for scene, values in report["metrics"].items() for m, v in values.items()})
+        run.log_artifact(Path(out) / TRIAL_FILE)
+    return report
+
+
+def run_select(cfg: DldcConfig, mode: str | None = None, progress: bool = True) -> Any:
+    """Choose each scene's cleaning ratio (``proxy`` or ``loop``); log r*, curves, manifests and plots."""
+    from dldc.select.selection import CLEANED_FILE, DROPPED_FILE, RESULTS_MD, SELECTION_FILE, select_ratios
+
+    params = {**cfg.select.model_dump(mode="json"), "mode": mode or cfg.select.mode}
+    with stage_run(cfg.tracking, "select", params) as run:
+        result = select_ratios(cfg, mode=mode, progress=progress)
+        selection = result.selection
+        run.log_metrics({f"ratio.{scene}": r for scene, r in selection["ratios"].items()})
+        run.log_metrics({"global_ratio": selection["global_ratio"], "fallbacks": len(selection["fallbacks"]),
+                         **{f"pairs.{k}": v for k, v in selection["pairs"].items()}})
+        for ratio, value in selection["overall_curve"].items():
+            if value is not None:
+                run.log_metrics({"objective.global": value}, step=round(float(ratio) * 100))
+        run.set_tags({"select.mode": selection["mode"]})
+        for name in (SELECTION_FILE, CLEANED_FILE, DROPPED_FILE, RESULTS_MD):
+            run.log_artifact(result.out / name)
+        for plot in selection["plots"]:
+            run.log_artifact(result.out / plot, artifact_path="plots")
+        if run.enabled:
+            frame, _ = read_manifest(result.out / CLEANED_FILE)
+            run.log_dataset(frame, source=(result.out / CLEANED_FILE).resolve(), name="cleaned_manifest",
+                            context="select")
+    return result
+
+
+def run_segment(cfg: DldcConfig, progress: bool = True) -> dict[str, Any]:
+    """Train and score the segmenter for every arm and protocol; log metrics, curves, tables and plots."""
+    from dldc.segment.experiment import PER_CLASS_FILE, RESULTS_FILE, SUMMARY_FILE, TABLE_FILE, run_segment
+    from dldc.segment.plots import plot_confusion
+
+    section = cfg.segment
+    with stage_run(cfg.tracking, "segment", section.model_dump(mode="json")) as run:
+        report = run_segment(
+            section,
+            progress=progress,
+            on_log=lambda name, step, values: run.log_metrics({f"{name}.{k}": v for k, v in values.items()}, step=step),
+        )
+        for name, values in report["runs"].items():
+            run.log_metrics({f"{name}.{m}": values[m] for m in ("mIoU", "mAcc", "aAcc")})
+            run.log_metrics({f"{name}.{m}_ci_low": ci[0] for m, ci in values["ci"].items()})
+            run.log_metrics({f"{name}.{m}_ci_high": ci[1] for m, ci in values["ci"].items()})
+            run.log_metrics({f"{name}.IoU.{c}": v for c, v in values["IoU"].items() if v == v})  # v == v: not NaN
+        run.set_tags({"segment.protocols": ",".join(report["protocols"]), "segment.dataset": section.dataset})
+        out = Path(section.out)
+        for name in (RESULTS_FILE, TABLE_FILE, PER_CLASS_FILE, SUMMARY_FILE):
+            run.log_artifact(out / name)
+        if run.enabled:
+            for name, values in report["runs"].items():
+                plot = plot_confusion(values["confusion"], report["classes"], f"{name} (test split)",
+                                      out / "plots" / f"confusion_{name.replace('/', '_')}.png")
+                if plot is not None:
+                    run.log_artifact(plot, artifact_path="plots")
+    return report

@@ -1,5 +1,6 @@
 """`dvc repro` runs the stages from dvc.yaml; a second run has nothing to do."""
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,11 +16,16 @@ STAGES = (
     "score",
     "caption",
     "build_base",
+    "select_trial@0.0",
+    "select_trial@0.3",
+    "select",
     "finetune@raw",
     "finetune@clean",
+    "finetune@global",
     "generate",
     "evaluate",
     "promote",
+    "segment",
 )
 # The demo chain's shapes at toy size: every stage runs, in seconds.
 TINY_BASE = {
@@ -60,7 +66,10 @@ def test_dvc_repro_runs_then_is_up_to_date(tmp_path, mlflow_uri):
     params["base"].update(TINY_BASE)
     params["finetune"].update(resolution=16, rank=4, steps=2, batch_size=4, checkpoint_every=1, sample_steps=1)
     params["generate"].update(steps=1, batch_size=8, prompts_per_image=1)
+    params["select"].update(grid=[0.0, 0.3], trial_steps=2, trial_generate_steps=1, trial_prompts_per_image=1)
     params["evaluate"].update(bootstrap=10, kid_subsets=2, kid_subset_size=4)
+    params["segment"].update(patch_size=32, widths=[4, 8], steps=2, batch_size=4, eval_every=1, checkpoint_every=1,
+                             synthetic_per_arm=4, gen_steps=1, bootstrap=10)
     params["tracking"]["uri"] = mlflow_uri
     (work / "params.yaml").write_text(yaml.safe_dump(params))
 
@@ -75,14 +84,24 @@ def test_dvc_repro_runs_then_is_up_to_date(tmp_path, mlflow_uri):
     assert (work / "data" / "scores" / "scores.parquet").is_file()
     assert (work / "data" / "captions" / "manifest.parquet").is_file()
     assert (work / "data" / "generate" / "generations.parquet").is_file()
+    segment = json.loads((work / "data" / "segment" / "results.json").read_text())
+    assert set(segment["runs"]) == {"real"} | {f"{p}/{a}" for p in ("pseudo-label", "layout-prompt")
+                                             for a in ("base", "raw", "clean")}
+    selection = yaml.safe_load((work / "data" / "select" / "selection.json").read_text())
+    assert selection["mode"] == "loop" and set(selection["trials"]) == {"0", "0.3"}
+    assert (work / "data" / "select" / "trials" / "r0.3" / "trial.json").is_file()
+    finetuned = yaml.safe_load((work / "data" / "finetune" / "clean" / "finetune.json").read_text())
+    assert finetuned["manifest"] == "data/select/cleaned_manifest.parquet"
     assert "up to date" in dvc("repro")
     assert "up to date" in dvc("status")
     lock = yaml.safe_load((work / "dvc.lock").read_text())
     assert set(lock["stages"]) == set(STAGES)
-    # A changed score setting re-runs only `score`, and the embedding store spares re-encoding.
-    params["score"]["fusion"] = "zscore"
+    # A changed score setting re-runs `score` (and `caption`, which reads the score settings); the
+    # embedding store spares re-encoding, and outputs that come out the same stop the chain there.
+    params["score"]["batch_size"] = 7
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     rerun = dvc("repro")
     assert "Running stage 'score'" in rerun and "Running stage 'train_scorer'" not in rerun
+    assert "Running stage 'select_trial" not in rerun and "Running stage 'finetune" not in rerun
     report = yaml.safe_load((work / "data" / "scores" / "score.json").read_text())
-    assert report["fusion"] == "zscore" and report["images_encoded"] == 0 and report["texts_encoded"] == 0
+    assert report["images_encoded"] == 0 and report["texts_encoded"] == 0

@@ -74,7 +74,9 @@ def test_outputs_and_protocol_records(evaluated, project):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
     table = pd.read_parquet(out / "metrics.parquet")
-    assert set(table["metric"]) == {"FD-indomain", "KD-indomain", "CLIPScore-indomain", "cos-indomain"}
+    metrics = {"FD-indomain", "FD-indomain-intra", "KD-indomain", "CLIPScore-indomain", "cos-indomain"}
+    assert set(table["metric"]) == metrics
+    assert set(table.loc[table["metric"] == "FD-indomain-intra", "scene"]) == {"all"}
     assert set(table["scene"]) == {"all", *SCENES}
     assert set(table["arm"]) == {"base", "raw", "clean", "real"}
     overall = table[table["scene"] == "all"]
@@ -111,6 +113,18 @@ def test_less_noise_is_closer_to_the_real_images(evaluated):
     row = evaluated.table.query("scene == 'all' and arm == 'clean' and metric == 'FD-indomain'").iloc[0]
     assert row["rel_change_pct"] == pytest.approx(100 * (fd["clean"] - fd["base"]) / fd["base"])
     assert row["rel_ci_high_pct"] < 0
+
+
+def test_intra_scene_fd_is_the_mean_of_the_scenes_fd(evaluated):
+    table = evaluated.table
+    for arm in ("base", "raw", "clean"):
+        per_scene = table.query("arm == @arm and metric == 'FD-indomain' and scene != 'all'")["value"]
+        assert len(per_scene) == len(SCENES)
+        assert evaluated.value(arm, "FD-indomain-intra") == pytest.approx(per_scene.mean())
+    comparison = evaluated.compare("clean", "base", "FD-indomain-intra")
+    assert comparison["better"] and comparison["ci_low"] <= comparison["delta"] <= comparison["ci_high"]
+    row = table.query("scene == 'all' and arm == 'clean' and metric == 'FD-indomain-intra'").iloc[0]
+    assert row["ci_low"] <= row["value"] <= row["ci_high"] and not row["higher_is_better"]
 
 
 def test_an_exact_copy_has_zero_distance_and_the_reference_score(project, tmp_path):

@@ -5,6 +5,7 @@ Everything trains the tiny ``indomain-test`` architecture on a 60-image SynthRS 
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -296,6 +297,18 @@ def test_scene_head_can_be_turned_off(manifest, tmp_path):
     assert not scorer.has_scene_head
     with pytest.raises(RuntimeError, match="scene_head=true"):
         scorer.fold_model(0).scene_fit(["x"], ["y"])
+
+
+def test_training_without_dihedral_views_sees_the_images_as_they_are(manifest, tmp_path):
+    weights = {}
+    for augment in ("dihedral", "none"):
+        cfg = make_cfg(manifest, tmp_path / augment, epochs=1, scene_head=False, augment=augment)
+        train_indomain(cfg, progress=False)
+        weights[augment] = Path(cfg.out, fold_weights_file(0)).read_bytes()
+        assert json.loads(Path(cfg.out, "indomain.json").read_text())["config"]["augment"] == augment
+    assert weights["dihedral"] != weights["none"]
+    with pytest.raises(ValueError, match="augment"):
+        make_cfg(manifest, tmp_path / "bad", augment="rotate")
 
 
 def test_bad_inputs_raise_clear_errors(manifest, tmp_path):

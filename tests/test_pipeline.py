@@ -1,6 +1,9 @@
 """The Kubeflow pipeline: compiles to IR YAML and runs end to end under kfp.local."""
 
+import json
 import subprocess
+import sys
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -8,6 +11,9 @@ import pytest
 import yaml
 
 from dldc.tracking import ROLE_TAG
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_dvc import TINY_BASE  # noqa: E402
 
 
 def test_dldc_never_imports_kfp():
@@ -22,14 +28,32 @@ def test_pipeline_compiles_to_ir_yaml(tmp_path):
     spec = yaml.safe_load(out.read_text())
     tasks = spec["root"]["dag"]["tasks"]
     assert set(tasks) == {
-        "synth", "ingest", "train-scorer", "export-scorer", "plan-parts", "for-loop-1", "gather-scores", "caption"
-    }
+        "synth", "ingest", "train-scorer", "export-scorer", "plan-parts", "for-loop-1", "gather-scores", "caption",
+        "build-base", "for-loop-2", "select", "finetune", "finetune-2", "finetune-3", "generate", "evaluate", "promote",
+        "segment",
+    }  # fmt: skip
     assert set(tasks["caption"]["dependentTasks"]) == {"gather-scores", "ingest", "train-scorer"}
     assert tasks["ingest"]["dependentTasks"] == ["synth"]
     assert tasks["for-loop-1"]["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--plan-parts-Output"
+    # The dual loop: a ParallelFor over the ratio grid, gathered by `select`, whose manifests feed the fine-tunes.
+    assert tasks["for-loop-2"]["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--select_ratios"
+    assert set(tasks["for-loop-2"]["dependentTasks"]) == {"build-base", "caption", "train-scorer"}
+    assert set(tasks["select"]["dependentTasks"]) == {"caption", "for-loop-2"}
+    assert {tasks[name]["componentRef"]["name"] for name in ("finetune", "finetune-2", "finetune-3")} == {
+        "comp-finetune", "comp-finetune-2", "comp-finetune-3"
+    }
+    assert set(tasks["finetune-2"]["dependentTasks"]) == {"build-base", "select"}
+    assert set(tasks["generate"]["dependentTasks"]) == {"build-base", "finetune", "finetune-2", "finetune-3", "ingest"}
+    assert set(tasks["promote"]["dependentTasks"]) == {"evaluate", "finetune-2"}
+    assert set(tasks["segment"]["dependentTasks"]) == {"build-base", "evaluate", "finetune", "finetune-2", "finetune-3",
+                                                       "synth"}  # fmt: skip
     executors = spec["deploymentSpec"]["executors"]
     gpu = {name for name, e in executors.items() if e["container"].get("resources", {}).get("accelerator")}
-    assert gpu == {"exec-train-scorer", "exec-export-scorer", "exec-score-part", "exec-caption"}
+    assert gpu == {
+        "exec-train-scorer", "exec-export-scorer", "exec-score-part", "exec-caption", "exec-select-trial",
+        "exec-finetune", "exec-finetune-2", "exec-finetune-3", "exec-generate", "exec-evaluate",
+        "exec-segment",
+    }  # fmt: skip
     assert {executors[name]["container"]["image"] for name in gpu} == {"dldc:0.1.0-cuda"}
     assert executors["exec-ingest"]["container"]["image"] == "dldc:0.1.0-cpu"
 
@@ -49,15 +73,45 @@ def test_pipeline_runs_under_kfp_local_and_logs_to_mlflow(tmp_path, mlflow_uri, 
         "indomain.architecture=indomain-test",
         "indomain.folds=2",
         "indomain.epochs=1",
+        "synth.scenes=[farmland, forest]",  # 10 images per scene: one in val (trials) and one in test
+        *[f"base.{key}={value}" for key, value in TINY_BASE.items()],
+        "finetune.resolution=16",
+        "finetune.rank=4",
+        "finetune.steps=2",
+        "finetune.batch_size=4",
+        "finetune.sample_steps=1",
+        "generate.steps=1",
+        "generate.batch_size=8",
+        "generate.prompts_per_image=1",
+        "evaluate.bootstrap=10",
+        "evaluate.kid_subsets=2",
+        "evaluate.kid_subset_size=4",
+        "select.trial_steps=2",
+        "select.trial_generate_steps=1",
+        "select.trial_prompts_per_image=1",
+        "segment.patch_size=32",
+        "segment.widths=[4, 8]",
+        "segment.steps=2",
+        "segment.batch_size=4",
+        "segment.eval_every=1",
+        "segment.synthetic_per_arm=4",
+        "segment.gen_steps=1",
+        "segment.bootstrap=10",
     ]
-    dldc_pipeline(n_images=20, size=32, noise_rate=0.2, seed=1, score_parts=2, settings=settings, caption_rounds=1)
+    dldc_pipeline(
+        n_images=20, size=32, noise_rate=0.2, seed=1, score_parts=2, settings=settings, caption_rounds=1,
+        select_ratios=[0.0, 0.3], export_precision="fp32",  # the IEL runs on the ONNX export of the scorer
+    )
     manifests = [p for p in (tmp_path / "kfp-root").rglob("manifest.parquet") if "caption" not in str(p)]
     assert len(manifests) == 1
     frame = pd.read_parquet(manifests[0])
-    assert len(frame) == 100 and frame["scene"].nunique() == 10
+    assert len(frame) == 100 and frame["scene"].nunique() == 2
     scores = [p for p in (tmp_path / "kfp-root").rglob("scores.parquet") if "gather-scores" in str(p)]
     assert len(scores) == 1
     fused = pd.read_parquet(scores[0])
+    (score_report,) = [p for p in (tmp_path / "kfp-root").rglob("score.json") if "gather-scores" in str(p)]
+    scorer = json.loads(score_report.read_text())["scorers"][0]
+    assert scorer["name"] == "indomain" and scorer["scorer_id"].startswith("onnx-fp32:") and scorer["scene_head"]
     assert sorted(fused["pair_id"]) == sorted(frame["pair_id"])
     assert fused["indomain"].between(-1, 1).all() and fused["scene_percentile"].between(0, 1).all()
     captioned = [p for p in (tmp_path / "kfp-root").rglob("manifest.parquet") if "caption" in str(p)]
@@ -65,6 +119,16 @@ def test_pipeline_runs_under_kfp_local_and_logs_to_mlflow(tmp_path, mlflow_uri, 
     repaired = pd.read_parquet(captioned[0])
     assert sorted(repaired["pair_id"]) == sorted(frame["pair_id"])
     assert repaired["caption_source"].str.match(r"^(original|egl:(mask2text|retrieval):.+)$").all()
+    (selection_file,) = (tmp_path / "kfp-root").rglob("selection.json")
+    selection = json.loads(selection_file.read_text())
+    assert selection["mode"] == "loop" and set(selection["trials"]) == {"0", "0.3"}
+    assert set(selection["ratios"]) == {"farmland", "forest"}
+    (evaluation,) = [p for p in (tmp_path / "kfp-root").rglob("evaluate.json") if "select-trial" not in str(p)]
+    assert set(json.loads(evaluation.read_text())["arms"]) == {"base", "raw", "clean", "global", "real"}
+    (segmented,) = (tmp_path / "kfp-root").rglob("segment.json")
+    assert set(json.loads(segmented.read_text())) == {"real"} | {
+        f"{p}.{a}" for p in ("pseudo-label", "layout-prompt") for a in ("base", "raw", "clean", "global")
+    }
 
     mlflow.set_tracking_uri(mlflow_uri)
     experiment = mlflow.get_experiment_by_name("t-kfp")
@@ -72,5 +136,9 @@ def test_pipeline_runs_under_kfp_local_and_logs_to_mlflow(tmp_path, mlflow_uri, 
     parents = [r for r in runs if r.data.tags.get(ROLE_TAG) == "pipeline"]
     stages = sorted(r.info.run_name for r in runs if r.data.tags.get(ROLE_TAG) == "stage")
     assert len(parents) == 1
-    assert stages == ["caption", "gather_scores", "ingest", "score", "score", "synth", "train_scorer"]
+    assert stages == [
+        "build_base", "caption", "evaluate", "export_scorer", "finetune", "finetune", "finetune", "gather_scores",
+        "generate", "ingest", "promote", "score", "score", "segment", "select", "select_trial", "select_trial", "synth",
+        "train_scorer",
+    ]  # fmt: skip
     assert all(r.info.status == "FINISHED" for r in runs if r.data.tags.get(ROLE_TAG) == "stage")

@@ -4,6 +4,8 @@ For each arm of the generations (``base``, ``raw``, ``clean``, ...), overall and
 
 * ``FID`` / ``KID`` — Fréchet and kernel distance of Inception-2015-12-05 features (``evaluate.fid``);
 * ``FD-<label>`` / ``KD-<label>`` — the same distances in an IEL image tower's space;
+* ``FID-intra`` / ``FD-<label>-intra`` (scene ``all`` only) — the mean of the per-scene distances,
+  which, unlike the pooled one, penalises an image of the wrong scene for its prompt;
 * ``CLIPScore-<label>`` (100·max(cos, 0)) and ``cos-<label>`` (raw cosine) of generated images
   against their prompts; the real images against the same prompts are reported as the
   reference row ``real``.
@@ -66,10 +68,17 @@ PER_IMAGE_FILE = "per_image.parquet"
 BOOTSTRAP_FILE = "bootstrap.parquet"
 DISTANCE_METRICS = ("FID", "KID")
 DISTANCE_PREFIXES = ("FD-", "KD-")
+INTRA_SUFFIX = "-intra"  # mean of the per-scene values of a distance (intra-FID, Miyato & Koyama 2018)
 
 
 def higher_is_better(metric: str) -> bool:
-    """Direction of a metric: distances (``FID``, ``KID``, ``FD-*``, ``KD-*``) lower, scores higher."""
+    """Direction of a metric: distances (``FID``, ``KID``, ``FD-*``, ``KD-*``, ``*-intra``) lower, scores higher.
+
+    Example:
+        >>> higher_is_better("FID"), higher_is_better("FID-intra"), higher_is_better("CLIPScore-indomain")
+        (False, False, True)
+    """
+    metric = metric.removesuffix(INTRA_SUFFIX)
     return not (metric in DISTANCE_METRICS or metric.startswith(DISTANCE_PREFIXES))
 
 
@@ -281,6 +290,10 @@ def evaluate_generations(
             row["resize"] = f"{real_resize}; extractor: {row.pop('input')}"
         rows_out.extend(group_rows)
         replicates.update(group_reps)
+    if len(groups) > 2:
+        intra_rows, intra_reps = _intra_scene_rows(rows_out, replicates, arms, distances, groups[1:], cfg)
+        rows_out.extend(intra_rows)
+        replicates.update(intra_reps)
 
     table = _add_changes(pd.DataFrame(rows_out), replicates, cfg)
     results = {
@@ -496,6 +509,44 @@ def _evaluate_group(
             row["ci_low"], row["ci_high"] = percentile_interval(values, cfg.ci)
             out.append(row)
     return out, reps, paired
+
+
+def _intra_scene_rows(
+    rows: list[dict[str, Any]],
+    replicates: dict[tuple[str, str, str], np.ndarray],
+    arms: list[str],
+    distances: list[_Distance],
+    scenes: list[str],
+    cfg: EvaluateConfig,
+) -> tuple[list[dict[str, Any]], dict[tuple[str, str, str], np.ndarray]]:
+    """Intra-scene distances: the mean over scenes of each scene's FD (``<FD name>-intra``, scene ``all``).
+
+    The pooled FD only compares the two image distributions; an image of the wrong scene for its
+    prompt still counts as a good sample. Averaging the per-scene distances asks for the right scene
+    per prompt (intra-FID of class-conditional GANs). The scenes' bootstrap draws are independent, so
+    the mean of their replicates is a stratified bootstrap of the mean.
+    """
+    by_key = {(r["scene"], r["arm"], r["metric"]): r for r in rows}
+    out: list[dict[str, Any]] = []
+    reps: dict[tuple[str, str, str], np.ndarray] = {}
+    for distance in distances:
+        name, metric = distance.fd_name, distance.fd_name + INTRA_SUFFIX
+        for arm in arms:
+            present = [s for s in scenes if np.isfinite(by_key.get((s, arm, name), {}).get("value", np.nan))]
+            if not present:
+                continue
+            pooled = by_key[(ALL_SCENES, arm, name)]
+            row = {**pooled, "metric": metric, "higher_is_better": higher_is_better(metric)}
+            row["value"] = float(np.mean([by_key[(s, arm, name)]["value"] for s in present]))
+            row["ci_method"] = f"mean of {len(present)} scenes; stratified bootstrap" if cfg.bootstrap else "none"
+            row["ci_low"] = row["ci_high"] = float("nan")
+            draws = [replicates[(s, arm, name)] for s in present if (s, arm, name) in replicates]
+            if len(draws) == len(present) and all(len(d) for d in draws):
+                values = np.mean(np.stack(draws), axis=0)
+                reps[(ALL_SCENES, arm, metric)] = values
+                row["ci_low"], row["ci_high"] = percentile_interval(values, cfg.ci)
+            out.append(row)
+    return out, reps
 
 
 def _mean(values: np.ndarray) -> float:

@@ -624,7 +624,7 @@ def train_fold(
             images = train_images[rows.numpy()]
             chosen = [data.pairs_of_image[i][p] for i, p in zip(images, pick[rows].tolist())]
             caption_ids, positive = batch_texts(data, images, chosen)
-            pixels = augment(data.pixels[images], generator)
+            pixels = augment(data.pixels[images], generator) if cfg.augment == "dihedral" else data.pixels[images]
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, total_steps, cfg)
             image_features = F.normalize(model.encode_image(normalise_pixels(pixels.to(device), mean, std)), dim=-1)

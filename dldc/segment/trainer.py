@@ -1,0 +1,239 @@
+"""Training and evaluating one segmenter: a readable, seeded, resumable loop.
+
+Loop
+    AdamW with a cosine learning-rate decay over ``cfg.steps``; pixel cross-entropy with
+    ``ignore_index``. Batch ``s`` is ``cfg.batch_size`` patches drawn with
+    ``np.random.default_rng([seed, s])`` (with replacement) and flipped horizontally and/or
+    vertically by the same stream, so a batch depends only on the step: a resumed run sees
+    the very batches an uninterrupted one would.
+
+Checkpoints
+    ``checkpoint.pt`` (model, optimizer, scheduler, step, curves, fingerprint) is written
+    atomically every ``cfg.checkpoint_every`` steps and read back with
+    ``torch.load(weights_only=True)``. A checkpoint of other settings or other data (another
+    fingerprint) is ignored. The final weights are ``model.safetensors``.
+
+Example::
+
+    report = train_segmenter(train, val, num_classes=10, cfg=SegmentConfig(steps=50), out="runs/real")
+    model = load_segmenter("runs/real", num_classes=10, cfg=cfg)
+    matrices = tile_confusions(model, test, 10, 255)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from dldc.config import SegmentConfig
+from dldc.iel.factory import resolve_device
+from dldc.io import atomic_path, write_json
+from dldc.segment.datasets import PatchSet
+from dldc.segment.metrics import confusion_matrix, scores
+from dldc.segment.models import create_segmenter, normalise
+
+CHECKPOINT_FILE = "checkpoint.pt"
+MODEL_FILE = "model.safetensors"
+REPORT_FILE = "train.json"
+TRAIN_FIELDS = ("model", "widths", "steps", "batch_size", "lr", "weight_decay", "seed", "ignore_index")
+
+
+def data_digest(*parts: PatchSet) -> str:
+    """sha256 of the patches' pixels and labels (what a checkpoint must have been trained on)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(np.ascontiguousarray(part.images).tobytes())
+        digest.update(np.ascontiguousarray(part.labels).tobytes())
+    return digest.hexdigest()
+
+
+def train_fingerprint(cfg: SegmentConfig, num_classes: int, digest: str) -> str:
+    """What the weights depend on: the training settings, the classes and the data."""
+    settings = {name: getattr(cfg, name) for name in TRAIN_FIELDS}
+    text = json.dumps({"settings": settings, "num_classes": num_classes, "data": digest}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def batch_for_step(seed: int, step: int, n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Patch indices and horizontal / vertical flip flags of batch ``step`` (depends on the step only)."""
+    rng = np.random.default_rng([seed, step])
+    return rng.integers(0, n, batch_size), rng.random(batch_size) < 0.5, rng.random(batch_size) < 0.5
+
+
+def _batch(data: PatchSet, index: np.ndarray, hflip: np.ndarray, vflip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = data.images[index].copy(), data.labels[index].copy()
+    images[hflip], labels[hflip] = images[hflip, :, ::-1], labels[hflip, :, ::-1]
+    images[vflip], labels[vflip] = images[vflip, ::-1], labels[vflip, ::-1]
+    return images, labels
+
+
+def train_segmenter(
+    train: PatchSet,
+    val: PatchSet | None,
+    num_classes: int,
+    cfg: SegmentConfig,
+    out: str | Path,
+    progress: bool = True,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    stop_after: int | None = None,
+    desc: str = "segment",
+) -> dict[str, Any]:
+    """Train a segmenter on ``train`` for ``cfg.steps`` steps (see the module docstring).
+
+    Args:
+        train: training patches (labels in ``0..num_classes-1`` or ``cfg.ignore_index``).
+        val: validation patches for the validation curve (``None`` or empty: no curve).
+        num_classes: classes of the label space.
+        cfg: the segment section (model, budget, seed, checkpoint period, device).
+        out: run folder (``checkpoint.pt``, ``model.safetensors``, ``train.json``).
+        on_log: called with ``(step, {"loss": mean since the last call})`` (about 200 times a run) and
+            ``(step, {"val_mIoU": ...})``.
+        stop_after: stop after this many steps without finishing (tests of resuming).
+
+    Returns:
+        The report written to ``train.json`` (``fingerprint``, ``steps``, ``resumed_from``,
+        ``losses``, ``val_curve``, ``final_loss``), or ``{"stopped_at": step}``.
+
+    Raises:
+        ValueError: no training patch, or a label outside the classes.
+    """
+    if len(train) == 0:
+        raise ValueError("no training patch: check the dataset root, layout and split ratios")
+    bad = (train.labels != cfg.ignore_index) & (train.labels >= num_classes)
+    if bad.any():
+        found = int(train.labels[bad].max())
+        raise ValueError(f"training labels must be < {num_classes} or {cfg.ignore_index} (ignored); found {found}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = train_fingerprint(cfg, num_classes, data_digest(train))
+    report_path = out / REPORT_FILE
+    if report_path.is_file() and (out / MODEL_FILE).is_file():
+        previous = json.loads(report_path.read_text(encoding="utf-8"))
+        if previous.get("fingerprint") == fingerprint:
+            return {**previous, "reused": True}
+    device = resolve_device(cfg.device)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    model = create_segmenter(cfg.model, num_classes, cfg.widths).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, cfg.steps) / cfg.steps))
+    )
+    start, losses, val_curve, resumed_from = 0, [], [], []
+    checkpoint = out / CHECKPOINT_FILE
+    if checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        if state.get("fingerprint") == fingerprint:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            start, losses, val_curve = int(state["step"]), list(state["losses"]), [list(v) for v in state["val_curve"]]
+            resumed_from.append(start)
+    log_every = max(1, cfg.steps // 200)  # at most ~200 points per curve, each the mean loss since the last
+    bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not progress)
+    for step in range(start, cfg.steps):
+        if stop_after is not None and step >= start + stop_after:
+            bar.close()
+            return {"stopped_at": step}
+        model.train()
+        images, labels = _batch(train, *batch_for_step(cfg.seed, step, len(train), cfg.batch_size))
+        x = normalise(torch.from_numpy(images).to(device))
+        y = torch.from_numpy(labels).long().to(device)
+        logits = model(x)
+        if (y != cfg.ignore_index).any():
+            loss = F.cross_entropy(logits, y, ignore_index=cfg.ignore_index)
+        else:  # a batch of unlabeled pixels only: nothing to learn, keep the step (same schedule)
+            loss = logits.sum() * 0.0
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+        done = step + 1
+        if on_log and (done % log_every == 0 or done == cfg.steps):
+            on_log(step, {"loss": float(np.mean(losses[-log_every:]))})
+        if val is not None and len(val) and (done % cfg.eval_every == 0 or done == cfg.steps):
+            val_miou = scores(sum(tile_confusions(model, val, num_classes, cfg.ignore_index).values()))["mIoU"]
+            val_curve.append([done, val_miou])
+            if on_log:
+                on_log(step, {"val_mIoU": val_miou})
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "step": done,
+                "losses": losses,
+                "val_curve": val_curve,
+                "fingerprint": fingerprint,
+            }
+            with atomic_path(checkpoint) as tmp:
+                torch.save(state, tmp)
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    bar.close()
+    with atomic_path(out / MODEL_FILE) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    report = {
+        "fingerprint": fingerprint,
+        "model": cfg.model,
+        "num_classes": num_classes,
+        "steps": cfg.steps,
+        "batch_size": cfg.batch_size,
+        "train_patches": len(train),
+        "resumed_from": resumed_from,
+        "losses": losses,
+        "final_loss": losses[-1],
+        "val_curve": val_curve,
+    }
+    write_json(report_path, report)
+    return {**report, "reused": False}
+
+
+def load_segmenter(run: str | Path, num_classes: int, cfg: SegmentConfig) -> torch.nn.Module:
+    """The trained model of a run folder, in eval mode on ``cfg.device``."""
+    model = create_segmenter(cfg.model, num_classes, cfg.widths)
+    model.load_state_dict(load_file(str(Path(run) / MODEL_FILE)))
+    return model.to(resolve_device(cfg.device)).eval()
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, H, W, 3)`` uint8 → (labels ``(N, H, W)`` uint8, top-class probability ``(N, H, W)`` float32)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    labels, confidence = [], []
+    for start in range(0, len(images), batch_size):
+        x = normalise(torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device))
+        probs = model(x).float().softmax(1)
+        top, index = probs.max(1)
+        labels.append(index.to(torch.uint8).cpu().numpy())
+        confidence.append(top.cpu().numpy())
+    model.train(was_training)
+    if not labels:
+        return np.zeros((0, *images.shape[1:3]), np.uint8), np.zeros((0, *images.shape[1:3]), np.float32)
+    return np.concatenate(labels), np.concatenate(confidence)
+
+
+def tile_confusions(
+    model: torch.nn.Module, data: PatchSet, num_classes: int, ignore_index: int
+) -> dict[str, np.ndarray]:
+    """One confusion matrix per tile of ``data`` (summed over its patches)."""
+    predicted, _ = predict(model, data.images)
+    matrices: dict[str, np.ndarray] = {}
+    for i, tile in enumerate(data.tiles):
+        cm = confusion_matrix(data.labels[i], predicted[i], num_classes, ignore_index)
+        matrices[tile] = matrices[tile] + cm if tile in matrices else cm
+    return matrices

@@ -1,0 +1,247 @@
+"""``dldc select``: the cleaning ratio of every scene, and the cleaned dataset.
+
+Pairs are ranked within their scene by the fused IEL score of their final (EGL) caption
+(:mod:`dldc.select.ranking`); a ratio ``r`` drops the lowest ``r`` of a scene. The ratio of each
+scene is the best point of a curve over ``select.grid`` (:mod:`dldc.select.objective`):
+
+* ``proxy``: an objective on the scene's score distribution, no training;
+* ``loop``: the per-scene metrics of the trials (``dldc select-trial``, :mod:`dldc.select.trial`),
+  one short LoRA fine-tune per ratio, judged on held-out prompts.
+
+Scenes with fewer than ``select.min_scene_pairs`` cleanable pairs (or no curve) take the global
+ratio, the best single ratio for every scene, and ``selection.json`` says so.
+
+Output folder (``select.out``)::
+
+    selection.json             mode, grid, r* per scene, global ratio, curves (objective and, in loop
+                               mode, every metric per scene), reasons, fallbacks, counts, baselines
+    cleaned_manifest.parquet   kept pairs (each scene at its r*) with their final captions; the
+                               splits that are not cleaned pass through whole
+    dropped.parquet            dropped pairs: pair_id, image_id, scene, split, caption, caption_source,
+                               fused, scene_percentile, rank, scene_size, ratio
+    global/cleaned_manifest.parquet   the global-ratio baseline (every scene at the global ratio)
+    results.parquet, results.md       one table: none (r=0) / global / per-scene, per scene: ratio,
+                               kept pairs and (loop) the trial metrics at that ratio
+    plots/                     histograms.png (fused score per scene with the cut), curves.png
+                               (J(r)), metric_curves.png (loop: metrics vs. ratio)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from dldc.config import DldcConfig
+from dldc.io import write_json, write_parquet
+from dldc.select.objective import ALL_SCENES, choose, loop_curves, proxy_curves
+from dldc.select.plots import draw_plots
+from dldc.select.ranking import keep_mask, load_ranked, scene_sizes, write_cleaned_manifest
+from dldc.select.trial import read_trials
+
+SELECTION_FILE = "selection.json"
+CLEANED_FILE = "cleaned_manifest.parquet"
+DROPPED_FILE = "dropped.parquet"
+GLOBAL_DIR = "global"
+RESULTS_FILE = "results.parquet"
+RESULTS_MD = "results.md"
+PLOTS_DIR = "plots"
+DROPPED_COLUMNS = [
+    "pair_id", "image_id", "scene", "split", "caption", "caption_source", "fused", "scene_percentile", "rank",
+    "scene_size",
+]  # fmt: skip
+BASELINES = ("none", "global", "per_scene")
+
+
+@dataclass
+class SelectResult:
+    """What :func:`select_ratios` wrote and decided."""
+
+    out: Path
+    selection: dict[str, Any]
+    results: pd.DataFrame
+
+
+def _sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def select_ratios(cfg: DldcConfig, mode: str | None = None, progress: bool = True) -> SelectResult:
+    """Choose the ratio of every scene and write the cleaned manifests (see the module docstring).
+
+    Args:
+        cfg: the configuration (``select`` section; ``mode`` overrides ``select.mode``).
+        mode: ``proxy`` or ``loop``.
+        progress: unused (kept for the stage runner's signature; trials show their own progress).
+
+    Raises:
+        FileNotFoundError: scores, manifest or a loop trial missing.
+        ValueError: unknown mode, or trials made from other scores / manifest.
+    """
+    section = cfg.select
+    mode = mode or section.mode
+    if mode not in ("proxy", "loop"):
+        raise ValueError(f"select mode must be 'proxy' or 'loop', got {mode!r}")
+    grid = sorted(float(r) for r in section.grid)
+    out = Path(section.out)
+    ranked = load_ranked(section.scores, section.manifest, list(section.splits))
+    sizes = scene_sizes(ranked)
+    if not sizes:
+        raise ValueError(f"no pairs of splits {section.splits} in {section.manifest}; set select.splits")
+
+    metric_curves: dict[str, dict[str, dict[float, float]]] = {}
+    trials: dict[float, dict[str, Any]] = {}
+    if mode == "proxy":
+        curves, overall = proxy_curves(ranked, grid, section.proxy_penalty)
+        objective = {"kind": "proxy", "penalty": section.proxy_penalty,
+                     "definition": "mean pooled z-score of the kept pairs' raw cosines - penalty * r"}
+    else:
+        trials = read_trials(section.trials, grid)
+        scores_sha, manifest_sha = _sha256(section.scores), _sha256(section.manifest)
+        stale = [r for r, t in trials.items() if (t.get("scores_sha256"), t.get("manifest_sha256")) !=
+                 (scores_sha, manifest_sha)]
+        if stale:
+            raise ValueError(
+                f"trials {stale} in {section.trials} were run on other scores or another manifest; "
+                "re-run `dldc select-trial` for them"
+            )
+        tables = {r: t["metrics"] for r, t in trials.items()}
+        curves, overall = loop_curves(tables, section.objective)
+        for r, table in tables.items():
+            for scene, values in table.items():
+                for metric, value in values.items():
+                    metric_curves.setdefault(scene, {}).setdefault(metric, {})[r] = value
+        objective = {"kind": "loop", "weights": dict(section.objective),
+                     "definition": "weighted mean of per-scene min-max scaled metrics (1 = best over the grid)"}
+
+    choice = choose(curves, overall, sizes, section.min_scene_pairs)
+    keep = keep_mask(ranked, choice.ratios)
+    keep_global = keep_mask(ranked, {}, default=choice.global_ratio)
+
+    out.mkdir(parents=True, exist_ok=True)
+    info = {"mode": mode, "global_ratio": choice.global_ratio}
+    kept = write_cleaned_manifest(section.manifest, ranked, keep, out / CLEANED_FILE,
+                                  {**info, "ratios": choice.ratios})
+    kept_global = write_cleaned_manifest(section.manifest, ranked, keep_global, out / GLOBAL_DIR / CLEANED_FILE,
+                                         {**info, "baseline": "global"})
+    dropped = ranked.loc[~keep, DROPPED_COLUMNS].assign(ratio=ranked.loc[~keep, "scene"].map(choice.ratios))
+    write_parquet(out / DROPPED_FILE, pa.Table.from_pandas(dropped.reset_index(drop=True), preserve_index=False))
+
+    results = results_table(ranked, choice.ratios, choice.global_ratio, trials)
+    write_parquet(out / RESULTS_FILE, pa.Table.from_pandas(results, preserve_index=False))
+    (out / RESULTS_MD).write_text(render_results(results, mode), encoding="utf-8")
+
+    plots, note = ([], "select.plots is off")
+    if section.plots:
+        plots, note = draw_plots(ranked, keep, choice.ratios, curves, overall, metric_curves, out / PLOTS_DIR)
+
+    counts = {
+        scene: {
+            "cleanable": n,
+            "kept": int(keep[ranked.index[(ranked["scene"] == scene) & ranked["cleanable"]]].sum()),
+            "dropped": int((~keep[ranked.index[(ranked["scene"] == scene) & ranked["cleanable"]]]).sum()),
+        }
+        for scene, n in sizes.items()
+    }
+    selection = {
+        "mode": mode,
+        "grid": grid,
+        "splits": list(section.splits),
+        "min_scene_pairs": section.min_scene_pairs,
+        "objective": objective,
+        "ratios": choice.ratios,
+        "global_ratio": choice.global_ratio,
+        "reasons": choice.reasons,
+        "fallbacks": choice.fallbacks,
+        "curves": {scene: _keyed(c) for scene, c in curves.items()},
+        "overall_curve": _keyed(overall),
+        "metric_curves": {s: {m: _keyed(c) for m, c in per.items()} for s, per in metric_curves.items()},
+        "trials": {_key(r): {k: t[k] for k in ("path", "kept_pairs", "final_loss", "held_out_images", "key")}
+                   for r, t in trials.items()},
+        "counts": counts,
+        "pairs": {"total": len(ranked), "cleanable": int(ranked["cleanable"].sum()), "kept": kept,
+                  "dropped": int((~keep).sum()), "kept_global_baseline": kept_global},
+        "inputs": {"scores": section.scores, "manifest": section.manifest,
+                   "scores_sha256": _sha256(section.scores), "manifest_sha256": _sha256(section.manifest)},
+        "plots": [f"{PLOTS_DIR}/{name}" for name in plots],
+        "plots_note": note,
+    }
+    write_json(out / SELECTION_FILE, selection)
+    return SelectResult(out, selection, results)
+
+
+def _key(ratio: float) -> str:
+    return f"{ratio:g}"
+
+
+def _keyed(curve: dict[float, float]) -> dict[str, float | None]:
+    return {_key(r): (None if v is None or (isinstance(v, float) and math.isnan(v)) else v) for r, v in curve.items()}
+
+
+def results_table(
+    ranked: pd.DataFrame, ratios: dict[str, float], global_ratio: float, trials: dict[float, dict[str, Any]]
+) -> pd.DataFrame:
+    """One row per baseline (``none``, ``global``, ``per_scene``) and scene (plus ``all``).
+
+    Columns: ``baseline``, ``scene``, ``ratio`` (``NaN`` for ``per_scene`` over ``all``: mixed),
+    ``kept``, ``dropped`` and, in loop mode, every metric of the trial at that scene's ratio (for
+    ``per_scene``/``all`` there is no single trial: its metrics come from the final fine-tune).
+    """
+    rows = []
+    cleanable = ranked[ranked["cleanable"]]
+    for baseline in BASELINES:
+        per_scene = {s: (0.0 if baseline == "none" else global_ratio if baseline == "global" else ratios[s])
+                     for s in ratios}
+        keep = keep_mask(cleanable, per_scene)
+        for scene in [ALL_SCENES, *sorted(ratios)]:
+            rows_in = cleanable if scene == ALL_SCENES else cleanable[cleanable["scene"] == scene]
+            kept = int(keep[rows_in.index].sum())
+            uniform = {per_scene[s] for s in rows_in["scene"].unique()}
+            ratio = uniform.pop() if len(uniform) == 1 else math.nan
+            row: dict[str, Any] = {"baseline": baseline, "scene": scene, "ratio": ratio, "kept": kept,
+                                   "dropped": len(rows_in) - kept}
+            trial = next((t for r, t in trials.items() if not math.isnan(ratio) and abs(r - ratio) < 1e-9), None)
+            if trial is not None:
+                row.update(trial["metrics"].get(scene, {}))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def render_results(results: pd.DataFrame, mode: str) -> str:
+    """``results.md``: the baselines side by side."""
+    metrics = [c for c in results.columns if c not in ("baseline", "scene", "ratio", "kept", "dropped")]
+    header = ["scene", "baseline", "ratio", "kept", "dropped", *metrics]
+    lines = [
+        f"# Cleaning-ratio selection ({mode})",
+        "",
+        "Metrics are the held-out evaluation of the loop trial at that ratio (every scene cleaned at it); the "
+        "per-scene mix over `all` has no single trial: compare it in `dldc evaluate` after fine-tuning.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for values in results.sort_values(["scene", "baseline"], key=lambda s: s.map(_order)).to_dict("records"):
+        cells = []
+        for name in header:
+            value = values.get(name)
+            if isinstance(value, float):
+                cells.append("–" if math.isnan(value) else f"{value:.4g}")
+            else:
+                cells.append(str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _order(value: Any) -> Any:
+    if value == ALL_SCENES:
+        return ""
+    return {b: i for i, b in enumerate(BASELINES)}.get(value, value)

@@ -1,0 +1,167 @@
+"""One trial of the dual loop (``dldc select-trial --ratio R``): clean at ``R`` → short LoRA → generate → evaluate.
+
+Every scene is cleaned at the same ratio ``R`` (so a grid of ratios costs ``|grid|`` fine-tunes,
+not ``|scenes| × |grid|``), a short LoRA is trained on it with :func:`dldc.t2i.finetune.finetune`
+(``select.trial_steps`` steps, the other settings and the seed from ``finetune``), images are made
+for the held-out prompts (``select.eval_split``) with :func:`dldc.t2i.generate.generate_images`, and
+:func:`dldc.evaluate.evaluate.evaluate_generations` measures them per scene against the real
+held-out images. Trials of different ratios share every seed, so their differences are the data's.
+
+Trial folder::
+
+    cleaned_manifest.parquet   the manifest cleaned at R in every scene
+    adapter/                   the LoRA (finetune's folder; resumes when killed)
+    generate/                  held-out images (resumes)
+    evaluate/                  the evaluation (results.json, metrics.parquet, ...)
+    trial.json                 ratio, counts, per-scene metrics {scene: {metric: value}}, input key
+                               (written last; a finished trial with the same key is not recomputed)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from dldc.config import DldcConfig
+from dldc.io import write_json
+from dldc.select.ranking import keep_mask, load_ranked, write_cleaned_manifest
+
+TRIAL_FILE = "trial.json"
+TRIAL_MANIFEST = "cleaned_manifest.parquet"
+TRIAL_ARM = "trial"
+
+
+def trial_dir_name(ratio: float) -> str:
+    """Folder name of a ratio's trial, e.g. ``r0.3`` (what dvc.yaml's ``r${item}`` gives).
+
+    Example:
+        >>> trial_dir_name(0.3), trial_dir_name(0.0)
+        ('r0.3', 'r0.0')
+    """
+    return f"r{float(ratio)!r}"
+
+
+def _sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def trial_key(cfg: DldcConfig, ratio: float) -> str:
+    """Digest of everything a trial's numbers depend on (inputs and the settings used)."""
+    section = cfg.select
+    settings = {
+        "ratio": float(ratio),
+        "scores": _sha256(section.scores),
+        "manifest": _sha256(section.manifest),
+        "splits": section.splits,
+        "eval_split": section.eval_split,
+        "steps": section.trial_steps,
+        "prompts": [section.trial_prompts_per_image, section.trial_images_per_prompt, section.trial_generate_steps],
+        "finetune": cfg.finetune.model_dump(mode="json", exclude={"out", "manifest", "steps", "device", "threads"}),
+        "generate": cfg.generate.model_dump(mode="json", exclude={"out", "arms", "manifest", "device", "threads"}),
+        "evaluate": cfg.evaluate.model_dump(mode="json", exclude={"out", "generations", "manifest", "device"}),
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_trial(cfg: DldcConfig, ratio: float, out: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Run one trial at ``ratio`` into ``out`` (see the module docstring); returns ``trial.json``'s content.
+
+    Raises:
+        FileNotFoundError: scores, manifest, base or scorer missing.
+        ValueError: a ratio outside [0, 1), or no held-out prompt.
+    """
+    from dldc.evaluate.evaluate import evaluate_generations
+    from dldc.t2i.finetune import finetune
+    from dldc.t2i.generate import generate_images
+
+    section = cfg.select
+    out = Path(out)
+    key = trial_key(cfg, ratio)
+    done = out / TRIAL_FILE
+    if done.is_file():
+        previous = json.loads(done.read_text(encoding="utf-8"))
+        if previous.get("key") == key:
+            return previous
+    started = time.perf_counter()
+    ranked = load_ranked(section.scores, section.manifest, list(section.splits))
+    keep = keep_mask(ranked, {}, default=ratio)
+    manifest = out / TRIAL_MANIFEST
+    kept = write_cleaned_manifest(section.manifest, ranked, keep, manifest, {"ratio": ratio, "mode": "trial"})
+
+    adapter = out / "adapter"
+    tune = cfg.finetune.model_copy(
+        update={"manifest": str(manifest), "out": str(adapter), "steps": section.trial_steps,
+                "splits": list(section.splits), "sample_steps": 0}
+    )
+    tuned = finetune(tune, progress=progress)
+
+    gen = cfg.generate.model_copy(
+        update={
+            "base": cfg.finetune.base,
+            "revision": cfg.finetune.revision,
+            "arms": {TRIAL_ARM: str(adapter)},
+            "manifest": str(manifest),
+            "split": section.eval_split,
+            "prompts_per_image": section.trial_prompts_per_image,
+            "images_per_prompt": section.trial_images_per_prompt,
+            "steps": section.trial_generate_steps or cfg.generate.steps,
+            "out": str(out / "generate"),
+        }
+    )
+    generated = generate_images(gen, progress=progress)
+    evaluation = cfg.evaluate.model_copy(
+        update={"split": section.eval_split, "base_arm": TRIAL_ARM, "bootstrap": 0, "per_scene": True}
+    )
+    result = evaluate_generations(
+        [generated.out], manifest, out / "evaluate", cfg=evaluation, progress=progress
+    )
+    rows = result.table[result.table["arm"] == TRIAL_ARM]
+    metrics: dict[str, dict[str, float]] = {}
+    for scene, metric, value in zip(rows["scene"], rows["metric"], rows["value"]):
+        metrics.setdefault(str(scene), {})[str(metric)] = float(value)
+    cleanable = ranked[ranked["cleanable"]]
+    report = {
+        "ratio": float(ratio),
+        "key": key,
+        "scores_sha256": _sha256(section.scores),
+        "manifest_sha256": _sha256(section.manifest),
+        "kept_pairs": kept,
+        "dropped_pairs": int((~keep).sum()),
+        "cleanable_pairs": len(cleanable),
+        "final_loss": tuned["final_loss"],
+        "finetune_steps": section.trial_steps,
+        "eval_split": section.eval_split,
+        "held_out_images": int(result.results["protocol"]["n_real"]),
+        "generated_images": int(generated.report["images"]),
+        "metrics": metrics,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    write_json(done, report)
+    return report
+
+
+def read_trials(folder: str | Path, grid: list[float]) -> dict[float, dict[str, Any]]:
+    """The finished trials of ``grid`` in ``folder`` (``trial.json`` of each ratio's sub-folder).
+
+    Raises:
+        FileNotFoundError: a ratio of the grid has no finished trial (says which command makes it).
+    """
+    folder = Path(folder)
+    found: dict[float, dict[str, Any]] = {}
+    for path in sorted(folder.glob(f"*/{TRIAL_FILE}")):
+        report = json.loads(path.read_text(encoding="utf-8"))
+        found[float(report["ratio"])] = {**report, "path": str(path.parent)}
+    missing = [r for r in grid if not any(abs(r - f) < 1e-9 for f in found)]
+    if missing:
+        raise FileNotFoundError(
+            f"no finished trial for ratios {missing} in {folder}; run `dldc select-trial --ratio R` for each "
+            "(dvc repro runs the select_trial stages)"
+        )
+    return {r: next(found[f] for f in found if abs(r - f) < 1e-9) for r in grid}

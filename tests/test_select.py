@@ -1,0 +1,252 @@
+"""Per-scene cleaning-ratio selection: ranking and cut, fallback, proxy objective, loop objective, a tiny loop run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dldc.config import ConfigError, load_config
+from dldc.data.manifest import read_manifest
+from dldc.iel.fuse import scene_percentile
+from dldc.select.objective import choose, loop_curves, proxy_curves
+from dldc.select.ranking import keep_mask, n_dropped, rank_within_scene
+
+sys.path.insert(0, str(Path(__file__).parent))
+from eval_fixtures import make_manifest, train_tiny_scorer  # noqa: E402
+
+
+def test_ranking_and_cut_per_scene_known_answer() -> None:
+    frame = pd.DataFrame(
+        {
+            "pair_id": [f"p{i}" for i in range(10)],
+            "scene": ["a"] * 6 + ["b"] * 4,
+            "fused": [0.9, 0.1, 0.5, np.nan, 0.3, 0.3, 0.2, 0.8, 0.4, 0.6],
+            "cleanable": [True] * 9 + [False],  # p9 is held out: never ranked, never dropped
+        }
+    )
+    ranked = rank_within_scene(frame)
+    # Scene a: NaN first (unscorable pairs go first), then 0.1, then the 0.3 tie broken by pair_id.
+    assert ranked.set_index("pair_id").loc[["p3", "p1", "p4", "p5", "p2", "p0"], "rank"].tolist() == list(range(6))
+    assert ranked.loc[ranked.pair_id == "p9", "rank"].item() == -1
+    keep = keep_mask(ranked, {"a": 0.5, "b": 0.34})
+    assert sorted(ranked.loc[~keep, "pair_id"]) == ["p1", "p3", "p4", "p6"]  # floor(3), floor(1.02)
+    assert keep[ranked.pair_id == "p9"].item()
+    assert (n_dropped(0.3, 10), n_dropped(0.29, 10), n_dropped(0.1, 9)) == (3, 2, 0)
+    with pytest.raises(KeyError, match="'b'"):
+        keep_mask(ranked, {"a": 0.5})
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        n_dropped(1.0, 4)
+
+
+def test_small_scenes_fall_back_to_the_global_ratio_and_say_so() -> None:
+    curves = {"big": {0.0: 0.0, 0.1: 1.0, 0.3: 0.5}, "tiny": {0.0: 0.0, 0.1: 0.0, 0.3: 9.0}}
+    overall = {0.0: 0.0, 0.1: 0.2, 0.3: 0.7}
+    picks = choose(curves, overall, {"big": 100, "tiny": 5, "nocurve": 50}, min_scene_pairs=20)
+    assert picks.global_ratio == 0.3
+    assert picks.ratios == {"big": 0.1, "nocurve": 0.3, "tiny": 0.3}
+    assert set(picks.fallbacks) == {"tiny", "nocurve"}
+    assert "min_scene_pairs=20" in picks.fallbacks["tiny"] and "no per-scene curve" in picks.fallbacks["nocurve"]
+    flat = choose({"a": {0.0: 1.0, 0.2: 1.0}}, {0.0: 1.0, 0.2: 1.0}, {"a": 50}, 1)
+    assert flat.ratios == {"a": 0.0}  # ties keep more data
+
+
+def _synthetic_scores(noise_by_scene: dict[str, float], n: int = 200, seed: int = 0) -> pd.DataFrame:
+    """Cosines: clean pairs ~ N(0.6, 0.05), noisy ones ~ N(0.1, 0.05); fused = within-scene percentile."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for scene, rate in noise_by_scene.items():
+        noisy = rng.random(n) < rate
+        cos = np.where(noisy, rng.normal(0.1, 0.05, n), rng.normal(0.6, 0.05, n))
+        rows += [{"pair_id": f"{scene}{i}", "scene": scene, "x": c} for i, c in enumerate(cos)]
+    frame = pd.DataFrame(rows)
+    frame["x_clipscore"] = 100 * frame["x"].clip(lower=0)
+    frame["fused"] = scene_percentile(frame["x"], frame["scene"])
+    return frame
+
+
+def test_proxy_objective_tracks_the_noise_rate_of_each_scene() -> None:
+    noise = {"clean": 0.0, "some": 0.2, "much": 0.4}
+    ranked = rank_within_scene(_synthetic_scores(noise))
+    grid = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
+    curves, overall = proxy_curves(ranked, grid, penalty=1.0)
+    picks = choose(curves, overall, {s: 200 for s in noise}, min_scene_pairs=20)
+    # Every noisy pair lies below every clean one: the knee is at the noise rate (±one grid step).
+    assert picks.ratios["clean"] == 0.0
+    assert abs(picks.ratios["some"] - 0.2) <= 0.1 and abs(picks.ratios["much"] - 0.4) <= 0.1
+    assert picks.ratios["clean"] < picks.ratios["some"] < picks.ratios["much"]
+    assert 0.2 <= picks.global_ratio <= 0.4  # one ratio for all: between the scenes' noise rates
+
+
+def test_loop_objective_from_per_ratio_metric_tables() -> None:
+    # Scene a is best at r=0.2 on both metrics; scene b at r=0 by CLIP score, at 0.4 by FD: the weights decide.
+    trials = {
+        0.0: {"all": {"CLIPScore-x": 20.0, "FD-x": 5.0}, "a": {"CLIPScore-x": 10.0, "FD-x": 9.0},
+              "b": {"CLIPScore-x": 30.0, "FD-x": 3.0}},
+        0.2: {"all": {"CLIPScore-x": 22.0, "FD-x": 4.0}, "a": {"CLIPScore-x": 15.0, "FD-x": 5.0},
+              "b": {"CLIPScore-x": 29.5, "FD-x": 3.0}},
+        0.4: {"all": {"CLIPScore-x": 21.0, "FD-x": 4.5}, "a": {"CLIPScore-x": 12.0, "FD-x": 7.0},
+              "b": {"CLIPScore-x": 29.6, "FD-x": 1.0}},
+    }  # fmt: skip
+    curves, overall = loop_curves(trials, {"CLIPScore-x": 1.0, "FD-x": 1.0})
+    assert curves["a"] == {0.0: 0.0, 0.2: 1.0, 0.4: pytest.approx(0.5 * 0.4 + 0.5 * 0.5)}
+    assert overall[0.2] == 1.0
+    picks = choose(curves, overall, {"a": 50, "b": 50}, 10)
+    assert picks.ratios == {"a": 0.2, "b": 0.4} and picks.global_ratio == 0.2
+    clip_only, _ = loop_curves(trials, {"CLIPScore-x": 1.0})
+    assert choose(clip_only, overall, {"a": 50, "b": 50}, 10).ratios["b"] == 0.0
+    missing = {0.0: {"all": {"FD-x": 1.0}, "a": {"FD-x": 1.0}}, 0.2: {"all": {"FD-x": 0.5}}}
+    assert "a" not in loop_curves(missing, {"FD-x": 1.0})[0]  # a scene without every trial has no curve
+
+
+def test_select_config_checks() -> None:
+    cfg = load_config(None)
+    assert cfg.select.mode == "loop" and cfg.select.eval_split == "val" and 0.0 in cfg.select.grid
+    assert "FID" in load_config(None, overrides=["profile=paper"]).select.objective
+    with pytest.raises(ConfigError, match="grid"):
+        load_config(None, overrides=["select.grid=[0.0, 1.0]"])
+    with pytest.raises(ConfigError, match="eval_split"):
+        load_config(None, overrides=["select.eval_split=train"])
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(None, overrides=["select.ratio_grid=[0.1]"])
+
+
+@pytest.fixture(scope="module")
+def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """20 SynthRS images (4 scenes), their scores (a third of the train captions marked low), a base, a scorer."""
+    from dldc.t2i.models import save_dummy_base
+
+    work = tmp_path_factory.mktemp("select")
+    manifest = make_manifest(work / "data", n_images=20, size=16)
+    frame, _ = read_manifest(manifest)
+    rng = np.random.default_rng(0)
+    scores = frame[["pair_id", "image_id", "scene", "split"]].copy()
+    scores["indomain"] = rng.uniform(-0.2, 0.8, len(scores))
+    scores["indomain_clipscore"] = 100 * scores["indomain"].clip(lower=0)
+    scores["fused"] = scene_percentile(scores["indomain"], scores["scene"])
+    scores["scene_percentile"] = scores["fused"]
+    scores.to_parquet(work / "scores.parquet")
+    scorer = train_tiny_scorer(manifest, work / "scorer", folds=2, epochs=1)
+    return {
+        "work": str(work),
+        "manifest": str(manifest),
+        "scores": str(work / "scores.parquet"),
+        "base": str(save_dummy_base(work / "base")),
+        "scorer": str(scorer),
+    }
+
+
+def _tiny_cfg(project: dict[str, str], **extra: object):
+    work = Path(project["work"])
+    spec = f"indomain:{project['scorer']}"
+    updates = {
+        "tracking.enabled": False,
+        "select.scores": project["scores"],
+        "select.manifest": project["manifest"],
+        "select.out": str(work / "select"),
+        "select.trials": str(work / "trials"),
+        "select.grid": [0.0, 0.5],
+        "select.eval_split": "test",
+        "select.min_scene_pairs": 4,
+        "select.trial_steps": 2,
+        "select.trial_prompts_per_image": 1,
+        "select.trial_generate_steps": 1,
+        "finetune.base": project["base"],
+        "finetune.resolution": 8,
+        "finetune.rank": 2,
+        "finetune.batch_size": 4,
+        "finetune.warmup_steps": 1,
+        "finetune.device": "cpu",
+        "generate.batch_size": 8,
+        "generate.device": "cpu",
+        "evaluate.feature_scorers": {"indomain": spec},
+        "evaluate.clip_scorers": {"indomain": spec},
+        "evaluate.kid_subsets": 2,
+        "evaluate.kid_subset_size": 4,
+        "evaluate.device": "cpu",
+        "evaluate.workers": 0,
+        **extra,
+    }
+    return load_config(None, updates=updates)
+
+
+@pytest.mark.slow
+def test_tiny_loop_end_to_end_writes_selection_manifests_and_logs(
+    tiny_project: dict[str, str], mlflow_uri: str
+) -> None:
+    import mlflow
+
+    from dldc.select.trial import read_trials, run_trial, trial_dir_name
+    from dldc.stages import run_select
+
+    cfg = _tiny_cfg(tiny_project)
+    trials = Path(cfg.select.trials)
+    reports = {r: run_trial(cfg, r, trials / trial_dir_name(r), progress=False) for r in cfg.select.grid}
+    assert reports[0.0]["dropped_pairs"] == 0 and reports[0.5]["dropped_pairs"] > 0
+    assert {"all", "beach"} <= set(reports[0.5]["metrics"]) and "FD-indomain" in reports[0.5]["metrics"]["all"]
+    again = run_trial(cfg, 0.5, trials / trial_dir_name(0.5), progress=False)
+    assert again["seconds"] == reports[0.5]["seconds"]  # same inputs: nothing recomputed
+    assert set(read_trials(trials, [0.0, 0.5])) == {0.0, 0.5}
+    with pytest.raises(FileNotFoundError, match="select-trial --ratio"):
+        read_trials(trials, [0.0, 0.3])
+
+    tracked = _tiny_cfg(tiny_project, **{"tracking.enabled": True, "tracking.uri": mlflow_uri,
+                                         "tracking.experiment": "t-select"})
+    run_select(tracked, progress=False)
+    out = Path(tracked.select.out)
+    selection = json.loads((out / "selection.json").read_text())
+    assert selection["mode"] == "loop" and set(selection["ratios"]) == {"beach", "farmland", "forest", "residential"}
+    assert set(selection["ratios"].values()) <= {0.0, 0.5} and selection["global_ratio"] in (0.0, 0.5)
+    assert set(selection["metric_curves"]["all"]["CLIPScore-indomain"]) == {"0", "0.5"}
+    assert all(scene in selection["reasons"] for scene in selection["ratios"])
+
+    source, _ = read_manifest(tiny_project["manifest"])
+    fused = pd.read_parquet(tiny_project["scores"]).set_index("pair_id")["fused"]
+    cleaned, meta = read_manifest(out / "cleaned_manifest.parquet")
+    dropped = pd.read_parquet(out / "dropped.parquet")
+    assert len(cleaned) + len(dropped) == len(source)  # every pair is kept or recorded as dropped
+    assert set(dropped["split"]) <= {"train"}
+    assert (cleaned["split"] == "test").sum() == (source["split"] == "test").sum()
+    for scene, ratio in selection["ratios"].items():
+        n = (source[(source.scene == scene) & (source.split == "train")]).shape[0]
+        assert (dropped.scene == scene).sum() == int(np.floor(ratio * n + 1e-9))
+        kept_train = cleaned[(cleaned.scene == scene) & (cleaned.split == "train")]["pair_id"]
+        if (dropped.scene == scene).any():  # dropped pairs are the lowest of their scene
+            assert dropped.loc[dropped.scene == scene, "fused"].max() <= fused[kept_train].min()
+    assert meta.extra["select"]["ratios"] == selection["ratios"]
+    from dldc.data.manifest import dataset_root
+
+    assert (dataset_root(out / "cleaned_manifest.parquet", meta) / cleaned["image"].iloc[0]).is_file()
+    global_manifest, _ = read_manifest(out / "global" / "cleaned_manifest.parquet")
+    assert len(global_manifest) == selection["pairs"]["kept_global_baseline"]
+    table = pd.read_parquet(out / "results.parquet")
+    assert set(table["baseline"]) == {"none", "global", "per_scene"} and "CLIPScore-indomain" in table.columns
+    assert table.loc[(table.baseline == "none") & (table.scene == "all"), "dropped"].item() == 0
+    assert {"plots/histograms.png", "plots/curves.png", "plots/metric_curves.png"} == set(selection["plots"])
+
+    mlflow.set_tracking_uri(mlflow_uri)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("t-select")
+    (run,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'select'")
+    assert "global_ratio" in run.data.metrics and run.data.tags["select.mode"] == "loop"
+    logged = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"selection.json", "cleaned_manifest.parquet", "dropped.parquet", "plots"} <= logged
+
+    proxy = run_select(_tiny_cfg(tiny_project, **{"select.out": str(Path(tiny_project["work"]) / "proxy")}),
+                       mode="proxy", progress=False)
+    assert proxy.selection["mode"] == "proxy" and proxy.selection["trials"] == {}
+
+
+def test_scores_that_do_not_cover_the_manifest_are_refused(tiny_project: dict[str, str], tmp_path: Path) -> None:
+    from dldc.select.ranking import load_ranked
+
+    partial = pd.read_parquet(tiny_project["scores"]).iloc[3:]
+    partial.to_parquet(tmp_path / "scores.parquet")
+    with pytest.raises(ValueError, match="lacks scores for 3 pairs"):
+        load_ranked(tmp_path / "scores.parquet", tiny_project["manifest"], ["train"])
+    with pytest.raises(FileNotFoundError, match="dldc caption"):
+        load_ranked(tmp_path / "none.parquet", tiny_project["manifest"], ["train"])
