@@ -8,8 +8,9 @@ setup:
 	$(VENV)/bin/pip install --upgrade pip
 	$(VENV)/bin/pip install -e '.[dev]'
 
+# Two workers, one test file each at a time: the long end-to-end files (dvc, kfp.local) run side by side.
 test:
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -n 2 --dist loadfile --durations=15
 
 lint:
 	$(VENV)/bin/ruff check dldc components pipelines tests benchmarks
