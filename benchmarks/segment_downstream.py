@@ -8,6 +8,8 @@
   ``segment`` settings; arms: ``real``, and real + ``synthetic_per_arm`` images from the base
   alone, the raw-data adapter and the cleaned-data adapter, under both mask protocols
   (``pseudo-label``, ``layout-prompt``). Same segmenter, steps, batch and seed for every arm.
+  ``layout-prompt`` keeps the images that the real-only segmenter reads as their layout on at least
+  half of the pixels (``segment.layout_filter``); each arm's layout fidelity is reported.
   The adapters are whatever ``--raw`` / ``--clean`` name (the demo chain's ``dldc finetune``
   outputs, or the t2i_cleaning benchmark's noisy / truth-cleaned adapters).
 * **Dubai real-only baseline** — ``../shared/data/dubai-seg`` with the README's true colours,
@@ -20,6 +22,7 @@ protocol, and the training budget. Writes ``benchmarks/results/segment_downstrea
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -119,11 +122,19 @@ def main() -> None:
             "data": report["data"],
             "seconds": round(time.perf_counter() - started, 1),
             "runs": runs,
+            "layout_filter": cfg.layout_filter,
+            "synthetic": report["synthetic"],
             "clean_minus_raw_mIoU": {
                 p: round(runs[f"{p}/clean"]["mIoU"] - runs[f"{p}/raw"]["mIoU"], 2) for p in report["protocols"]
             },
             "table": (Path(cfg.out) / "results.md").read_text(encoding="utf-8"),
         }
+    previous = Path(__file__).resolve().parent / "results" / "segment_downstream.json"
+    if previous.is_file():  # a skipped part keeps its figures from the last run that made them
+        earlier = json.loads(previous.read_text(encoding="utf-8"))
+        for part in ("dubai_real_only", "synthrs_arms"):
+            if part not in figures and part in earlier:
+                figures[part] = {**earlier[part], "from_run": earlier.get("command"), "run_date": earlier.get("date")}
     write_result("segment_downstream", figures)
 
 

@@ -17,7 +17,8 @@
   ratio, per-scene r*) fine-tuned with the demo ``finetune`` settings and the same seed, generated
   on the test prompts (same seeds) and evaluated together (in-domain CLIP score, FD, KD with
   bootstrap intervals). Targets: per-scene beats no cleaning on CLIP score and FD, and is no
-  worse than the global ratio.
+  worse than the global ratio. The loop's selection is also redone with ``select.tolerance`` 0.5, 1
+  (the one-standard-error rule) and 2 on the same trials (``tolerance_sweep``).
 
 Writes ``benchmarks/results/select_ratio.json``.
 """
@@ -42,6 +43,7 @@ from _common import write_result  # noqa: E402
 from dldc.config import load_config  # noqa: E402
 from dldc.data.manifest import image_id_for  # noqa: E402
 
+TOLERANCES = (0.5, 1.0, 2.0)
 NOISE_BY_SCENE = {
     "airport": 0.0,
     "beach": 0.0,
@@ -138,6 +140,11 @@ def run_loop(cfg: Any, work: Path, base: Path) -> dict[str, Any]:
         run_trial(cfg, ratio, work / "trials" / trial_dir_name(ratio), progress=True)
     trials_s = time.perf_counter() - started
     chosen = select_ratios(cfg, mode="loop")
+    sweep = {}  # the same trials under other tolerances (one-SE rule = 1)
+    for tolerance in TOLERANCES:
+        other = cfg.model_copy(update={"select": cfg.select.model_copy(
+            update={"tolerance": tolerance, "out": str(work / f"select-loop-tol{tolerance:g}"), "plots": False})})
+        sweep[f"{tolerance:g}"] = select_ratios(other, mode="loop").selection["ratios"]
     manifests = {
         "none": Path(cfg.select.manifest),
         "global": chosen.out / "global" / "cleaned_manifest.parquet",
@@ -164,7 +171,8 @@ def run_loop(cfg: Any, work: Path, base: Path) -> dict[str, Any]:
         for other in ("none", "global")
         for m in ("CLIPScore-indomain", "FD-indomain")
     }
-    return {"selection": chosen.selection, "final": final, "comparisons": comparisons, "trials_s": round(trials_s, 1)}
+    return {"selection": chosen.selection, "final": final, "comparisons": comparisons, "trials_s": round(trials_s, 1),
+            "tolerance_sweep": sweep}
 
 
 def main() -> None:
@@ -195,7 +203,12 @@ def main() -> None:
         chosen = loop["selection"]
         figures["loop"] = {"ratios": chosen["ratios"], "global_ratio": chosen["global_ratio"],
                            "spearman_vs_truth": spearman(chosen["ratios"], truth), "final": loop["final"],
-                           "comparisons": loop["comparisons"], "trials_s": loop["trials_s"]}
+                           "comparisons": loop["comparisons"], "trials_s": loop["trials_s"],
+                           "tolerance": cfg.select.tolerance,
+                           "paired_se_at_r0": {scene: errors.get("0") for scene, errors in
+                                               chosen["objective"].get("paired_se", {}).items()},
+                           "tolerance_sweep": {tol: {"ratios": ratios, "spearman_vs_truth": spearman(ratios, truth)}
+                                               for tol, ratios in loop["tolerance_sweep"].items()}}
     write_result("select_ratio", figures)
 
 

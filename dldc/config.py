@@ -378,6 +378,8 @@ class CaptionConfig(_Section):
         threshold_by_scene: per-scene overrides of ``threshold``.
         min_gain: a candidate replaces the current caption only if its fused score is higher by
             more than this (fused units: within-scene percentile, or z-score with ``score.fusion: zscore``).
+            The default 0.02 keeps a caption that a candidate beats by a hair (SynthRS,
+            ``benchmarks/egl_repair.py``: clean pairs replaced 5.3% → 4.5%, noisy repaired 73.6% → 72.4%).
         prompts: prompt id -> template (``{scene}``, ``{caption}``); round r uses the r-th, cycling.
             mask2text reads ids containing ``brief`` as its brief variant.
         temperature: round 1 decodes greedily; later rounds sample at this temperature.
@@ -395,6 +397,11 @@ class CaptionConfig(_Section):
             ``mask_from`` folder replaced by ``mask_to`` and the suffix by ``mask_suffix``
             (``images/a.jpg`` -> ``masks/a.png``).
         retrieval_neighbours: nearest same-scene images whose captions retrieval may propose.
+        layout_check: class table (``synthrs``, ``dubai-seg`` or a JSON path) of the masks that
+            check the places captions name (:mod:`dldc.egl.layout_check`): a caption the mask
+            contradicts is regenerated whatever its score, and never replaces one it does not
+            contradict; ``null``: off (datasets without masks, e.g. RSICD).
+        layout_min_share: the least share of a grid cell an object must cover to be "there".
     """
 
     manifest: str = "data/ingest/manifest.parquet"
@@ -405,7 +412,7 @@ class CaptionConfig(_Section):
     rounds: int = Field(3, ge=0, le=50)
     threshold: float = Field(0.25, ge=0.0, le=1.0)
     threshold_by_scene: dict[str, float] = Field(default_factory=dict)
-    min_gain: float = Field(0.0, ge=0.0)
+    min_gain: float = Field(0.02, ge=0.0)
     prompts: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_CAPTION_PROMPTS), min_length=1)
     temperature: float = Field(0.7, ge=0.0, le=5.0)
     seed: int = 0
@@ -421,6 +428,8 @@ class CaptionConfig(_Section):
     mask_to: str = "masks"
     mask_suffix: str = ".png"
     retrieval_neighbours: int = Field(16, ge=1)
+    layout_check: str | None = "synthrs"
+    layout_min_share: float = Field(0.02, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _check(self) -> CaptionConfig:
@@ -728,13 +737,22 @@ class SelectConfig(_Section):
             minus this times ``r``.
         objective: ``loop`` objective: ``{metric: weight}`` over the trials' evaluation metrics
             (``CLIPScore-<label>``, ``FD-<label>``, ``KD-<label>``, ``FID``, ``KID``); each metric is
-            min-max scaled per scene over the grid, direction-aware.
+            scaled per scene by its bootstrap standard deviation (min-max over the grid when the
+            trials have no bootstrap), direction-aware.
+        tolerance: ``loop``: ``r*`` is the smallest ratio whose objective is within ``tolerance``
+            paired bootstrap standard errors of the best ratio's (``1``: the one-standard-error
+            rule, a difference the held-out prompts cannot resolve does not justify dropping data;
+            ``0``: the plain best). Default 0: on SynthRS the rule kept too much noise
+            (``benchmarks/select_ratio.py`` records the sweep). The errors are in ``selection.json``.
         eval_split: the held-out split whose prompts judge the trials (not the test split: that
             one measures the final result).
         trial_steps: fine-tuning steps of one trial (the other settings are ``finetune``'s).
         trial_prompts_per_image: held-out captions per image used as prompts (``null``: all).
         trial_images_per_prompt: seeds per prompt.
         trial_generate_steps: denoising steps of the trials' images (``null``: ``generate.steps``).
+        trial_bootstrap: bootstrap replicates of each trial's per-scene evaluation. Every trial
+            draws the same resamples of the same held-out prompts and images, so differences
+            between ratios are paired; ``0`` turns off intervals (and ``tolerance``).
         plots: draw the histograms and curves (needs matplotlib; skipped with a note if missing).
     """
 
@@ -755,6 +773,8 @@ class SelectConfig(_Section):
     trial_prompts_per_image: int | None = Field(None, ge=1)
     trial_images_per_prompt: int = Field(1, ge=1)
     trial_generate_steps: int | None = Field(None, ge=1)
+    trial_bootstrap: int = Field(200, ge=0)
+    tolerance: float = Field(0.0, ge=0.0)
     plots: bool = True
 
     @model_validator(mode="after")
@@ -808,6 +828,10 @@ class SegmentConfig(_Section):
             generation settings (as ``generate``'s; ``resolution`` ``null`` = the base's native size).
         pseudo_label_threshold: ``pseudo-label`` pixels whose top class probability is below this
             are ignored (0: label every pixel).
+        layout_filter: ``layout-prompt`` keeps a synthetic image only when the segmenter trained
+            on the real split agrees with its source mask (the layout it was asked for) on at least
+            this share of the labelled pixels; the others are recorded in ``rejects.parquet``
+            (``null``: keep every image). Each arm's mean agreement is its *layout fidelity*.
         out: folder for ``results.json``, ``results.md``, ``per_class.parquet``, ``segment.json``,
             ``runs/`` and ``synthetic/``.
         device: ``auto``, ``cpu`` or ``cuda[:N]``; ``threads``: torch CPU threads (0: default).
@@ -857,6 +881,7 @@ class SegmentConfig(_Section):
     gen_batch_size: int = Field(32, ge=1)
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     pseudo_label_threshold: float = Field(0.0, ge=0.0, lt=1.0)
+    layout_filter: float | None = Field(0.5, gt=0.0, le=1.0)
     out: str = "data/segment"
     device: str = "auto"
     threads: int = Field(0, ge=0)
@@ -916,6 +941,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         # EGL with a real VLM (Qwen2.5-VL-7B was among the best RS captioners in Any2RSI), bf16 on GPU.
         "caption": {
             "backends": ["hf:Qwen/Qwen2.5-VL-7B-Instruct"],
+            "layout_check": None,  # RSICD has no masks
             "device": "cuda",
             "batch_size": 16,
             "shard_size": 512,

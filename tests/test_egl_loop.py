@@ -131,12 +131,16 @@ def test_captions_parquet_has_every_candidate_with_lineage(world, first_run):
     assert selected.index.is_unique and len(selected) == report["pairs"]
     output = first_run.frame.set_index("pair_id")
     assert (selected.loc[output.index, "caption"] == output["caption"]).all()
-    # a replacement always scored higher than the original it replaced (round-0 scale)
-    before = originals.set_index("pair_id")["fused"]
+    # a replacement scored higher than the original it replaced (round-0 scale), unless it repaired a
+    # caption that the mask contradicts (the layout check's evidence comes first)
+    before = originals.set_index("pair_id")
     won = selected[selected["round"] > 0]
-    assert (won["fused"] > before.loc[won.index]).all()
-    # mean fused per round never goes down: a caption is only ever replaced by a better one
-    means = [r["mean_fused"] for r in report["rounds"]]
+    by_score = won[~(before.loc[won.index, "layout"] < 1).to_numpy()]
+    assert len(by_score) > 0 and (by_score["fused"] > before.loc[by_score.index, "fused"]).all()
+    assert not (won["layout"] < 1).any()
+    # without the layout check, mean fused per round never goes down: only ever replaced by a better one
+    plain = _run(world, _cfg(world, world["base"] / "captions-plain", layout_check=None))
+    means = [r["mean_fused"] for r in plain.report["rounds"]]
     assert means == sorted(means)
 
 
@@ -207,11 +211,30 @@ def test_loop_stops_when_no_pair_improves_or_none_is_low(world):
     assert silent.report["replaced"] == 0
     statuses = pd.read_parquet(silent.captions).query("round == 1")["status"]
     assert (statuses == "none").all() and len(statuses) == silent.report["low_at_start"]
-    nothing_low = _run(world, _cfg(world, world["base"] / "captions-none", threshold=0.0))
+    nothing_low = _run(world, _cfg(world, world["base"] / "captions-none", threshold=0.0, layout_check=None))
     assert nothing_low.report["stop"] == "no pair below its scene threshold"
     assert nothing_low.report["candidates"] == 0 and nothing_low.report["replaced"] == 0
     one = _run(world, _cfg(world, world["base"] / "captions-one", rounds=1))
     assert one.report["stop"] == "ran all 1 rounds" and len(one.report["rounds"]) == 2
+
+
+def test_layout_check_makes_contradicted_captions_targets_and_repairs_them(world):
+    # threshold 0: no pair is low by its score, so the targets are exactly the captions the masks contradict
+    result = _run(world, _cfg(world, world["base"] / "captions-layout", threshold=0.0, rounds=2,
+                              backends=["mask2text:synthrs"]))
+    check = result.report["layout_check"]
+    assert check["table"] == "synthrs" and check["images_without_mask"] == 0
+    assert check["checked_at_start"] > 0 and check["contradicted_at_start"] > 0
+    assert result.report["low_at_start"] == check["contradicted_at_start"]
+    assert check["contradicted_at_end"] < check["contradicted_at_start"]
+    captions = pd.read_parquet(result.captions)
+    round0 = captions[captions["round"] == 0].set_index("pair_id")
+    targets = set(captions.loc[captions["round"] == 1, "pair_id"])
+    assert targets == set(round0.index[round0["layout"] < 1])
+    accepted = captions[captions["accepted"] & (captions["round"] > 0)]
+    assert len(accepted) > 0 and not (accepted["layout"] < 1).any()  # no contradicted caption got in
+    off = _run(world, _cfg(world, world["base"] / "captions-layout-off", threshold=0.0, layout_check=None))
+    assert off.report["layout_check"] is None and "layout" not in pd.read_parquet(off.captions)
 
 
 def test_cli_caption_runs_the_stage(world, tmp_path):

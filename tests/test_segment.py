@@ -301,8 +301,18 @@ def test_both_protocols_all_arms_one_table(synthrs: Path, tmp_path: Path) -> Non
     report = run_segment(cfg, progress=False, renderer=renderer)
     expected = {"real"} | {f"{p}/{a}" for p in ("pseudo-label", "layout-prompt") for a in ("base", "raw", "clean")}
     assert set(report["runs"]) == expected and renderer.calls == 15  # 5 images per arm, shared by both protocols
-    assert all(run["train_patches"] == report["runs"]["real"]["train_patches"] + 5 for n, run in
-               report["runs"].items() if n != "real")  # fmt: skip
+    real_patches = report["runs"]["real"]["train_patches"]
+    rejects = pd.read_parquet(Path(cfg.out) / "rejects.parquet")
+    for arm, info in report["synthetic"].items():
+        assert report["runs"][f"pseudo-label/{arm}"]["train_patches"] == real_patches + 5
+        kept = info["layout_filter_kept"]  # layout-prompt keeps the images that show their layout
+        assert report["runs"][f"layout-prompt/{arm}"]["train_patches"] == real_patches + kept
+        assert report["runs"][f"layout-prompt/{arm}"]["synthetic_patches"] == kept
+        assert 0.0 <= info["layout_fidelity"] <= 1.0
+        of_arm = rejects["image"].str.startswith(f"synthetic:{arm}/")
+        filtered = rejects[(rejects["reason"] == "layout_filter") & of_arm]
+        assert len(filtered) == 5 - kept  # every filtered image is recorded with its agreement
+    assert "Layout fidelity" in (Path(cfg.out) / "results.md").read_text()
     assert {run["test_tiles"] for run in report["runs"].values()} == {report["data"]["test"]["tiles"]}
     out = Path(cfg.out)
     table = (out / "results.md").read_text()
@@ -319,6 +329,18 @@ def test_both_protocols_all_arms_one_table(synthrs: Path, tmp_path: Path) -> Non
     assert "mIoU_low" in summary["layout-prompt.clean"]
     again = run_segment(cfg, progress=False, renderer=renderer)  # same inputs: nothing recomputed
     assert renderer.calls == 15 and all(run["reused"] for run in again["runs"].values())
+
+
+def test_layout_filter_off_keeps_every_synthetic_image(synthrs: Path, tmp_path: Path) -> None:
+    cfg = SegmentConfig(
+        **{**TINY, "steps": 2}, root=str(synthrs), patch_size=16, synthetic_per_arm=3, arms={"clean": "x"},
+        protocols=["layout-prompt"], layout_filter=None, out=str(tmp_path / "out"),
+    )  # fmt: skip
+    report = run_segment(cfg, progress=False, renderer=StubRenderer())
+    assert report["runs"]["layout-prompt/clean"]["synthetic_patches"] == 3
+    assert "layout_filter_kept" not in report["synthetic"]["clean"]
+    with pytest.raises(ValueError, match="layout_filter"):
+        SegmentConfig(layout_filter=0.0)
 
 
 def test_layout_prompt_masks_are_the_source_masks(synthrs: Path, tmp_path: Path) -> None:

@@ -20,6 +20,12 @@ How a run goes (:func:`caption_manifest`):
    ``caption.min_gain`` (two pairs of one image never get the same text). The loop stops after
    K rounds, when no pair is low, or when a round improves no pair.
 
+With masks (``caption.layout_check``: their class table), every caption's places are checked
+against its image's mask (:mod:`dldc.egl.layout_check`, column ``layout``: the share of its claims
+that hold). A caption the mask contradicts (``layout < 1``) is low whatever its fused score; a
+candidate the mask contradicts never replaces a caption it does not contradict, and one it does
+not contradict replaces a contradicted caption whatever the scores.
+
 Resumable like the IEL: each round's generations are written per shard of ``shard_size`` pairs
 and captioner (``rounds/round-<r>/gen/b<j>-<i>.parquet``, keyed by everything they depend on)
 and candidate scoring is the engine's own sharded, cached run (``rounds/round-<r>/iel/``); a
@@ -42,8 +48,9 @@ Outputs in ``caption.out``:
     ``none``: the captioner had none, ``empty``: nothing left after cleaning, ``duplicate``:
     already tried or in use on the image), ``detail``, ``tokens``, ``cut`` (shortened to the
     budget), the IEL signal columns (per scorer cosine, and ``<name>_scenefit`` where the
-    scorer has a scene head), ``fused`` (round-0 scale), ``accepted`` (became the pair's
-    caption in its round) and ``selected`` (is the pair's final caption).
+    scorer has a scene head), ``fused`` (round-0 scale), ``layout`` (with ``layout_check``: the
+    share of the caption's places the mask confirms, ``NaN`` when it names none), ``accepted``
+    (became the pair's caption in its round) and ``selected`` (is the pair's final caption).
 ``scores.parquet``, ``score.json``
     The IEL scores of the output manifest (the schema of ``dldc score``; fused within the new
     population), ready for ratio selection.
@@ -76,6 +83,7 @@ from dldc.config import CaptionConfig, ScoreConfig
 from dldc.data.manifest import ManifestMeta, dataset_root, read_manifest, write_manifest
 from dldc.egl.base import Attempt, Captioner, CaptionRequest
 from dldc.egl.factory import CaptionerContext, create_captioner
+from dldc.egl.layout_check import LayoutChecker
 from dldc.egl.prompts import clean_output, clip_token_counter, fit_to_budget, select_prompt
 from dldc.egl.retrieval import normalise_text
 from dldc.iel.base import CrossFitScorer, Scorer
@@ -90,6 +98,7 @@ REPORT_FILE = "caption.json"
 ROUNDS_DIR = "rounds"
 ORIGINAL = "original"
 SCENEFIT_SUFFIX = "_scenefit"  # the IEL's caption–scene signal column (fused like a scorer)
+LAYOUT = "layout"  # share of a caption's places its mask confirms (caption.layout_check)
 _GEN_KEY = b"dldc.gen_key"
 _GEN_SCHEMA = pa.schema([("pair_id", pa.string()), ("raw", pa.string()), ("detail", pa.string())])
 
@@ -268,6 +277,11 @@ def caption_manifest(
         round0[["pair_id", *columns]], on="pair_id", how="left", validate="one_to_one"
     )
     state["fused"] = reference(state)
+    checker = None
+    if cfg.layout_check:
+        checker = LayoutChecker(cfg.layout_check, root, cfg.mask_from, cfg.mask_to, cfg.mask_suffix,
+                                cfg.layout_min_share)
+        state[LAYOUT] = checker(list(frame["image"]), list(state["caption"]))
     thresholds = scene_thresholds(state["fused"], state["scene"], cfg.threshold, cfg.threshold_by_scene)
     state = state.assign(candidate_id=state["pair_id"] + "@r0", backend=ORIGINAL, model="", round=0, source=ORIGINAL)
     low_at_start = _is_low(state, thresholds)
@@ -305,6 +319,9 @@ def caption_manifest(
         generated = _generate(captioners, requests, attempt, round_dir, cfg.shard_size, progress)
         rows = _clean(generated, attempt, captioners, requests, count_tokens, budget)
         rows = _score(rows, frame, meta, root, round_dir, iel, scorers, columns, reference, progress)
+        if checker is not None:
+            images = rows["pair_id"].map(frame.set_index("pair_id")["image"])
+            rows[LAYOUT] = checker(list(images), list(rows["caption"].where(rows["status"] == "scored")))
         state, rows, improved = _decide(state, rows, cfg.min_gain)
         for pid, text in zip(rows["pair_id"], rows["caption"]):
             if isinstance(text, str) and text:
@@ -324,13 +341,20 @@ def caption_manifest(
 
     return _write_outputs(
         cfg, iel, frame, meta, root, state, lineage, scorers, captioners, columns, thresholds, rounds, stop,
-        round0_source, budget, started, progress,
+        round0_source, budget, started, progress, checker,
     )  # fmt: skip
+
+
+def _contradicted(table: pd.DataFrame) -> pd.Series:
+    """Rows whose caption the mask contradicts (``layout < 1``); never without a layout check."""
+    if LAYOUT not in table:
+        return pd.Series(False, index=table.index)
+    return (table[LAYOUT] < 1.0 - 1e-9).fillna(False)
 
 
 def _is_low(state: pd.DataFrame, thresholds: dict[str, float]) -> pd.Series:
     limit = state["scene"].map(thresholds).astype(float)
-    return (state["fused"] < limit).fillna(False)
+    return (state["fused"] < limit).fillna(False) | _contradicted(state)
 
 
 def _round_summary(round_index: int, state: pd.DataFrame, thresholds: dict[str, float], targets: int) -> dict[str, Any]:
@@ -541,8 +565,10 @@ def _score(
 def _decide(state: pd.DataFrame, rows: pd.DataFrame, min_gain: float) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """Keep, per pair, the best scored candidate if it beats the current caption by ``min_gain``.
 
-    Candidates are taken best first within each image, so two pairs of one image never end up
-    with the same text.
+    With a layout check, agreeing with the mask comes first: a candidate the mask does not
+    contradict replaces a contradicted caption whatever the scores, and a contradicted candidate
+    never replaces an uncontradicted caption. Candidates are taken best first within each image,
+    so two pairs of one image never end up with the same text.
     """
     rows = rows.assign(accepted=False).reset_index(drop=True)
     current = state.set_index("pair_id", drop=False).to_dict("index")
@@ -551,7 +577,8 @@ def _decide(state: pd.DataFrame, rows: pd.DataFrame, min_gain: float) -> tuple[p
         in_use.setdefault(record["image_id"], []).append(normalise_text(record["caption"]))
     copied = [column for column in state.columns if column in rows.columns and column not in ("pair_id", "image_id")]
     scored = rows[(rows["status"] == "scored") & rows["fused"].notna()]
-    order = scored.sort_values(["image_id", "fused", "candidate_id"], ascending=[True, False, True])
+    scored = scored.assign(_agrees=~_contradicted(scored))
+    order = scored.sort_values(["image_id", "_agrees", "fused", "candidate_id"], ascending=[True, False, False, True])
     accepted, details, done = [], dict(zip(rows.index, rows["detail"])), set()
     for position, candidate in zip(order.index, order.to_dict("records")):
         pid = candidate["pair_id"]
@@ -559,7 +586,10 @@ def _decide(state: pd.DataFrame, rows: pd.DataFrame, min_gain: float) -> tuple[p
             continue
         mine = current[pid]
         baseline = mine["fused"] if pd.notna(mine["fused"]) else -np.inf
-        if not candidate["fused"] > baseline + min_gain:
+        mine_agrees = not (LAYOUT in mine and mine[LAYOUT] < 1.0 - 1e-9)  # NaN: nothing to contradict
+        if mine_agrees and not candidate["_agrees"]:
+            continue  # the mask contradicts the candidate, not the current caption
+        if not (candidate["_agrees"] and not mine_agrees) and not candidate["fused"] > baseline + min_gain:
             continue
         texts, key = in_use[candidate["image_id"]], normalise_text(candidate["caption"])
         if key in texts:
@@ -575,6 +605,23 @@ def _decide(state: pd.DataFrame, rows: pd.DataFrame, min_gain: float) -> tuple[p
     rows["detail"] = rows.index.map(details)
     updated = pd.DataFrame.from_records(list(current.values()), columns=state.columns)
     return updated.astype(state.dtypes.to_dict()), rows, len(accepted)
+
+
+def _layout_report(
+    cfg: CaptionConfig, checker: LayoutChecker | None, round0: pd.DataFrame, state: pd.DataFrame
+) -> dict[str, Any] | None:
+    """``caption.json``'s account of the layout check: how many captions it could check and how many it caught."""
+    if checker is None:
+        return None
+    return {
+        "table": checker.table.name,
+        "min_share": cfg.layout_min_share,
+        "checked_at_start": int(round0[LAYOUT].notna().sum()),
+        "contradicted_at_start": int(_contradicted(round0).sum()),
+        "contradicted_at_end": int(_contradicted(state).sum()),
+        "images_without_mask": len(checker.problems),
+        "mask_problems": dict(sorted(checker.problems.items())[:10]),
+    }
 
 
 def _meta_for(meta: ManifestMeta, root: Path, manifest_path: Path, extra: dict[str, Any]) -> ManifestMeta:
@@ -601,6 +648,7 @@ def _write_outputs(
     budget: int,
     started: float,
     progress: bool,
+    checker: LayoutChecker | None = None,
 ) -> CaptionResult:
     from dldc.iel.engine import score_manifest
 
@@ -622,7 +670,8 @@ def _write_outputs(
     captions["selected"] = captions["candidate_id"].isin(final)
     ordered = [
         "candidate_id", "pair_id", "image_id", "scene", "round", "backend", "model", "prompt_id", "temperature",
-        "seed", "raw", "caption", "status", "detail", "tokens", "cut", *columns, "fused", "accepted", "selected",
+        "seed", "raw", "caption", "status", "detail", "tokens", "cut", *columns, "fused",
+        *([LAYOUT] if checker is not None else []), "accepted", "selected",
     ]  # fmt: skip
     captions = captions[ordered].astype(
         {"round": "int32", "tokens": "int32", "temperature": "float64", "seed": "int64"}
@@ -653,6 +702,7 @@ def _write_outputs(
         "replaced": len(replaced),
         "replaced_by_backend": replaced["caption_source"].value_counts().sort_index().to_dict(),
         "still_low": int(still_low.sum()),
+        "layout_check": _layout_report(cfg, checker, lineage[0], state),
         "candidates": int((captions["round"] > 0).sum()),
         "seconds": round(time.perf_counter() - started, 3),
     }

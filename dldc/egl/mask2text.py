@@ -85,6 +85,7 @@ class MaskClass:
     plural: bool = False
     thing: bool = False
     ignore: bool = False
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ def _mask_class(entry: dict[str, Any], mode: str) -> MaskClass:
         plural=bool(entry.get("plural", False)),
         thing=bool(entry.get("thing", False)),
         ignore=bool(entry.get("ignore", False)),
+        aliases=tuple(str(word) for word in entry.get("aliases", ())),
     )
 
 

@@ -6,6 +6,13 @@ Arms (the same segmenter, steps, batch size, learning rate and seed for every ar
       patches + that model's synthetic images, drawn uniformly from the union, masks from the
       protocol (:mod:`dldc.segment.synthetic`).
 
+The segmenter of the ``real`` arm also judges every synthetic image: its *layout agreement* is the
+share of the source mask's labelled pixels where that segmenter's prediction matches the layout
+the prompt asked for, and an arm's mean is its *layout fidelity* (``results.json`` →
+``synthetic.<arm>.layout_fidelity``). ``layout-prompt`` keeps only images that agree on at least
+``cfg.layout_filter`` of their pixels (the rest are in ``rejects.parquet``): an image that does not
+show its layout would teach the segmenter wrong masks.
+
 Every arm is scored on the same real test split (tiles never seen in training): mIoU, mAcc,
 aAcc, per-class IoU / Acc, the confusion matrix, and bootstrap intervals over test tiles.
 
@@ -169,26 +176,38 @@ def run_segment(
         write_prompts(out / "synthetic", prompts)
         renderer = renderer or DiffusersRenderer(cfg)
         source_labels = train.labels[picked]
-        pseudo_model = None  # the pseudo-labeller: the segmenter trained on the real training split only
-        if "pseudo-label" in cfg.protocols:
-            pseudo_model = load_segmenter(out / "runs" / REAL_ARM, space.num_classes, cfg)
+        # The segmenter trained on the real training split only: pseudo-labeller and layout judge.
+        real_model = load_segmenter(out / "runs" / REAL_ARM, space.num_classes, cfg)
+        ids = prompts["synth_id"].tolist()
         for arm, adapter in arms.items():
             images, counts = synthesize_arm(
                 out / "synthetic", arm, adapter, prompts, renderer, cfg.patch_size, cfg.gen_batch_size, progress
             )
-            synthetic[arm] = {"images": len(images), **counts}
+            predicted, confidence = predict(real_model, images)
+            agreement = layout_agreement(predicted, source_labels, cfg.ignore_index)
+            synthetic[arm] = {"images": len(images), **counts, "layout_fidelity": _mean(agreement)}
             for protocol in cfg.protocols:
+                keep = np.ones(len(images), dtype=bool)
                 if protocol == "layout-prompt":
                     labels = source_labels
+                    if cfg.layout_filter is not None:
+                        keep = agreement >= cfg.layout_filter
+                        rejects += [
+                            {"image": f"synthetic:{arm}/{ids[i]}", "reason": "layout_filter",
+                             "detail": f"segmenter agrees with the prompt's layout on {agreement[i]:.2f} of the "
+                                       f"pixels < segment.layout_filter={cfg.layout_filter}"}
+                            for i in np.flatnonzero(~keep)
+                        ]  # fmt: skip
+                        synthetic[arm]["layout_filter_kept"] = int(keep.sum())
                 else:
-                    labels, confidence = predict(pseudo_model, images)
                     unsure = confidence < cfg.pseudo_label_threshold
-                    labels = np.where(unsure, cfg.ignore_index, labels).astype(np.uint8)
-                extra = PatchSet(images, labels, [f"synthetic:{arm}"] * len(images), prompts["synth_id"].tolist(),
-                                 [(0, 0)] * len(images))  # fmt: skip
+                    labels = np.where(unsure, cfg.ignore_index, predicted).astype(np.uint8)
+                kept = np.flatnonzero(keep)
+                extra = PatchSet(images[kept], labels[kept], [f"synthetic:{arm}"] * len(kept),
+                                 [ids[i] for i in kept], [(0, 0)] * len(kept))  # fmt: skip
                 name = f"{protocol}/{arm}"
                 results[name] = train_and_evaluate(name, PatchSet.concat([train, extra]))
-                results[name]["synthetic_patches"] = len(images)
+                results[name]["synthetic_patches"] = len(kept)
     write_parquet(
         out / "rejects.parquet",
         pa.Table.from_pylist(rejects, schema=pa.schema([("image", pa.string()), ("reason", pa.string()),
@@ -217,6 +236,24 @@ def run_segment(
     write_parquet(out / PER_CLASS_FILE, pa.Table.from_pandas(pd.DataFrame(per_class), preserve_index=False))
     write_json(out / SUMMARY_FILE, _finite(summary(report)))
     return report
+
+
+def layout_agreement(predicted: np.ndarray, intended: np.ndarray, ignore_index: int) -> np.ndarray:
+    """Per image, the share of the intended mask's labelled pixels where the prediction agrees (NaN: none labelled).
+
+    Example:
+        >>> intended = np.array([[[0, 1], [1, 255]]], dtype=np.uint8)
+        >>> layout_agreement(np.array([[[0, 1], [0, 0]]], dtype=np.uint8), intended, 255).round(3).tolist()
+        [0.667]
+    """
+    labelled = intended != ignore_index
+    hits = ((predicted == intended) & labelled).reshape(len(intended), -1).sum(1)
+    counts = labelled.reshape(len(intended), -1).sum(1)
+    return np.divide(hits, counts, out=np.full(len(intended), np.nan), where=counts > 0)
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
 
 
 def _protocol_of(name: str) -> str:
@@ -263,6 +300,13 @@ def results_table(report: dict[str, Any]) -> str:
             f"| {_protocol_of(name)} | {_arm_of(name)} | {real_patches} + {synthetic} | "
             f"{_with_ci(run, 'mIoU')} | {_with_ci(run, 'mAcc')} | {delta} |"
         )
+    if report["synthetic"]:
+        fidelity = ", ".join(
+            f"{arm} {arm_info['layout_fidelity']:.3f}" + (f" ({arm_info['layout_filter_kept']} kept)"
+                                                           if "layout_filter_kept" in arm_info else "")
+            for arm, arm_info in report["synthetic"].items()
+        )  # fmt: skip
+        lines += ["", f"Layout fidelity (the real-only segmenter's agreement with the prompts' layouts): {fidelity}."]
     names = report["classes"]
     lines += ["", "Per-class IoU (%):", "", "| run | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for name, run in runs.items():

@@ -18,10 +18,21 @@ i.e. to keeping more data):
 
 ``loop`` (DLDC's dual loop, :func:`loop_curves`)
     One short fine-tune per ratio (every scene cleaned at that ratio), evaluated per scene on
-    held-out prompts. Per scene, each objective metric is min–max scaled over the grid to
-    [0, 1] (1 = its best value over the grid, whatever its direction: distances ``FD-*``/``KD-*``/
-    ``FID``/``KID`` lower is better, scores higher), and ``J(r)`` is the weighted mean with the
-    weights of ``select.objective``. A metric that is constant over the grid (or missing) adds 0.
+    held-out prompts. Per scene, each objective metric ``m`` (direction ``±1``: distances ``FD-*``/
+    ``KD-*``/``FID``/``KID`` lower is better, scores higher) is measured as its gain over the
+    smallest ratio of the grid, in units of its bootstrap standard deviation ``s_m`` (the root mean
+    square over the grid of each trial's bootstrap SD), and weighted with ``select.objective``::
+
+        J(r) = Σ_m w_m · dir_m · (m(r) − m(r_0)) / s_m  /  Σ_m w_m
+
+    so a metric that the held-out prompts measure poorly (a per-scene FD from a handful of images)
+    counts for less. The trials' bootstrap replicates share their draws, so ``J``'s replicates
+    give the paired standard error of ``J(r) − J(r_best)``; ``r*`` is the *smallest* ratio whose
+    ``J`` is within ``select.tolerance`` such errors of the best (``1``: the one-standard-error rule
+    of Breiman et al., 1984, keep the most data the evidence allows; ``0``, the default: the plain
+    best, see ``select.tolerance``). The errors are recorded either way. Trials without bootstrap fall back
+    to min-max scaling over the grid (1 = best) and the plain best. A metric that is constant over
+    the grid (or missing) adds 0.
 
 A scene with fewer than ``select.min_scene_pairs`` cleanable pairs, or with no curve (no held-out
 prompt in the loop), takes the global ratio; :func:`choose` records why.
@@ -89,22 +100,48 @@ def proxy_curves(
     return per_scene, overall
 
 
+@dataclass
+class LoopCurves:
+    """``J(r)`` per scene and overall, with the shortfall from the best that each ratio is allowed.
+
+    Attributes:
+        curves: ``{scene: {ratio: J}}`` (scenes that have every trial).
+        overall: ``{ratio: J}`` of the whole held-out split (one ratio for every scene).
+        errors: ``{scene or "all": {ratio: paired bootstrap SE of J(ratio) − J(best)}}``; empty for a
+            scene judged without bootstrap replicates.
+        margins: ``errors`` times the tolerance: how far below the best a ratio may be and still win.
+        scaling: ``{scene or "all": "bootstrap-sd" | "min-max"}``.
+    """
+
+    curves: dict[str, dict[float, float]]
+    overall: dict[float, float]
+    errors: dict[str, dict[float, float]] = field(default_factory=dict)
+    margins: dict[str, dict[float, float]] = field(default_factory=dict)
+    scaling: dict[str, str] = field(default_factory=dict)
+
+
 def loop_curves(
-    trials: Mapping[float, Mapping[str, Mapping[str, float]]], weights: Mapping[str, float]
-) -> tuple[dict[str, dict[float, float]], dict[float, float]]:
-    """``J(r)`` per scene (and for ``all``) from the trials' per-scene metric tables.
+    trials: Mapping[float, Mapping[str, Mapping[str, float]]],
+    weights: Mapping[str, float],
+    replicates: Mapping[float, Mapping[str, Mapping[str, np.ndarray]]] | None = None,
+    tolerance: float = 1.0,
+) -> LoopCurves:
+    """``J(r)`` per scene (and for ``all``) from the trials' per-scene metric tables, see the module docstring.
 
     Args:
         trials: ``{ratio: {scene: {metric: value}}}``; scene ``all`` is the whole held-out split.
         weights: ``{metric: weight}`` (``select.objective``).
+        replicates: ``{ratio: {scene: {metric: bootstrap values}}}`` with the same draws in every trial
+            (:func:`dldc.select.trial.trial_replicates`); without them a scene is min-max scaled.
+        tolerance: allowed shortfall from the best, in paired standard errors (``select.tolerance``).
 
-    Returns:
-        ``(per_scene, overall)``; a scene that lacks a trial (no held-out prompt there) is left out.
+    Raises:
+        ValueError: no positive weight.
 
     Example:
         >>> trials = {0.0: {"all": {"FD-x": 4.0, "CLIPScore-x": 10.0}},
         ...           0.2: {"all": {"FD-x": 2.0, "CLIPScore-x": 10.0}}}
-        >>> loop_curves(trials, {"FD-x": 1.0, "CLIPScore-x": 1.0})[1]
+        >>> loop_curves(trials, {"FD-x": 1.0, "CLIPScore-x": 1.0}).overall
         {0.0: 0.0, 0.2: 0.5}
     """
     from dldc.evaluate.evaluate import higher_is_better  # lazily: it imports torch
@@ -114,29 +151,69 @@ def loop_curves(
         raise ValueError("select.objective needs at least one positive weight")
     ratios = sorted(trials)
     scenes = sorted({scene for table in trials.values() for scene in table})
-    curves: dict[str, dict[float, float]] = {}
+    result = LoopCurves({}, {})
     for scene in scenes:
         if any(scene not in trials[r] for r in ratios):
             continue
-        score = dict.fromkeys(ratios, 0.0)
+        reps = _scene_replicates(replicates, ratios, scene, weights)
+        score = np.zeros(len(ratios))
+        draws = None if reps is None else np.zeros((len(ratios), len(next(iter(reps.values()))[0])))
         for metric, weight in weights.items():
             values = np.array([trials[r][scene].get(metric, math.nan) for r in ratios], dtype=float)
-            if np.isnan(values).any() or np.ptp(values) == 0:
+            if weight == 0 or np.isnan(values).any() or np.ptp(values) == 0:
                 continue
-            scaled = (values - values.min()) / np.ptp(values)
-            if not higher_is_better(metric):
-                scaled = 1.0 - scaled
-            for r, s in zip(ratios, scaled):
-                score[r] += weight * float(s) / total
-        curves[scene] = score
-    overall = curves.pop(ALL_SCENES, {})
-    return curves, overall
+            direction = 1.0 if higher_is_better(metric) else -1.0
+            if reps is None:
+                scaled = (values - values.min()) / np.ptp(values)
+                score += weight * (scaled if direction > 0 else 1.0 - scaled) / total
+                continue
+            spread = float(np.sqrt(np.nanmean(np.nanvar(reps[metric], axis=1))))
+            if not spread > 0:
+                continue
+            score += weight * direction * (values - values[0]) / spread / total
+            draws += weight * direction * (reps[metric] - reps[metric][0]) / spread / total
+        result.curves[scene] = {r: float(v) for r, v in zip(ratios, score)}
+        result.scaling[scene] = "min-max" if reps is None else "bootstrap-sd"
+        if draws is not None:
+            best = int(np.argmax(score))
+            errors = np.nan_to_num(np.nanstd(draws - draws[best], axis=1))
+            result.errors[scene] = {r: float(e) for r, e in zip(ratios, errors)}
+            result.margins[scene] = {r: float(tolerance * e) for r, e in zip(ratios, errors)}
+    result.overall = result.curves.pop(ALL_SCENES, {})
+    return result
 
 
-def argbest(curve: Mapping[float, float]) -> float:
-    """The ratio with the highest ``J``; ties (within 1e-12) go to the smallest ratio."""
+def _scene_replicates(
+    replicates: Mapping[float, Mapping[str, Mapping[str, np.ndarray]]] | None,
+    ratios: list[float],
+    scene: str,
+    weights: Mapping[str, float],
+) -> dict[str, np.ndarray] | None:
+    """``{metric: (ratios × draws)}`` of one scene, or ``None`` unless every weighted metric has them all."""
+    if not replicates:
+        return None
+    found: dict[str, np.ndarray] = {}
+    for metric, weight in weights.items():
+        if weight == 0:
+            continue
+        rows = [replicates.get(r, {}).get(scene, {}).get(metric) for r in ratios]
+        if any(row is None or len(row) < 2 for row in rows) or len({len(row) for row in rows}) != 1:
+            return None
+        found[metric] = np.vstack(rows).astype(float)
+    return found or None
+
+
+def argbest(curve: Mapping[float, float], margins: Mapping[float, float] | None = None) -> float:
+    """The smallest ratio whose ``J`` is within its margin (default 1e-12) of the highest ``J``.
+
+    Example:
+        >>> argbest({0.0: 0.0, 0.1: 2.0, 0.2: 2.5}), argbest({0.0: 0.0, 0.1: 2.0, 0.2: 2.5}, {0.1: 0.6})
+        (0.2, 0.1)
+    """
     best = max(curve.values())
-    return min(r for r, v in curve.items() if v >= best - 1e-12)
+    margins = margins or {}
+    allowed = {r: m if m == m else 0.0 for r, m in margins.items()}  # NaN margin: no slack
+    return min(r for r, v in curve.items() if v >= best - max(allowed.get(r, 0.0), 1e-12))
 
 
 @dataclass
@@ -161,6 +238,7 @@ def choose(
     overall: Mapping[float, float],
     sizes: Mapping[str, int],
     min_scene_pairs: int,
+    margins: Mapping[str, Mapping[float, float]] | None = None,
 ) -> Choice:
     """Pick ``r*`` per scene (argbest of its curve) and the global ratio; small or curve-less scenes fall back.
 
@@ -169,13 +247,15 @@ def choose(
         overall: ``{ratio: J}`` of one ratio for every scene.
         sizes: cleanable pairs per scene (every scene to decide for).
         min_scene_pairs: below this many pairs a scene takes the global ratio.
+        margins: ``{scene or "all": {ratio: allowed shortfall from the best J}}`` (:class:`LoopCurves`).
 
     Raises:
         ValueError: the overall curve is empty.
     """
     if not overall:
         raise ValueError("no overall curve: nothing to choose a global ratio from")
-    global_ratio = argbest(overall)
+    margins = margins or {}
+    global_ratio = argbest(overall, margins.get(ALL_SCENES))
     choice = Choice({}, global_ratio)
     for scene in sorted(sizes):
         n = sizes[scene]
@@ -185,11 +265,15 @@ def choose(
         elif not curve:
             why = f"no per-scene curve (no held-out prompt of this scene?): global ratio {global_ratio:g}"
         else:
-            ratio = argbest(curve)
+            ratio = argbest(curve, margins.get(scene))
+            top = argbest(curve)
             choice.ratios[scene] = ratio
             choice.reasons[scene] = (
                 f"argbest of J over the grid: r={ratio:g} "
                 f"(J={curve[ratio]:.4g}; at r=0: {curve.get(0.0, math.nan):.4g})"
+                if ratio == top else
+                f"smallest r within the margin of the best: r={ratio:g} (J={curve[ratio]:.4g}, margin "
+                f"{margins[scene][ratio]:.3g}; best r={top:g}, J={curve[top]:.4g})"
             )
             continue
         choice.ratios[scene] = global_ratio

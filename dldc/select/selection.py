@@ -42,7 +42,7 @@ from dldc.io import write_json, write_parquet
 from dldc.select.objective import ALL_SCENES, choose, loop_curves, proxy_curves
 from dldc.select.plots import draw_plots
 from dldc.select.ranking import keep_mask, load_ranked, scene_sizes, write_cleaned_manifest
-from dldc.select.trial import read_trials
+from dldc.select.trial import read_trials, trial_replicates
 
 SELECTION_FILE = "selection.json"
 CLEANED_FILE = "cleaned_manifest.parquet"
@@ -100,6 +100,7 @@ def select_ratios(cfg: DldcConfig, mode: str | None = None, progress: bool = Tru
 
     metric_curves: dict[str, dict[str, dict[float, float]]] = {}
     trials: dict[float, dict[str, Any]] = {}
+    margins: dict[str, dict[float, float]] = {}
     if mode == "proxy":
         curves, overall = proxy_curves(ranked, grid, section.proxy_penalty)
         objective = {"kind": "proxy", "penalty": section.proxy_penalty,
@@ -114,16 +115,31 @@ def select_ratios(cfg: DldcConfig, mode: str | None = None, progress: bool = Tru
                 f"trials {stale} in {section.trials} were run on other scores or another manifest; "
                 "re-run `dldc select-trial` for them"
             )
+        prompt_sets = {t.get("prompt_keys_sha256") for t in trials.values()}
+        if len(prompt_sets) > 1:
+            raise ValueError(
+                f"the trials in {section.trials} were judged on different held-out prompts; re-run "
+                "`dldc select-trial` for every ratio with the same settings"
+            )
         tables = {r: t["metrics"] for r, t in trials.items()}
-        curves, overall = loop_curves(tables, section.objective)
+        replicates = {r: trial_replicates(t["path"]) for r, t in trials.items()}
+        loop = loop_curves(tables, section.objective, replicates, section.tolerance)
+        curves, overall, margins = loop.curves, loop.overall, loop.margins
         for r, table in tables.items():
             for scene, values in table.items():
                 for metric, value in values.items():
                     metric_curves.setdefault(scene, {}).setdefault(metric, {})[r] = value
-        objective = {"kind": "loop", "weights": dict(section.objective),
-                     "definition": "weighted mean of per-scene min-max scaled metrics (1 = best over the grid)"}
+        objective = {
+            "kind": "loop", "weights": dict(section.objective), "tolerance": section.tolerance,
+            "definition": "weighted mean over metrics of the gain over the smallest ratio in bootstrap SDs "
+                          "(min-max scaled where a trial has no bootstrap); r* = the smallest ratio within "
+                          "tolerance paired bootstrap SEs of the best",
+            "scaling": loop.scaling,
+            "paired_se": {scene: _keyed(m) for scene, m in loop.errors.items()},
+            "margins": {scene: _keyed(m) for scene, m in margins.items()},
+        }
 
-    choice = choose(curves, overall, sizes, section.min_scene_pairs)
+    choice = choose(curves, overall, sizes, section.min_scene_pairs, margins)
     keep = keep_mask(ranked, choice.ratios)
     keep_global = keep_mask(ranked, {}, default=choice.global_ratio)
 

@@ -12,9 +12,15 @@ Trial folder::
     cleaned_manifest.parquet   the manifest cleaned at R in every scene
     adapter/                   the LoRA (finetune's folder; resumes when killed)
     generate/                  held-out images (resumes)
-    evaluate/                  the evaluation (results.json, metrics.parquet, ...)
-    trial.json                 ratio, counts, per-scene metrics {scene: {metric: value}}, input key
-                               (written last; a finished trial with the same key is not recomputed)
+    evaluate/                  the evaluation (results.json, metrics.parquet, bootstrap.parquet, ...)
+    trial.json                 ratio, counts, per-scene metrics {scene: {metric: value}}, the digest
+                               of the held-out prompt keys, input key (written last; a finished trial
+                               with the same key is not recomputed)
+
+With ``select.trial_bootstrap`` replicates, ``evaluate/bootstrap.parquet`` holds the per-scene
+bootstrap values. The draws depend only on the held-out prompt keys and the evaluation seed, which
+every trial shares, so replicate ``b`` of two trials resamples the same prompts and images: their
+difference is a paired bootstrap of the difference between the two ratios (:func:`trial_replicates`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pandas as pd
 
 from dldc.config import DldcConfig
 from dldc.io import write_json
@@ -63,6 +72,7 @@ def trial_key(cfg: DldcConfig, ratio: float) -> str:
         "eval_split": section.eval_split,
         "steps": section.trial_steps,
         "prompts": [section.trial_prompts_per_image, section.trial_images_per_prompt, section.trial_generate_steps],
+        "bootstrap": section.trial_bootstrap,
         "finetune": cfg.finetune.model_dump(mode="json", exclude={"out", "manifest", "steps", "device", "threads"}),
         "generate": cfg.generate.model_dump(mode="json", exclude={"out", "arms", "manifest", "device", "threads"}),
         "evaluate": cfg.evaluate.model_dump(mode="json", exclude={"out", "generations", "manifest", "device"}),
@@ -117,7 +127,8 @@ def run_trial(cfg: DldcConfig, ratio: float, out: str | Path, progress: bool = T
     )
     generated = generate_images(gen, progress=progress)
     evaluation = cfg.evaluate.model_copy(
-        update={"split": section.eval_split, "base_arm": TRIAL_ARM, "bootstrap": 0, "per_scene": True}
+        update={"split": section.eval_split, "base_arm": TRIAL_ARM, "bootstrap": section.trial_bootstrap,
+                "per_scene": True}
     )
     result = evaluate_generations(
         [generated.out], manifest, out / "evaluate", cfg=evaluation, progress=progress
@@ -127,6 +138,8 @@ def run_trial(cfg: DldcConfig, ratio: float, out: str | Path, progress: bool = T
     for scene, metric, value in zip(rows["scene"], rows["metric"], rows["value"]):
         metrics.setdefault(str(scene), {})[str(metric)] = float(value)
     cleanable = ranked[ranked["cleanable"]]
+    judged = result.per_image[result.per_image["arm"] == TRIAL_ARM]
+    prompt_keys = sorted(f"{pair_id}|{seed}" for pair_id, seed in zip(judged["pair_id"], judged["seed"]))
     report = {
         "ratio": float(ratio),
         "key": key,
@@ -140,6 +153,8 @@ def run_trial(cfg: DldcConfig, ratio: float, out: str | Path, progress: bool = T
         "eval_split": section.eval_split,
         "held_out_images": int(result.results["protocol"]["n_real"]),
         "generated_images": int(generated.report["images"]),
+        "bootstrap": section.trial_bootstrap,
+        "prompt_keys_sha256": hashlib.sha256("\n".join(prompt_keys).encode()).hexdigest(),
         "metrics": metrics,
         "seconds": round(time.perf_counter() - started, 2),
     }
@@ -165,3 +180,19 @@ def read_trials(folder: str | Path, grid: list[float]) -> dict[float, dict[str, 
             "(dvc repro runs the select_trial stages)"
         )
     return {r: next(found[f] for f in found if abs(r - f) < 1e-9) for r in grid}
+
+
+def trial_replicates(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
+    """The bootstrap replicates of a finished trial's per-scene metrics: ``{scene: {metric: values}}``.
+
+    Empty when the trial ran without bootstrap (``select.trial_bootstrap: 0``) or predates it.
+    """
+    file = Path(path) / "evaluate" / "bootstrap.parquet"
+    if not file.is_file():
+        return {}
+    frame = pd.read_parquet(file)
+    frame = frame[frame["arm"] == TRIAL_ARM].sort_values("replicate")
+    found: dict[str, dict[str, np.ndarray]] = {}
+    for (scene, metric), rows in frame.groupby(["scene", "metric"], sort=False):
+        found.setdefault(str(scene), {})[str(metric)] = rows["value"].to_numpy(dtype=float)
+    return found
