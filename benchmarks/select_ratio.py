@@ -96,6 +96,8 @@ def prepare(work: Path, folds: int | None, epochs: int | None) -> Any:
         "select.scores": str(work / "scores" / "scores.parquet"),
         "select.manifest": str(work / "ingest" / "manifest.parquet"),
         "select.trials": str(work / "trials"),
+        "finetune.steps": 300,  # pinned (the demo dvc repro uses fewer)
+        "generate.prompts_per_image": None,  # every caption of each test / val image
     }
     if folds:
         updates["indomain.folds"] = folds

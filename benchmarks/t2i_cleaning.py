@@ -47,6 +47,7 @@ from _common import write_result  # noqa: E402
 from dldc.config import BaseConfig, FinetuneConfig, GenerateConfig, IngestConfig, SynthConfig  # noqa: E402
 from dldc.data.manifest import dataset_root, image_id_for, read_manifest, write_manifest  # noqa: E402
 
+FINETUNE_STEPS = 300  # LoRA steps per arm (pinned: the demo dvc repro uses fewer)
 ARMS = ("noisy", "clean")
 
 
@@ -108,7 +109,8 @@ def finetune_arms(work: Path, base: Path, manifests: dict[str, Path]) -> dict[st
         if (out / REPORT_FILE).is_file():
             reports[arm] = json.loads((out / REPORT_FILE).read_text())
             continue
-        reports[arm] = finetune(FinetuneConfig(base=str(base), manifest=str(manifest), out=str(out)), progress=True)
+        cfg = FinetuneConfig(base=str(base), manifest=str(manifest), out=str(out), steps=FINETUNE_STEPS)
+        reports[arm] = finetune(cfg, progress=True)
     return reports
 
 
@@ -118,7 +120,7 @@ def generate_arms(work: Path, base: Path, manifest: Path, images_per_prompt: int
     arms = {"base": "", **{arm: str(work / "adapters" / arm) for arm in ARMS}}
     cfg = GenerateConfig(
         base=str(base), arms=arms, manifest=str(manifest), out=str(work / "generate"),
-        images_per_prompt=images_per_prompt,
+        images_per_prompt=images_per_prompt, prompts_per_image=None,  # every caption of each test image
     )
     return generate_images(cfg, progress=True).out
 

@@ -29,13 +29,10 @@ def segment(
     import json
     import os
 
-    from dldc.cli import run_cli
+    from dldc.cli import arm_flags, run_cli
 
     chosen = base_model.path if base_model is not None else base
-    arms = ["--arm", "base="]
-    for name, artifact in (("raw", raw_adapter), ("clean", clean_adapter), ("global", global_adapter)):
-        if artifact is not None:
-            arms += ["--arm", f"{name}={artifact.path}"]
+    arms = arm_flags({"raw": raw_adapter, "clean": clean_adapter, "global": global_adapter})
     args = ["segment", "--dataset", dataset_layout, "--root", dataset.path, "--out", evaluation.path]
     run_cli([*args, *arms, *(["--base", chosen] if chosen else [])], settings, run_group)
     with open(os.path.join(evaluation.path, "segment.json"), encoding="utf-8") as handle:

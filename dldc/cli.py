@@ -604,6 +604,30 @@ def config_show(obj: _Context, as_json: bool) -> None:
     click.echo(json.dumps(data, indent=2) if as_json else yaml.safe_dump(data, sort_keys=False))
 
 
+@config.command("init")
+@click.option("--profile", "profile", default="demo", show_default=True, help="Profile to write out in full.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Params file to write (e.g. params.yaml).")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def config_init(profile: str, out: str, force: bool) -> None:
+    """Write a params file with every setting of a profile (the profile's values, then the defaults).
+
+    A params file's values win over its profile's, so switching ``profile:`` in a demo params.yaml
+    keeps the demo's values; start from this file instead.
+    """
+    from dldc.config import ConfigError, profile_params
+
+    path = Path(out)
+    if path.exists() and not force:
+        raise click.ClickException(f"{path} exists; pass --force to overwrite it")
+    try:
+        data = {"profile": profile, **{k: v for k, v in profile_params(profile).items() if k != "profile"}}
+    except ConfigError as err:
+        raise click.ClickException(str(err)) from None
+    header = f"# dldc parameters: every setting of the {profile!r} profile (`dldc config init --profile {profile}`).\n"
+    path.write_text(header + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    click.echo(f"wrote {path} ({profile} profile)")
+
+
 @main.group()
 def pipeline() -> None:
     """Kubeflow pipeline tools."""
@@ -637,6 +661,25 @@ def run_cli(args: list[str], settings: list[str] | tuple[str, ...] = (), run_gro
     overrides = [arg for setting in settings for arg in ("-S", setting)]
     env = {**os.environ, **({"DLDC_RUN_GROUP": run_group} if run_group else {})}
     subprocess.run([sys.executable, "-m", "dldc", "--no-progress", *overrides, *args], check=True, env=env)
+
+
+def arm_flags(adapters: dict[str, Any]) -> list[str]:
+    """``--arm`` flags for ``dldc generate`` / ``dldc segment`` in components: ``base``, then each adapter given.
+
+    Args:
+        adapters: ``{arm: artifact with a .path, or None when not given}``.
+
+    Example:
+        >>> class Artifact:
+        ...     path = "/adapters/raw"
+        >>> arm_flags({"raw": Artifact(), "clean": None})
+        ['--arm', 'base=', '--arm', 'raw=/adapters/raw']
+    """
+    flags = ["--arm", "base="]
+    for name, artifact in adapters.items():
+        if artifact is not None:
+            flags += ["--arm", f"{name}={artifact.path}"]
+    return flags
 
 
 def _print_ingest_summary(report: dict[str, Any], out: Path) -> None:

@@ -20,12 +20,15 @@ Example:
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PARAMS_FILE = "params.yaml"
 
@@ -635,7 +638,7 @@ class FinetuneConfig(_Section):
     target_modules: list[str] = Field(default_factory=lambda: list(_LORA_UNET_TARGETS), min_length=1)
     text_encoder_lora: bool = True
     text_target_modules: list[str] = Field(default_factory=lambda: list(_LORA_TEXT_TARGETS), min_length=1)
-    steps: int = Field(300, ge=1)
+    steps: int = Field(200, ge=1)
     batch_size: int = Field(32, ge=1)
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -694,7 +697,7 @@ class GenerateConfig(_Section):
     )
     manifest: str = "data/ingest/manifest.parquet"
     split: str = "test"
-    prompts_per_image: int | None = Field(None, ge=1)
+    prompts_per_image: int | None = Field(2, ge=1)
     images_per_prompt: int = Field(1, ge=1)
     out: str = "data/generate"
     steps: int = Field(20, ge=1)
@@ -854,7 +857,7 @@ class SegmentConfig(_Section):
     max_pixels: int = Field(64_000_000, ge=1)
     model: Literal["unet", "lraspp", "deeplabv3"] = "unet"
     widths: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=1)
-    steps: int = Field(300, ge=1)
+    steps: int = Field(120, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(2e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
@@ -1067,9 +1070,45 @@ def load_config(
         raise ConfigError(f"profile: unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     merged = _deep_merge(copy.deepcopy(PROFILES[profile]), raw)
     try:
-        return DldcConfig.model_validate(merged)
+        cfg = DldcConfig.model_validate(merged)
     except ValidationError as err:
         raise ConfigError(_describe(err, params_file)) from None
+    overridden = profile_overrides(profile, cfg)
+    if overridden:
+        shown = ", ".join(overridden[:8]) + (f" and {len(overridden) - 8} more" if len(overridden) > 8 else "")
+        log.warning(
+            "the params file sets %d value(s) of the %r profile otherwise, and its values win: %s. For the whole "
+            "profile, start from `dldc config init --profile %s --out params.yaml`.",
+            len(overridden), profile, shown, profile,
+        )  # fmt: skip
+    return cfg
+
+
+def profile_overrides(profile: str, cfg: DldcConfig) -> list[str]:
+    """Dotted keys the profile sets that ``cfg`` (the profile plus a params file and overrides) holds otherwise.
+
+    Example:
+        >>> cfg = load_config(None, overrides=["profile=paper", "finetune.resolution=64", "finetune.rank=16"])
+        >>> profile_overrides("paper", cfg)
+        ['finetune.resolution']
+    """
+    chosen = PROFILES.get(profile, {})
+    if not chosen:
+        return []
+    final = flatten(cfg.model_dump(mode="json"))
+    pure = flatten(DldcConfig.model_validate(copy.deepcopy(chosen)).model_dump(mode="json"))
+    return sorted(key for key in flatten(chosen) if key in pure and final.get(key) != pure[key])
+
+
+def profile_params(profile: str) -> dict[str, Any]:
+    """Every setting of a profile (the defaults with the profile's values), as a params file holds them.
+
+    Raises:
+        ConfigError: unknown profile.
+    """
+    if profile not in PROFILES:
+        raise ConfigError(f"profile: unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    return load_config(None, overrides=[f"profile={profile}"]).model_dump(mode="json")
 
 
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:

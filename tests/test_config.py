@@ -67,3 +67,40 @@ def test_bad_override_syntax_and_missing_file(tmp_path):
         load_config(None, overrides=["synth.seed"])
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_params_values_that_override_the_profile_are_named(tmp_path, caplog):
+    from dldc.config import profile_overrides
+
+    params = tmp_path / "params.yaml"
+    params.write_text("profile: paper\nfinetune:\n  resolution: 64\n  rank: 16\n")
+    with caplog.at_level("WARNING", logger="dldc.config"):
+        cfg = load_config(params)
+    assert cfg.finetune.resolution == 64  # the file still wins
+    assert "finetune.resolution" in caplog.text and "dldc config init --profile paper" in caplog.text
+    assert "finetune.rank" not in caplog.text  # same value as the profile: not an override
+    assert profile_overrides("demo", load_config(None, overrides=["finetune.resolution=8"])) == []
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="dldc.config"):
+        load_config("params.yaml")  # the repo's demo params
+    assert caplog.text == ""
+
+
+def test_config_init_writes_a_whole_profile(tmp_path, caplog):
+    from click.testing import CliRunner
+
+    from dldc.cli import main
+
+    out = tmp_path / "paper.yaml"
+    result = CliRunner().invoke(main, ["config", "init", "--profile", "paper", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with caplog.at_level("WARNING", logger="dldc.config"):
+        written = load_config(out)
+    assert caplog.text == ""  # nothing in the file contradicts its profile
+    assert written == load_config(None, overrides=["profile=paper"])
+    assert written.finetune.base == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert written.caption.layout_check is None
+    again = CliRunner().invoke(main, ["config", "init", "--profile", "paper", "--out", str(out)])
+    assert again.exit_code != 0 and "--force" in again.output
+    unknown = CliRunner().invoke(main, ["config", "init", "--profile", "nope", "--out", str(tmp_path / "x.yaml")])
+    assert unknown.exit_code != 0 and "unknown profile" in unknown.output
