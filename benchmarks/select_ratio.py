@@ -98,6 +98,7 @@ def prepare(work: Path, folds: int | None, epochs: int | None) -> Any:
         "select.trials": str(work / "trials"),
         "finetune.steps": 300,  # pinned (the demo dvc repro uses fewer)
         "generate.prompts_per_image": None,  # every caption of each test / val image
+        "select.trial_prompts_per_image": None,
     }
     if folds:
         updates["indomain.folds"] = folds

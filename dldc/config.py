@@ -773,7 +773,7 @@ class SelectConfig(_Section):
     )
     eval_split: str = "val"
     trial_steps: int = Field(100, ge=1)
-    trial_prompts_per_image: int | None = Field(None, ge=1)
+    trial_prompts_per_image: int | None = Field(2, ge=1)
     trial_images_per_prompt: int = Field(1, ge=1)
     trial_generate_steps: int | None = Field(None, ge=1)
     trial_bootstrap: int = Field(200, ge=0)
