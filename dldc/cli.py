@@ -458,15 +458,7 @@ def generate(obj: _Context, base: str | None, arms: tuple[str, ...], manifest: s
     """Generate images for the test prompts for every arm (same seeds); resumable; writes generations.parquet."""
     from dldc.stages import run_generate
 
-    parsed = None
-    if arms:
-        parsed = {}
-        for item in arms:
-            name, sep, adapter = item.partition("=")
-            if not sep or not name:
-                raise click.BadParameter(f"expected NAME=ADAPTER_DIR (or NAME= for the base), got {item!r}",
-                                         param_hint="--arm")
-            parsed[name] = adapter
+    parsed = _parse_arms(arms)
     cfg = obj.config(
         **{"generate.base": base, "generate.arms": parsed, "generate.manifest": manifest, "generate.out": out}
     )
@@ -562,15 +554,7 @@ def segment(
     """Downstream segmentation: real-only vs. real + synthetic arms, same budget; writes results.json / results.md."""
     from dldc.stages import run_segment
 
-    parsed = None
-    if arms:
-        parsed = {}
-        for item in arms:
-            name, sep, adapter = item.partition("=")
-            if not sep or not name:
-                raise click.BadParameter(f"expected NAME=ADAPTER_DIR (or NAME= for the base), got {item!r}",
-                                         param_hint="--arm")
-            parsed[name] = adapter
+    parsed = _parse_arms(arms)
     cfg = obj.config(
         **{
             "segment.dataset": dataset,
@@ -661,6 +645,20 @@ def run_cli(args: list[str], settings: list[str] | tuple[str, ...] = (), run_gro
     overrides = [arg for setting in settings for arg in ("-S", setting)]
     env = {**os.environ, **({"DLDC_RUN_GROUP": run_group} if run_group else {})}
     subprocess.run([sys.executable, "-m", "dldc", "--no-progress", *overrides, *args], check=True, env=env)
+
+
+def _parse_arms(arms: tuple[str, ...]) -> dict[str, str] | None:
+    """``--arm NAME=ADAPTER_DIR`` values as ``{name: adapter}`` (``None`` when none were given)."""
+    if not arms:
+        return None
+    parsed = {}
+    for item in arms:
+        name, sep, adapter = item.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"expected NAME=ADAPTER_DIR (or NAME= for the base), got {item!r}",
+                                     param_hint="--arm")
+        parsed[name] = adapter
+    return parsed
 
 
 def arm_flags(adapters: dict[str, Any]) -> list[str]:

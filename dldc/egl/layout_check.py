@@ -43,14 +43,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 
 from dldc.data.images import resolve_inside
 from dldc.egl.mask2text import CELLS, ClassTable, load_class_table, mask_path_for
 
-__all__ = ["Claim", "LayoutChecker", "agreement", "caption_claims", "cell_cover", "load_class_table",
-           "object_vocabulary"]  # fmt: skip
+__all__ = ["Claim", "LayoutChecker", "agreement", "caption_claims", "cell_cover", "object_vocabulary"]
 
 MIN_SHARE = 0.02  # an object "at" a cell covers at least this much of it (a few stray pixels do not count)
 PREPOSITIONS = frozenset({"at", "on", "in", "to", "from", "towards", "toward", "near", "along", "across"})
@@ -216,7 +214,3 @@ class LayoutChecker:
             if cover is not None and isinstance(caption, str) and caption:
                 out[k] = agreement(caption, cover, self.vocabulary, self.min_share)
         return out
-
-    def frame(self, pairs: pd.DataFrame) -> np.ndarray:
-        """Agreement of a frame's ``image`` and ``caption`` columns."""
-        return self(list(pairs["image"]), list(pairs["caption"]))

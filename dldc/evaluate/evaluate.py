@@ -57,7 +57,7 @@ from dldc.evaluate.distances import (
 from dldc.evaluate.features import PromptScorer, ScorerFeatures, load_images
 from dldc.evaluate.generations import REFERENCE_ARM, read_generations, real_images
 from dldc.evaluate.report import render_markdown
-from dldc.io import atomic_dir, write_json, write_parquet
+from dldc.io import atomic_dir, file_sha256, write_json, write_parquet
 
 ALL_SCENES = "all"
 RESULTS_FILE = "results.json"
@@ -300,7 +300,7 @@ def evaluate_generations(
         "schema": 1,
         "protocol": {
             "manifest": str(manifest),
-            "manifest_sha256": _file_sha256(manifest),
+            "manifest_sha256": file_sha256(manifest),
             "split": cfg.split,
             "base_arm": cfg.base_arm,
             "resolution": resolution,
@@ -655,13 +655,6 @@ def _fingerprint(
     }
     return hashlib.sha256(json.dumps(protocol, sort_keys=True).encode()).hexdigest()[:16]
 
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _per_image(gens: pd.DataFrame, reference: pd.DataFrame, prompts: list[_Prompts]) -> pd.DataFrame:

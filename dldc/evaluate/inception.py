@@ -17,13 +17,14 @@ antialiasing; features are the 2,048-d pool3 activations.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from unittest import mock
 
 import numpy as np
 import torch
 from PIL import Image
+
+from dldc.io import file_sha256
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_URLS = (
@@ -50,14 +51,6 @@ def missing_weights_message(path: str | Path) -> str:
         "weights at run time. Without the file, set `evaluate.fid: false` to report only FD-<scorer>."
     )
 
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_inception(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:

@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -27,15 +26,10 @@ from typing import Any
 
 import yaml
 
+from dldc.io import file_sha256
+
 DVC_LOCK = "dvc.lock"
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _git(args: list[str], cwd: Path) -> str | None:
@@ -95,7 +89,7 @@ def data_version(manifest: str | Path | None, lock: str | Path = DVC_LOCK) -> di
     }
     if manifest is not None and Path(manifest).is_file():
         version["manifest"] = str(manifest)
-        version["manifest_sha256"] = _sha256(Path(manifest))
+        version["manifest_sha256"] = file_sha256(Path(manifest))
         version["dvc"] = dvc_md5(manifest, lock)
     elif manifest is not None:
         version["manifest"] = str(manifest)

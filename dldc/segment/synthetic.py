@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from dldc.config import SegmentConfig
 from dldc.egl.mask2text import describe_mask, render_description
-from dldc.io import atomic_path, write_json, write_parquet
+from dldc.io import atomic_path, file_sha256, write_json, write_parquet
 from dldc.segment.datasets import LabelSpace, PatchSet
 
 PROMPTS_FILE = "prompts.parquet"
@@ -150,7 +150,7 @@ class DiffusersRenderer:
         return self._pipe
 
     def settings(self, adapter: str) -> dict[str, Any]:
-        from dldc.t2i.finetune import ADAPTER_FILE, base_digest, file_sha256
+        from dldc.t2i.finetune import ADAPTER_FILE, base_digest
 
         cfg = self.cfg
         if adapter and not (Path(adapter) / ADAPTER_FILE).is_file():

@@ -28,7 +28,6 @@ Output folder (``select.out``)::
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ import pandas as pd
 import pyarrow as pa
 
 from dldc.config import DldcConfig
-from dldc.io import write_json, write_parquet
+from dldc.io import file_sha256, write_json, write_parquet
 from dldc.select.objective import ALL_SCENES, choose, loop_curves, proxy_curves
 from dldc.select.plots import draw_plots
 from dldc.select.ranking import keep_mask, load_ranked, scene_sizes, write_cleaned_manifest
@@ -67,13 +66,6 @@ class SelectResult:
     results: pd.DataFrame
 
 
-def _sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def select_ratios(cfg: DldcConfig, mode: str | None = None, progress: bool = True) -> SelectResult:
     """Choose the ratio of every scene and write the cleaned manifests (see the module docstring).
@@ -98,6 +90,7 @@ def select_ratios(cfg: DldcConfig, mode: str | None = None, progress: bool = Tru
     if not sizes:
         raise ValueError(f"no pairs of splits {section.splits} in {section.manifest}; set select.splits")
 
+    scores_sha, manifest_sha = file_sha256(section.scores), file_sha256(section.manifest)
     metric_curves: dict[str, dict[str, dict[float, float]]] = {}
     trials: dict[float, dict[str, Any]] = {}
     margins: dict[str, dict[float, float]] = {}
@@ -107,7 +100,6 @@ def select_ratios(cfg: DldcConfig, mode: str | None = None, progress: bool = Tru
                      "definition": "mean pooled z-score of the kept pairs' raw cosines - penalty * r"}
     else:
         trials = read_trials(section.trials, grid)
-        scores_sha, manifest_sha = _sha256(section.scores), _sha256(section.manifest)
         stale = [r for r, t in trials.items() if (t.get("scores_sha256"), t.get("manifest_sha256")) !=
                  (scores_sha, manifest_sha)]
         if stale:
@@ -187,7 +179,7 @@ def select_ratios(cfg: DldcConfig, mode: str | None = None, progress: bool = Tru
         "pairs": {"total": len(ranked), "cleanable": int(ranked["cleanable"].sum()), "kept": kept,
                   "dropped": int((~keep).sum()), "kept_global_baseline": kept_global},
         "inputs": {"scores": section.scores, "manifest": section.manifest,
-                   "scores_sha256": _sha256(section.scores), "manifest_sha256": _sha256(section.manifest)},
+                   "scores_sha256": scores_sha, "manifest_sha256": manifest_sha},
         "plots": [f"{PLOTS_DIR}/{name}" for name in plots],
         "plots_note": note,
     }

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from dldc.config import DldcConfig
-from dldc.io import write_json
+from dldc.io import file_sha256, write_json
 from dldc.select.ranking import keep_mask, load_ranked, write_cleaned_manifest
 
 TRIAL_FILE = "trial.json"
@@ -53,21 +53,18 @@ def trial_dir_name(ratio: float) -> str:
     return f"r{float(ratio)!r}"
 
 
-def _sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
+def trial_key(cfg: DldcConfig, ratio: float, inputs: tuple[str, str] | None = None) -> str:
+    """Digest of everything a trial's numbers depend on (inputs and the settings used).
 
-def trial_key(cfg: DldcConfig, ratio: float) -> str:
-    """Digest of everything a trial's numbers depend on (inputs and the settings used)."""
+    ``inputs``: the sha256 of ``select.scores`` and ``select.manifest`` when the caller has them.
+    """
     section = cfg.select
+    scores_sha, manifest_sha = inputs or (file_sha256(section.scores), file_sha256(section.manifest))
     settings = {
         "ratio": float(ratio),
-        "scores": _sha256(section.scores),
-        "manifest": _sha256(section.manifest),
+        "scores": scores_sha,
+        "manifest": manifest_sha,
         "splits": section.splits,
         "eval_split": section.eval_split,
         "steps": section.trial_steps,
@@ -93,7 +90,8 @@ def run_trial(cfg: DldcConfig, ratio: float, out: str | Path, progress: bool = T
 
     section = cfg.select
     out = Path(out)
-    key = trial_key(cfg, ratio)
+    inputs = (file_sha256(section.scores), file_sha256(section.manifest))
+    key = trial_key(cfg, ratio, inputs)
     done = out / TRIAL_FILE
     if done.is_file():
         previous = json.loads(done.read_text(encoding="utf-8"))
@@ -143,8 +141,8 @@ def run_trial(cfg: DldcConfig, ratio: float, out: str | Path, progress: bool = T
     report = {
         "ratio": float(ratio),
         "key": key,
-        "scores_sha256": _sha256(section.scores),
-        "manifest_sha256": _sha256(section.manifest),
+        "scores_sha256": inputs[0],
+        "manifest_sha256": inputs[1],
         "kept_pairs": kept,
         "dropped_pairs": int((~keep).sum()),
         "cleanable_pairs": len(cleanable),

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dldc.config import FinetuneConfig
-from dldc.io import write_json
+from dldc.io import file_sha256, write_json
 from dldc.t2i.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from dldc.t2i.data import encode_latents, load_pairs, tokenize
 from dldc.t2i.train_utils import lr_at, min_snr_weights, resolve_device, resolve_precision, set_threads
@@ -118,13 +118,6 @@ def base_digest(base: str, revision: str | None) -> str:
                 digest.update(block)
     return digest.hexdigest()[:16]
 
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def add_lora(cfg: FinetuneConfig, unet: torch.nn.Module, text_encoder: torch.nn.Module) -> dict[str, Any]:

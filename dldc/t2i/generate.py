@@ -72,8 +72,8 @@ from tqdm.auto import tqdm
 
 from dldc.config import GenerateConfig
 from dldc.data.manifest import read_manifest
-from dldc.io import atomic_path, write_json, write_parquet
-from dldc.t2i.finetune import ADAPTER_FILE, DTYPES, base_digest, file_sha256
+from dldc.io import atomic_path, file_sha256, write_json, write_parquet
+from dldc.t2i.finetune import ADAPTER_FILE, DTYPES, base_digest
 from dldc.t2i.train_utils import resolve_device, resolve_precision, set_threads
 
 GENERATIONS_FILE = "generations.parquet"
