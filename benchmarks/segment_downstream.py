@@ -65,6 +65,7 @@ def budget(cfg: SegmentConfig) -> dict[str, Any]:
         "batch_size": cfg.batch_size,
         "patch_size": cfg.patch_size,
         "lr": cfg.lr,
+        "class_weighting": cfg.class_weighting,
         "seed": cfg.seed,
     }
 
@@ -80,6 +81,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--synthetic", type=int, default=120, help="synthetic images per arm")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--class-weighting", choices=["inverse_sqrt", "none"], default="inverse_sqrt")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="SynthRS arms: one full run per seed (prompts, images, init, batch order)")
     parser.add_argument("--skip-synthrs", action="store_true")
@@ -94,7 +96,7 @@ def main() -> None:
         cfg = SegmentConfig(
             dataset="dubai", root=str(SHARED_DATA / "dubai-seg"), scale=args.dubai_scale, patch_size=args.patch,
             protocols=[], steps=args.steps, batch_size=args.batch_size, threads=args.threads,
-            out=str(args.work / "dubai"),
+            class_weighting=args.class_weighting, out=str(args.work / "dubai"),
         )  # fmt: skip
         started = time.perf_counter()
         report = run_segment(cfg)
@@ -120,7 +122,8 @@ def main() -> None:
             cfg = SegmentConfig(
                 root=str(root), base=args.base, arms={"base": "", "raw": args.raw, "clean": args.clean},
                 steps=args.steps, batch_size=args.batch_size, synthetic_per_arm=args.synthetic, threads=args.threads,
-                seed=seed, out=str(args.work / ("synthrs-arms" if seed == 0 else f"synthrs-arms-seed{seed}")),
+                class_weighting=args.class_weighting, seed=seed,
+                out=str(args.work / ("synthrs-arms" if seed == 0 else f"synthrs-arms-seed{seed}")),
             )  # fmt: skip
             report = run_segment(cfg)
             per_seed[seed] = {"runs": _figures(report), "synthetic": report["synthetic"], "data": report["data"],

@@ -20,6 +20,10 @@
   worse than the global ratio. The loop's selection is also redone with ``select.tolerance`` 0.5, 1
   (the one-standard-error rule) and 2 on the same trials (``tolerance_sweep``).
 
+The scorer sees unaugmented views by default (``--augment none``, as the shipped ``params.yaml``: SynthRS
+captions name positions); ``--augment dihedral`` (the code default, flips and 90° turns) writes
+``select_ratio-dihedral.json`` instead.
+
 Writes ``benchmarks/results/select_ratio.json``.
 """
 
@@ -75,7 +79,7 @@ def spearman(a: dict[str, float], b: dict[str, float]) -> float:
     return float(pd.Series([a[s] for s in scenes]).corr(pd.Series([b[s] for s in scenes]), method="spearman"))
 
 
-def prepare(work: Path, folds: int | None, epochs: int | None) -> Any:
+def prepare(work: Path, folds: int | None, epochs: int | None, augment: str) -> Any:
     """SynthRS with per-scene noise → ingest → in-domain scorer → scores; returns the configuration."""
     from dldc.data.ingest import ingest
     from dldc.data.synth import write_synthrs
@@ -90,6 +94,7 @@ def prepare(work: Path, folds: int | None, epochs: int | None) -> Any:
         "ingest.out": str(work / "ingest"),
         "indomain.manifest": str(work / "ingest" / "manifest.parquet"),
         "indomain.out": str(work / "scorer"),
+        "indomain.augment": augment,
         "score.manifest": str(work / "ingest" / "manifest.parquet"),
         "score.out": str(work / "scores"),
         "score.scorers": [f"indomain:{work / 'scorer'}"],
@@ -185,13 +190,16 @@ def main() -> None:
     parser.add_argument("--base", type=Path, default=Path("data/base/model"), help="demo base (dldc build-base)")
     parser.add_argument("--folds", type=int, help="in-domain scorer folds (demo: 5)")
     parser.add_argument("--epochs", type=int, help="in-domain scorer epochs (demo: 20)")
+    parser.add_argument("--augment", choices=["none", "dihedral"], default="none",
+                        help="in-domain scorer views (default none, as the shipped params.yaml)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    cfg = prepare(args.work, args.folds, args.epochs)
+    cfg = prepare(args.work, args.folds, args.epochs, args.augment)
     truth = true_noise(args.work / "synthrs", Path(cfg.select.manifest))
     figures: dict[str, Any] = {"true_noise_by_scene": truth, "configured_noise_by_scene": NOISE_BY_SCENE,
                                "grid": cfg.select.grid, "egl": "not run (keeps the true noise rate known)",
-                               "scorer": {"folds": cfg.indomain.folds, "epochs": cfg.indomain.epochs}}
+                               "scorer": {"folds": cfg.indomain.folds, "epochs": cfg.indomain.epochs,
+                                          "augment": cfg.indomain.augment}}
     if args.mode in ("proxy", "both"):
         from dldc.select.selection import select_ratios
 
@@ -212,7 +220,7 @@ def main() -> None:
                                                chosen["objective"].get("paired_se", {}).items()},
                            "tolerance_sweep": {tol: {"ratios": ratios, "spearman_vs_truth": spearman(ratios, truth)}
                                                for tol, ratios in loop["tolerance_sweep"].items()}}
-    write_result("select_ratio", figures)
+    write_result("select_ratio" if args.augment == "none" else f"select_ratio-{args.augment}", figures)
 
 
 if __name__ == "__main__":

@@ -817,6 +817,9 @@ class SegmentConfig(_Section):
         model: ``unet`` (compact U-Net), ``lraspp`` or ``deeplabv3`` (torchvision, random weights).
         widths: U-Net channels per level.
         steps, batch_size, lr, weight_decay: the training budget, identical for every arm.
+        class_weighting: pixel weights of the loss: ``inverse_sqrt`` (each class weighted by
+            1/sqrt of its share of the real training pixels, normalised to a mean of 1 over the
+            classes present and capped at 10, so thin classes such as roads are learned) or ``none``.
         checkpoint_every: resumable checkpoint period in steps (atomic writes).
         eval_every: validation mIoU period in steps (the validation curve).
         seed: model initialisation, batch order and flips.
@@ -861,6 +864,7 @@ class SegmentConfig(_Section):
     batch_size: int = Field(16, ge=1)
     lr: float = Field(2e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
+    class_weighting: Literal["none", "inverse_sqrt"] = "inverse_sqrt"
     checkpoint_every: int = Field(100, ge=1)
     eval_every: int = Field(50, ge=1)
     seed: int = 0

@@ -172,13 +172,17 @@ def test_folder_layout_with_jsonl(tmp_path):
     payload = "\n".join(lines).encode() + b'\n{"image": "lake/1.png", "caption": "bad \xff byte"}\n'
     (root / "captions.jsonl").write_bytes(payload)
     result = ingest(IngestConfig(format="folder", root=str(root), out=str(tmp_path / "o")), progress=False)
-    frame, _ = read_manifest(result.manifest)
+    frame, meta = read_manifest(result.manifest)
+    assert meta.created == "" and result.report["created"]  # the time is in the report, not in the manifest
     assert list(frame["caption"]) == ["sand and sea", "a sandy beach", "waves on a beach", "a blue lake"]
     assert list(frame["scene"]) == ["beach", "beach", "beach", "lake"]
     assert list(frame["pair_id"].str.split(":").str[1]) == ["0", "1", "0", "0"]
     counts = result.report["counts"]["rejected_pairs_by_reason"]
     assert counts == {"bad_record": 1, "empty_caption": 1, "undecodable_caption": 1}
     assert result.report["source"]["images_without_captions"] == 1
+    first = (tmp_path / "o" / "manifest.parquet").read_bytes()
+    ingest(IngestConfig(format="folder", root=str(root), out=str(tmp_path / "o")), progress=False)
+    assert (tmp_path / "o" / "manifest.parquet").read_bytes() == first  # same inputs, same bytes: DVC re-runs nothing
 
 
 def test_folder_layout_with_csv_and_hash_splits(tmp_path):

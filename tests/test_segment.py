@@ -255,9 +255,9 @@ def _patchset(images: np.ndarray, labels: np.ndarray, prefix: str):
 
 def test_trainer_learns_and_resumes_to_the_uninterrupted_weights(tmp_path: Path) -> None:
     train, val = _patchset(*_stripes(24), "a"), _patchset(*_stripes(6, seed=1), "b")
-    cfg = SegmentConfig(**{**TINY, "steps": 12, "checkpoint_every": 4, "eval_every": 12})
+    cfg = SegmentConfig(**{**TINY, "steps": 40, "checkpoint_every": 4, "eval_every": 40})
     full = train_segmenter(train, val, 3, cfg, tmp_path / "full", progress=False)
-    assert full["val_curve"][-1][1] > 0.8 and full["losses"][-1] < full["losses"][0]  # known answer: learnable
+    assert full["val_curve"][-1][1] > 0.75 and full["losses"][-1] < full["losses"][0]  # known answer: learnable
     assert train_segmenter(train, val, 3, cfg, tmp_path / "full", progress=False)["reused"] is True
     stopped = train_segmenter(train, val, 3, cfg, tmp_path / "killed", progress=False, stop_after=6)
     assert stopped == {"stopped_at": 6}  # the last checkpoint is at step 4
@@ -268,7 +268,7 @@ def test_trainer_learns_and_resumes_to_the_uninterrupted_weights(tmp_path: Path)
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
     other = cfg.model_copy(update={"seed": 1})  # other settings: a stale checkpoint is not resumed
     restarted = train_segmenter(train, val, 3, other, tmp_path / "killed", progress=False, stop_after=1)
-    assert restarted == {"stopped_at": 1}  # began at step 0, not at the stale step 12
+    assert restarted == {"stopped_at": 1}  # began at step 0, not at the stale step 40
     with pytest.raises(ValueError, match="training labels must be < 2"):
         train_segmenter(train, val, 2, cfg, tmp_path / "bad", progress=False)
 
@@ -433,3 +433,54 @@ def test_segment_component_compiles_with_a_gpu_request(tmp_path: Path) -> None:
     executor = spec["deploymentSpec"]["executors"]["exec-segment"]["container"]
     assert executor["resources"]["accelerator"]["resourceCount"] == "1"
     assert "segment" in json.dumps(executor["command"])
+
+
+def test_paired_batches_share_real_patches_and_sample_the_union_uniformly() -> None:
+    from dldc.segment.trainer import batch_for_step
+
+    steps = range(2000)
+    real_only = np.concatenate([batch_for_step(3, s, 50, 8)[0] for s in steps])
+    paired = np.concatenate([batch_for_step(3, s, 50, 8, n_extra=25)[0] for s in steps])
+    is_extra = paired >= 50
+    assert (paired[~is_extra] == real_only[~is_extra]).all()  # common random numbers: same real patch per slot
+    assert abs(is_extra.mean() - 25 / 75) < 0.02  # the union is sampled uniformly: P(extra) = n_extra / n
+    counts = np.bincount(paired, minlength=75)
+    assert counts.min() > 0.6 * counts.mean() and paired.max() == 74
+    again = batch_for_step(3, 7, 50, 8, n_extra=25)  # a batch depends only on (seed, step)
+    assert all((a == b).all() for a, b in zip(again, batch_for_step(3, 7, 50, 8, n_extra=25)))
+
+
+def test_extra_patches_change_the_fingerprint_and_are_counted(tmp_path: Path) -> None:
+    train, val = _patchset(*_stripes(12), "a"), _patchset(*_stripes(4, seed=1), "b")
+    extra = _patchset(*_stripes(6, seed=2), "s")
+    cfg = SegmentConfig(**{**TINY, "steps": 4, "eval_every": 4})
+    alone = train_segmenter(train, val, 3, cfg, tmp_path / "real", progress=False)
+    mixed = train_segmenter(train, val, 3, cfg, tmp_path / "mixed", progress=False, extra=extra)
+    assert (alone["train_patches"], alone["extra_patches"]) == (12, 0)
+    assert (mixed["train_patches"], mixed["extra_patches"]) == (18, 6)
+    assert alone["fingerprint"] != mixed["fingerprint"]
+    bad = _patchset(np.zeros((1, 16, 16, 3), np.uint8), np.full((1, 16, 16), 7, np.uint8), "x")
+    with pytest.raises(ValueError, match="training labels must be < 3"):
+        train_segmenter(train, val, 3, cfg, tmp_path / "bad", progress=False, extra=bad)
+
+
+def test_class_weighting_weighs_rare_classes_up_and_is_part_of_the_fingerprint(tmp_path: Path) -> None:
+    from dldc.segment.trainer import MAX_CLASS_WEIGHT, class_weights
+
+    labels = np.zeros((4, 10, 10), np.uint8)
+    labels[:, 0, :2] = 1  # class 1: 2% of the pixels; class 2 absent; one ignored pixel
+    labels[0, 9, 9] = 255
+    weights = class_weights(labels, 3, 255, "inverse_sqrt")
+    assert weights[1] > weights[0] > 0 and weights[2] == 0
+    assert np.isclose(weights[:2].mean(), 1.0) and class_weights(labels, 3, 255, "none") is None
+    many = np.append(np.repeat(np.arange(19), 1000), 19).astype(np.uint8).reshape(1, 1, -1)  # class 19: one pixel
+    assert class_weights(many, 20, 255, "inverse_sqrt")[19] == MAX_CLASS_WEIGHT  # 12.5 before the cap
+    train, val = _patchset(*_stripes(12), "a"), _patchset(*_stripes(4, seed=1), "b")
+    cfg = SegmentConfig(**{**TINY, "steps": 2, "eval_every": 2})
+    weighted = train_segmenter(train, val, 3, cfg, tmp_path / "w", progress=False)
+    plain = train_segmenter(train, val, 3, cfg.model_copy(update={"class_weighting": "none"}), tmp_path / "n",
+                            progress=False)  # fmt: skip
+    assert len(weighted["class_weights"]) == 3 and plain["class_weights"] is None
+    assert weighted["fingerprint"] != plain["fingerprint"]
+    with pytest.raises(ValueError, match="class_weighting"):
+        SegmentConfig(class_weighting="inverse")

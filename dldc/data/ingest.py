@@ -215,7 +215,6 @@ def ingest(cfg: IngestConfig, progress: bool = True) -> IngestResult:
     meta = ManifestMeta(
         source_format=source.format,
         root=_portable_root(root, out),
-        created=report["created"],
         counts=report["counts"],
         dldc_version=report["dldc_version"],
         extra={"root_absolute": str(root.resolve()), **source.details},

@@ -17,9 +17,10 @@ scene          string   scene class (``unknown`` when the dataset has none)
 split          string   ``train`` / ``val`` / ``test`` as given by the dataset
 ============== ======== ==============================================================
 
-Dataset-level metadata (:class:`ManifestMeta`: source format, root, counts, created, the
-dldc version) is stored in the Parquet file's key-value metadata under ``dldc`` and in the
-stage's JSON report.
+Dataset-level metadata (:class:`ManifestMeta`: source format, root, counts, the dldc version)
+is stored in the Parquet file's key-value metadata under ``dldc`` and in the stage's JSON report.
+The creation time is in the report only, so ingesting the same inputs again writes the same
+bytes (and DVC re-runs nothing downstream).
 
 ``rejects.parquet`` (:data:`REJECTS_SCHEMA`) holds one row per rejected pair (or per
 unreadable source record) with a ``reason`` code and a ``detail``; a row of the input is
@@ -93,7 +94,7 @@ class ManifestMeta:
 
     source_format: str
     root: str
-    created: str
+    created: str = ""  # left empty by ingest: a timestamp would change the file on every identical re-run
     counts: dict[str, Any] = field(default_factory=dict)
     dldc_version: str = ""
     extra: dict[str, Any] = field(default_factory=dict)

@@ -159,12 +159,13 @@ def run_segment(
     def log_for(name: str) -> Callable[[int, dict[str, float]], None] | None:
         return (lambda step, values: on_log(name, step, values)) if on_log else None
 
-    def train_and_evaluate(name: str, data: PatchSet) -> dict[str, Any]:
+    def train_and_evaluate(name: str, extra: PatchSet | None = None) -> dict[str, Any]:
         run = out / "runs" / name
-        report = train_segmenter(data, val, space.num_classes, cfg, run, progress, log_for(name), desc=name)
+        report = train_segmenter(train, val, space.num_classes, cfg, run, progress, log_for(name), desc=name,
+                                 extra=extra)  # fmt: skip
         return evaluate_run(run, space, test, cfg, report)
 
-    results: dict[str, dict[str, Any]] = {REAL_ARM: train_and_evaluate(REAL_ARM, train)}
+    results: dict[str, dict[str, Any]] = {REAL_ARM: train_and_evaluate(REAL_ARM)}
     synthetic: dict[str, Any] = {}
     arms = dict(cfg.arms) if cfg.protocols else {}
     if arms:
@@ -206,7 +207,7 @@ def run_segment(
                 extra = PatchSet(images[kept], labels[kept], [f"synthetic:{arm}"] * len(kept),
                                  [ids[i] for i in kept], [(0, 0)] * len(kept))  # fmt: skip
                 name = f"{protocol}/{arm}"
-                results[name] = train_and_evaluate(name, PatchSet.concat([train, extra]))
+                results[name] = train_and_evaluate(name, extra)
                 results[name]["synthetic_patches"] = len(kept)
     write_parquet(
         out / "rejects.parquet",
