@@ -656,7 +656,6 @@ def _fingerprint(
     return hashlib.sha256(json.dumps(protocol, sort_keys=True).encode()).hexdigest()[:16]
 
 
-
 def _per_image(gens: pd.DataFrame, reference: pd.DataFrame, prompts: list[_Prompts]) -> pd.DataFrame:
     generated = gens[["arm", "gen_id", "image_id", "pair_id", "scene", "seed", "prompt"]].copy()
     real = reference.assign(arm=REFERENCE_ARM, gen_id="", seed=-1)[generated.columns]

@@ -52,7 +52,6 @@ def missing_weights_message(path: str | Path) -> str:
     )
 
 
-
 def load_inception(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Build torch-fidelity's FID Inception network with the weights in ``path``.
 

@@ -31,7 +31,6 @@ from dldc.io import file_sha256
 DVC_LOCK = "dvc.lock"
 
 
-
 def _git(args: list[str], cwd: Path) -> str | None:
     try:
         done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=False)

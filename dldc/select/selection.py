@@ -66,7 +66,6 @@ class SelectResult:
     results: pd.DataFrame
 
 
-
 def select_ratios(cfg: DldcConfig, mode: str | None = None, progress: bool = True) -> SelectResult:
     """Choose the ratio of every scene and write the cleaned manifests (see the module docstring).
 

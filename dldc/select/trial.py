@@ -53,7 +53,6 @@ def trial_dir_name(ratio: float) -> str:
     return f"r{float(ratio)!r}"
 
 
-
 def trial_key(cfg: DldcConfig, ratio: float, inputs: tuple[str, str] | None = None) -> str:
     """Digest of everything a trial's numbers depend on (inputs and the settings used).
 

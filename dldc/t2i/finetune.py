@@ -119,7 +119,6 @@ def base_digest(base: str, revision: str | None) -> str:
     return digest.hexdigest()[:16]
 
 
-
 def add_lora(cfg: FinetuneConfig, unet: torch.nn.Module, text_encoder: torch.nn.Module) -> dict[str, Any]:
     """Add LoRA adapters (peft) to the UNet (and the text encoder when configured); returns their configs."""
     from peft import LoraConfig
