@@ -20,6 +20,9 @@
   worse than the global ratio. The loop's selection is also redone with ``select.tolerance`` 0.5, 1
   (the one-standard-error rule) and 2 on the same trials (``tolerance_sweep``).
 
+``--noise-kinds`` restricts SynthRS's noise kinds (e.g. the three that stay within the image's scene,
+without ``other_scene``) and writes ``select_ratio-KIND+KIND.json``.
+
 The scorer sees unaugmented views by default (``--augment none``, as the shipped ``params.yaml``: SynthRS
 captions name positions); ``--augment dihedral`` (the code default, flips and 90° turns) writes
 ``select_ratio-dihedral.json`` instead.
@@ -79,7 +82,9 @@ def spearman(a: dict[str, float], b: dict[str, float]) -> float:
     return float(pd.Series([a[s] for s in scenes]).corr(pd.Series([b[s] for s in scenes]), method="spearman"))
 
 
-def prepare(work: Path, folds: int | None, epochs: int | None, augment: str) -> Any:
+def prepare(
+    work: Path, folds: int | None, epochs: int | None, augment: str, noise_kinds: list[str] | None = None
+) -> Any:
     """SynthRS with per-scene noise → ingest → in-domain scorer → scores; returns the configuration."""
     from dldc.data.ingest import ingest
     from dldc.data.synth import write_synthrs
@@ -90,6 +95,7 @@ def prepare(work: Path, folds: int | None, epochs: int | None, augment: str) -> 
         "tracking.enabled": False,
         "synth.out": str(work / "synthrs"),
         "synth.noise_rate_by_scene": NOISE_BY_SCENE,
+        "synth.noise_kinds": noise_kinds,
         "ingest.root": str(work / "synthrs"),
         "ingest.out": str(work / "ingest"),
         "indomain.manifest": str(work / "ingest" / "manifest.parquet"),
@@ -114,7 +120,7 @@ def prepare(work: Path, folds: int | None, epochs: int | None, augment: str) -> 
     if not (work / "synthrs" / "synthrs.json").is_file():
         write_synthrs(s.out, n_images=s.n_images, size=s.size, noise_rate=s.noise_rate, seed=s.seed,
                       captions_per_image=s.captions_per_image, noise_rate_by_scene=s.noise_rate_by_scene,
-                      split_ratios=s.split_ratios, progress=True)
+                      split_ratios=s.split_ratios, noise_kinds=s.noise_kinds, progress=True)
     if not (work / "ingest" / "manifest.parquet").is_file():
         ingest(cfg.ingest, progress=True)
     if not (work / "scorer" / "indomain.json").is_file():
@@ -192,12 +198,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="in-domain scorer epochs (demo: 20)")
     parser.add_argument("--augment", choices=["none", "dihedral"], default="none",
                         help="in-domain scorer views (default none, as the shipped params.yaml)")
+    parser.add_argument("--noise-kinds", nargs="+", choices=["other_scene", "generic", "truncated", "wrong_layout"],
+                        help="SynthRS noise kinds (default: all four); writes select_ratio[-AUGMENT]-KIND+KIND.json")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    cfg = prepare(args.work, args.folds, args.epochs, args.augment)
+    cfg = prepare(args.work, args.folds, args.epochs, args.augment, args.noise_kinds)
     truth = true_noise(args.work / "synthrs", Path(cfg.select.manifest))
     figures: dict[str, Any] = {"true_noise_by_scene": truth, "configured_noise_by_scene": NOISE_BY_SCENE,
                                "grid": cfg.select.grid, "egl": "not run (keeps the true noise rate known)",
+                               "noise_kinds": cfg.synth.noise_kinds or "all", "sampler": cfg.finetune.sampler,
                                "scorer": {"folds": cfg.indomain.folds, "epochs": cfg.indomain.epochs,
                                           "augment": cfg.indomain.augment}}
     if args.mode in ("proxy", "both"):
@@ -220,7 +229,10 @@ def main() -> None:
                                                chosen["objective"].get("paired_se", {}).items()},
                            "tolerance_sweep": {tol: {"ratios": ratios, "spearman_vs_truth": spearman(ratios, truth)}
                                                for tol, ratios in loop["tolerance_sweep"].items()}}
-    write_result("select_ratio" if args.augment == "none" else f"select_ratio-{args.augment}", figures)
+    name = "select_ratio" if args.augment == "none" else f"select_ratio-{args.augment}"
+    if args.noise_kinds:
+        name += "-" + "+".join(sorted(args.noise_kinds))
+    write_result(name, figures)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,8 @@ class SynthConfig(_Section):
     seed: int = 0
     scenes: list[str] | None = None
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    # Kinds of caption noise (dldc.data.synth.NOISE_KINDS); null = all four.
+    noise_kinds: list[Literal["other_scene", "generic", "truncated", "wrong_layout"]] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> SynthConfig:
@@ -84,6 +86,9 @@ class SynthConfig(_Section):
         for scene, rate in self.noise_rate_by_scene.items():
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"noise_rate_by_scene.{scene} must be in [0, 1], got {rate}")
+        kinds = self.noise_kinds
+        if kinds is not None and (not kinds or len(set(kinds)) < len(kinds)):
+            raise ValueError(f"noise_kinds must list distinct kinds (at least one) or be null, got {self.noise_kinds}")
         return self
 
 
@@ -620,6 +625,12 @@ class FinetuneConfig(_Section):
         sample_steps, sample_guidance: the sample grid (one held-out prompt per scene) after training;
             ``sample_steps: 0`` skips it.
         max_pairs: train on the first N pairs only (quick runs); ``null`` = all.
+        sampler: how batches are drawn. ``paired`` (default): each batch slot takes the kept pair with
+            the smallest seeded hash of its ``pair_id``, so two runs on nested cleanings of one
+            manifest draw the same pair in a slot unless it was dropped (common random numbers: the
+            dual loop's trials and the arms differ by their data, not by their batch order);
+            sampling is with replacement. ``epoch``: seeded epoch permutations (every pair once per
+            epoch), which reshuffle completely when one pair is dropped.
         seed: seeds the LoRA initialisation, batches, noise and timesteps (a resumed run draws the
             same numbers as an uninterrupted one).
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
@@ -655,6 +666,7 @@ class FinetuneConfig(_Section):
     sample_steps: int = Field(20, ge=0)
     sample_guidance: float = Field(4.0, ge=0.0)
     max_pairs: int | None = Field(None, ge=1)
+    sampler: Literal["paired", "epoch"] = "paired"
     seed: int = 0
     device: str = "auto"
     threads: int = Field(0, ge=0)

@@ -35,6 +35,7 @@ def run_synth(cfg: DldcConfig, progress: bool = True) -> dict[str, Any]:
             scenes=section.scenes,
             noise_rate_by_scene=section.noise_rate_by_scene,
             split_ratios=section.split_ratios,
+            noise_kinds=section.noise_kinds,
             progress=progress,
         )
         run.log_metrics(_numbers(summary))

@@ -294,6 +294,19 @@ def test_noise_rate_by_scene_overrides(tmp_path: Path) -> None:
     assert summary["params"]["noise_rate_by_scene"] == {"forest": 1.0, "lake": 0.0}
 
 
+def test_noise_kinds_restrict_the_kinds_drawn(tmp_path: Path) -> None:
+    summary = write_synthrs(tmp_path / "within", n_images=40, size=16, noise_rate=1.0,
+                            noise_kinds=["generic", "wrong_layout"], progress=False)
+    kinds = {row["kind"] for row in _noise_labels(tmp_path / "within")}
+    assert kinds == {"generic", "wrong_layout"}
+    assert summary["noisy_captions_per_kind"]["other_scene"] == 0
+    assert summary["params"]["noise_kinds"] == ["generic", "wrong_layout"]
+    # The default draws exactly as an explicit list of all four kinds.
+    write_synthrs(tmp_path / "default", n_images=20, size=16, progress=False)
+    write_synthrs(tmp_path / "all", n_images=20, size=16, noise_kinds=list(NOISE_KINDS), progress=False)
+    assert _noise_labels(tmp_path / "default") == _noise_labels(tmp_path / "all")
+
+
 def test_every_noise_kind_corrupts_its_caption(tmp_path: Path) -> None:
     out = tmp_path / "out"
     write_synthrs(out, n_images=40, size=16, noise_rate=1.0, progress=False)
@@ -400,6 +413,9 @@ def test_refuses_to_replace_a_folder_that_is_not_synthrs(tmp_path: Path) -> None
         ({"split_ratios": (1.2, -0.1, -0.1)}, r"three non-negative numbers"),
         ({"seed": -1}, r"seed must be a non-negative integer"),
         ({"captions_per_image": 0}, r"captions_per_image must be a positive integer"),
+        ({"noise_kinds": ["generic", "typo"]}, r"noise_kinds must list distinct kinds of other_scene"),
+        ({"noise_kinds": []}, r"noise_kinds must list distinct kinds"),
+        ({"noise_kinds": "generic"}, r"not the string 'generic'"),
     ],
 )
 def test_bad_arguments_raise_helpful_errors(tmp_path: Path, arguments: dict, message: str) -> None:

@@ -19,7 +19,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from dldc.config import BaseConfig, FinetuneConfig, GenerateConfig, load_config
-from dldc.t2i.finetune import ADAPTER_FILE, REPORT_FILE, finetune, sample_indices
+from dldc.t2i.finetune import (
+    ADAPTER_FILE,
+    REPORT_FILE,
+    finetune,
+    pair_hashes,
+    paired_indices,
+    sample_indices,
+    step_seed,
+)
 from dldc.t2i.generate import generate_images, select_prompts
 from dldc.t2i.models import load_pipeline, save_dummy_base
 
@@ -164,6 +172,24 @@ def test_sample_indices_are_position_determined() -> None:
     assert torch.equal(whole[12:20], sample_indices(10, 8, 12, seed=3))
 
 
+def test_paired_indices_are_uniform_and_coupled_across_nested_subsets() -> None:
+    hashes = pair_hashes([f"{i:04x}:{i % 5}" for i in range(40)])
+    seeds = [step_seed(3, step, 0) for step in range(200)]
+    draws = np.concatenate([paired_indices(hashes, 50, seed).numpy() for seed in seeds])
+    counts = np.bincount(draws, minlength=40)
+    assert counts.min() > 0.7 * 250 and counts.max() < 1.3 * 250  # 10,000 draws, 250 expected per pair
+    kept = np.arange(40)[np.arange(40) % 4 != 0]  # drop a quarter of the pairs
+    same = []
+    for seed in seeds:
+        full = paired_indices(hashes, 50, seed).numpy()
+        sub = kept[paired_indices(hashes[kept], 50, seed).numpy()]
+        in_subset = np.isin(full, kept)
+        assert np.array_equal(sub[in_subset], full[in_subset])  # a kept pair stays in its slot
+        same.append(in_subset.mean())
+    assert abs(np.mean(same) - 0.75) < 0.02  # P(same pair) = |subset| / |set|, the most two uniform draws can share
+    assert torch.equal(paired_indices(hashes, 8, 7), paired_indices(hashes, 8, 7))
+
+
 def test_finetune_adapter_loads_with_diffusers_and_changes_outputs(base: str, manifest: Path, workdir: Path) -> None:
     out = workdir / "lora-te"
     report = finetune(_finetune_cfg(base, manifest, out, text_encoder_lora=True), progress=False)
@@ -177,6 +203,15 @@ def test_finetune_adapter_loads_with_diffusers_and_changes_outputs(base: str, ma
         assert "lora_adapter_metadata" in handle.metadata()  # rank and alpha travel with the weights
     frame = pd.read_parquet(manifest)
     assert report["data"]["pairs"] == (frame.split == "train").sum() and report["throughput"]["images_per_s"] > 0
+
+    # The same settings, data and base again: the finished adapter is kept, nothing is retrained.
+    stamp = adapter.stat().st_mtime_ns
+    assert finetune(_finetune_cfg(base, manifest, out, text_encoder_lora=True), progress=False) == report
+    assert adapter.stat().st_mtime_ns == stamp
+    # Another setting retrains (and another sampler draws other batches).
+    other = finetune(_finetune_cfg(base, manifest, workdir / "lora-epoch", text_encoder_lora=True, sampler="epoch"),
+                     progress=False)
+    assert other["fingerprint"] != report["fingerprint"] and other["final_loss"] != report["final_loss"]
 
     pipe = load_pipeline(base)
     kwargs = {"num_inference_steps": 2, "guidance_scale": 2.0, "output_type": "np"}

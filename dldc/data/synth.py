@@ -28,7 +28,10 @@ Caption noise (``NOISE_KINDS``)
     * ``wrong_layout`` — a caption of the right scene whose grid cells all moved to cells
       the caption did not name (a clean caption naming no cell is swapped for one that does).
 
-    A noisy caption never equals its clean caption. The kind is drawn uniformly.
+    A noisy caption never equals its clean caption. The kind is drawn uniformly from
+    ``noise_kinds`` (default: all four). ``other_scene`` is the only kind whose damage lands on
+    *another* scene's prompts (a caption that reads like a beach on a desert image teaches
+    "beach" → desert); the others stay within the image's scene.
 
 Output of :func:`write_synthrs` (the Karpathy layout RSICD is distributed in)::
 
@@ -1336,6 +1339,18 @@ def _check_rate(name: str, rate: float) -> None:
         raise ValueError(f"{name} must be a number in [0, 1], got {rate!r}")
 
 
+def _check_noise_kinds(noise_kinds: Sequence[str] | None) -> tuple[str, ...]:
+    if noise_kinds is None:
+        return NOISE_KINDS
+    if isinstance(noise_kinds, str):
+        raise ValueError(f"noise_kinds must be a list of kinds, not the string {noise_kinds!r}")
+    unknown = [kind for kind in noise_kinds if kind not in NOISE_KINDS]
+    if unknown or not noise_kinds or len(set(noise_kinds)) != len(noise_kinds):
+        raise ValueError(f"noise_kinds must list distinct kinds of {', '.join(NOISE_KINDS)} (at least one), "
+                         f"got {list(noise_kinds)!r}")
+    return tuple(noise_kinds)
+
+
 def _check_arguments(n_images: int, size: int, noise_rate: float, seed: int, captions_per_image: int,
                      scenes: Sequence[str], noise_rate_by_scene: Mapping[str, float],
                      split_ratios: Sequence[float]) -> None:
@@ -1441,6 +1456,7 @@ def write_synthrs(
     scenes: Sequence[str] | None = None,
     noise_rate_by_scene: Mapping[str, float] | None = None,
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    noise_kinds: Sequence[str] | None = None,
     progress: bool = True,
 ) -> dict:
     """Generate SynthRS into ``out`` (Karpathy layout, see the module docstring).
@@ -1459,6 +1475,8 @@ def write_synthrs(
         scenes: scene classes to generate, in round-robin order; default all of ``SCENES``.
         noise_rate_by_scene: per-scene overrides of ``noise_rate``.
         split_ratios: train/val/test shares, stratified per scene.
+        noise_kinds: the kinds a noisy caption is drawn from (uniformly); default all of
+            ``NOISE_KINDS`` (same draws, hence the same files, as before this option existed).
         progress: show a tqdm progress bar.
 
     Returns:
@@ -1472,6 +1490,7 @@ def write_synthrs(
     noise_rate_by_scene = dict(noise_rate_by_scene or {})
     _check_arguments(n_images, size, noise_rate, seed, captions_per_image, scenes, noise_rate_by_scene,
                      split_ratios)
+    kinds = _check_noise_kinds(noise_kinds)
     out = Path(out)
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or _looks_like_synthrs(out))):
         raise ValueError(f"{out} exists and is not a SynthRS folder; refusing to replace it")
@@ -1487,12 +1506,13 @@ def write_synthrs(
         shutil.rmtree(staging)
     try:
         summary = _write_into(staging, image_scenes, splits, rates, size=size, seed=seed,
-                              captions_per_image=captions_per_image, progress=progress)
+                              captions_per_image=captions_per_image, noise_kinds=kinds, progress=progress)
         summary["params"] = {
             "n_images": n_images, "size": size, "noise_rate": float(noise_rate), "seed": seed,
             "captions_per_image": captions_per_image, "scenes": scenes,
             "noise_rate_by_scene": {scene: float(rate) for scene, rate in sorted(noise_rate_by_scene.items())},
             "split_ratios": [float(ratio) for ratio in split_ratios],
+            "noise_kinds": list(kinds),
         }
         _dump_json(staging / "synthrs.json", summary, indent=2)
         if out.exists():
@@ -1505,7 +1525,8 @@ def write_synthrs(
 
 
 def _write_into(folder: Path, image_scenes: Sequence[str], splits: Sequence[str], rates: Mapping[str, float], *,
-                size: int, seed: int, captions_per_image: int, progress: bool) -> dict[str, Any]:
+                size: int, seed: int, captions_per_image: int, noise_kinds: Sequence[str],
+                progress: bool) -> dict[str, Any]:
     for sub in ("images", "masks", f"txtclasses_{DATASET_NAME}", "truth"):
         (folder / sub).mkdir(parents=True)
     scenes = list(dict.fromkeys(image_scenes))
@@ -1535,12 +1556,12 @@ def _write_into(folder: Path, image_scenes: Sequence[str], splits: Sequence[str]
                                np.random.default_rng([seed, _CAPTION_STREAM, index]))
         noise_rng = np.random.default_rng([seed, _NOISE_STREAM, index])
         is_noisy = noise_rng.random(len(clean)) < rates[scene]
-        kinds = noise_rng.integers(len(NOISE_KINDS), size=len(clean))
+        kinds = noise_rng.integers(len(noise_kinds), size=len(clean))
         sentences, captions = [], list(clean)
         for k, caption in enumerate(clean):
             kind, source_scene = None, None
             if is_noisy[k]:
-                kind = NOISE_KINDS[kinds[k]]
+                kind = noise_kinds[kinds[k]]
                 for _ in range(20):  # a noisy caption differs from every caption of the image
                     candidate, source_scene = _noisy_caption(kind, scene, sample.layout, caption, noise_rng)
                     if candidate not in captions:

@@ -9,6 +9,9 @@ UNet's attention projections (and optionally the text encoder), encode every tra
 * AdamW on the LoRA weights only (fp32), linear warmup + cosine decay, gradient clipping;
 * mixed precision on CUDA: frozen weights in bf16/fp16, autocast, a gradient scaler for fp16;
 * gradient accumulation and optional gradient checkpointing;
+* batches from the paired sampler (:func:`paired_indices`, ``finetune.sampler``): runs on nested
+  cleanings of one manifest draw the same pair in a batch slot unless it was dropped, so the dual
+  loop's trials and the compared arms differ by their data, not by a reshuffled batch order;
 * every random number (batch order, noise, timesteps, LoRA dropout) is drawn from
   a generator seeded by ``(seed, step, micro-batch)``, so a run resumed from a checkpoint draws
   exactly what the uninterrupted run drew (:mod:`dldc.t2i.checkpoints`; tested bit-identical on CPU).
@@ -98,6 +101,57 @@ def sample_indices(n: int, count: int, start: int, seed: int) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.long)
 
 
+def pair_hashes(pair_ids: list[str]) -> np.ndarray:
+    """A fixed 64-bit hash of each ``pair_id`` (``uint64``), the paired sampler's identity of a pair."""
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(p.encode(), digest_size=8).digest(), "little") for p in pair_ids],
+        dtype=np.uint64,
+    )
+
+
+def _mix64(values: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser, element-wise (uint64 arithmetic wraps, as it should)."""
+    values = values + np.uint64(0x9E3779B97F4A7C15)
+    values = (values ^ (values >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    values = (values ^ (values >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return values ^ (values >> np.uint64(31))
+
+
+def paired_indices(hashes: np.ndarray, count: int, seed: int) -> torch.Tensor:
+    """``count`` pair indices, slot ``j`` taking the pair whose hash mixed with ``(seed, j)`` is smallest.
+
+    Each slot is a uniform draw over the pairs given (with replacement), and the draw is coupled
+    across runs: for a subset of the pairs, a slot picks the same pair as for the full set unless
+    that pair is missing from the subset (then another, still uniformly). Runs on nested cleanings
+    of one manifest thus share most of their batches (common random numbers).
+
+    Example:
+        >>> hashes = pair_hashes([f"img{i}:0" for i in range(10)])
+        >>> full = paired_indices(hashes, 4, seed=1)
+        >>> kept = np.array([i for i in range(10) if i != int(full[0])])  # drop slot 0's pair
+        >>> sub = kept[paired_indices(hashes[kept], 4, seed=1).numpy()]
+        >>> bool(sub[0] != full[0]), [int(a) == int(b) for a, b in zip(sub[1:], full[1:]) if int(b) in kept]
+        (True, [True, True, True])
+    """
+    slots = _mix64(_mix64(np.array([seed % 2**64], dtype=np.uint64)) + np.arange(count, dtype=np.uint64))
+    keys = _mix64(hashes[None, :] ^ slots[:, None])
+    return torch.from_numpy(keys.argmin(axis=1).astype(np.int64))
+
+
+def finished_report(out: Path, run_id: str, cfg: FinetuneConfig) -> dict[str, Any] | None:
+    """The report of a finished run in ``out`` with fingerprint ``run_id`` (and its samples, if wanted), else None."""
+    report_file = out / REPORT_FILE
+    if not (report_file.is_file() and (out / ADAPTER_FILE).is_file()):
+        return None
+    if cfg.sample_steps and not (out / SAMPLES_FILE).is_file():
+        return None
+    try:
+        report = json.loads(report_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return report if report.get("fingerprint") == run_id else None
+
+
 def fingerprint(cfg: FinetuneConfig, manifest_sha256: str, base_digest: str) -> str:
     """Digest of everything that changes the trained numbers: config, data and base weights."""
     settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_IN_FINGERPRINT}
@@ -180,6 +234,9 @@ def finetune(
 ) -> dict[str, Any]:
     """Fine-tune LoRA adapters on ``cfg.manifest``; resume from the newest matching checkpoint.
 
+    An adapter already finished in ``cfg.out`` with the same fingerprint (settings, data, base) is
+    kept and its report returned: re-running with the same inputs recomputes nothing.
+
     Args:
         cfg: the ``finetune`` configuration section.
         progress: show progress bars.
@@ -203,6 +260,11 @@ def finetune(
     weight_dtype = DTYPES[precision]
     out = Path(cfg.out)
     manifest_sha = file_sha256(cfg.manifest) if Path(cfg.manifest).is_file() else ""
+    run_id = fingerprint(cfg, manifest_sha, base_digest(cfg.base, cfg.revision))
+    finished = finished_report(out, run_id, cfg)
+    if finished is not None:
+        log.info("%s is already trained with these settings, data and base (%s); nothing to do", out, run_id)
+        return finished
 
     # --- the base, frozen, with LoRA on top ---------------------------------------------------
     parts = load_components(cfg.base, dtype=weight_dtype, revision=cfg.revision)
@@ -228,13 +290,13 @@ def finetune(
     cached_latents = encode_latents(vae, pairs.pixels, device, progress=progress)
     tokens = tokenize(tokenizer, pairs.captions)
     pair_image = torch.from_numpy(pairs.pair_image)
+    hashes = pair_hashes(pairs.pair_ids)
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
     prediction_type = scheduler.config.prediction_type
 
     # --- optimizer, scaler, and the checkpoint to resume from ---------------------------------
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-    run_id = fingerprint(cfg, manifest_sha, base_digest(cfg.base, cfg.revision))
     checkpoints = out / CHECKPOINT_DIR
     resume = latest_checkpoint(checkpoints, run_id)
     start_step, losses, resumed_from = 0, [], []
@@ -263,9 +325,12 @@ def finetune(
             seed = step_seed(cfg.seed, step, micro)
             generator = torch.Generator().manual_seed(seed)
             torch.manual_seed(seed)  # LoRA dropout draws from the global generator
-            index = sample_indices(
-                len(pairs), cfg.batch_size, (step * cfg.grad_accum + micro) * cfg.batch_size, cfg.seed
-            )
+            if cfg.sampler == "paired":
+                index = paired_indices(hashes, cfg.batch_size, seed)
+            else:
+                index = sample_indices(
+                    len(pairs), cfg.batch_size, (step * cfg.grad_accum + micro) * cfg.batch_size, cfg.seed
+                )
             rows = pair_image[index]
             latents = cached_latents[rows]
             noise = torch.randn(latents.shape, generator=generator)
