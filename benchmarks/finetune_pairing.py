@@ -44,7 +44,7 @@ from _common import write_result  # noqa: E402
 from dldc.config import load_config  # noqa: E402
 from dldc.select.ranking import keep_mask, load_ranked, write_cleaned_manifest  # noqa: E402
 from dldc.t2i.data import load_pairs  # noqa: E402
-from dldc.t2i.finetune import ADAPTER_FILE, finetune, pair_hashes, paired_indices, sample_indices, step_seed  # noqa: E402
+from dldc.t2i.finetune import ADAPTER_FILE, batch_indices, finetune, pair_hashes  # noqa: E402
 
 
 def lora_vector(adapter: Path) -> torch.Tensor:
@@ -60,10 +60,7 @@ def same_slot_share(pair_lists: list[list[str]], sampler: str, steps: int, batch
     for step in range(steps):
         drawn = []
         for ids, hashed in zip(pair_lists, hashes):
-            if sampler == "paired":
-                index = paired_indices(hashed, batch, step_seed(seed, step, 0))
-            else:
-                index = sample_indices(len(ids), batch, step * batch, seed)
+            index = batch_indices(sampler, hashed, batch, step, 0, 1, seed)
             drawn.append([ids[i] for i in index.tolist()])
         same += sum(a == b for a, b in zip(*drawn))
         total += batch

@@ -138,6 +138,15 @@ def paired_indices(hashes: np.ndarray, count: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(keys.argmin(axis=1).astype(np.int64))
 
 
+def batch_indices(
+    sampler: str, hashes: np.ndarray, batch_size: int, step: int, micro: int, grad_accum: int, seed: int
+) -> torch.Tensor:
+    """The pair indices of micro-batch ``micro`` of step ``step`` under ``sampler`` (``paired`` or ``epoch``)."""
+    if sampler == "paired":
+        return paired_indices(hashes, batch_size, step_seed(seed, step, micro))
+    return sample_indices(len(hashes), batch_size, (step * grad_accum + micro) * batch_size, seed)
+
+
 def finished_report(out: Path, run_id: str, cfg: FinetuneConfig) -> dict[str, Any] | None:
     """The report of a finished run in ``out`` with fingerprint ``run_id`` (and its samples, if wanted), else None."""
     report_file = out / REPORT_FILE
@@ -325,12 +334,7 @@ def finetune(
             seed = step_seed(cfg.seed, step, micro)
             generator = torch.Generator().manual_seed(seed)
             torch.manual_seed(seed)  # LoRA dropout draws from the global generator
-            if cfg.sampler == "paired":
-                index = paired_indices(hashes, cfg.batch_size, seed)
-            else:
-                index = sample_indices(
-                    len(pairs), cfg.batch_size, (step * cfg.grad_accum + micro) * cfg.batch_size, cfg.seed
-                )
+            index = batch_indices(cfg.sampler, hashes, cfg.batch_size, step, micro, cfg.grad_accum, cfg.seed)
             rows = pair_image[index]
             latents = cached_latents[rows]
             noise = torch.randn(latents.shape, generator=generator)
