@@ -307,7 +307,7 @@ def test_both_protocols_all_arms_one_table(synthrs: Path, tmp_path: Path) -> Non
         assert report["runs"][f"pseudo-label/{arm}"]["train_patches"] == real_patches + 5
         kept = info["layout_filter_kept"]  # layout-prompt keeps the images that show their layout
         assert report["runs"][f"layout-prompt/{arm}"]["train_patches"] == real_patches + kept
-        assert report["runs"][f"layout-prompt/{arm}"]["synthetic_patches"] == kept
+        assert report["runs"][f"layout-prompt/{arm}"]["extra_patches"] == kept
         assert 0.0 <= info["layout_fidelity"] <= 1.0
         of_arm = rejects["image"].str.startswith(f"synthetic:{arm}/")
         filtered = rejects[(rejects["reason"] == "layout_filter") & of_arm]
@@ -337,7 +337,7 @@ def test_layout_filter_off_keeps_every_synthetic_image(synthrs: Path, tmp_path: 
         protocols=["layout-prompt"], layout_filter=None, out=str(tmp_path / "out"),
     )  # fmt: skip
     report = run_segment(cfg, progress=False, renderer=StubRenderer())
-    assert report["runs"]["layout-prompt/clean"]["synthetic_patches"] == 3
+    assert report["runs"]["layout-prompt/clean"]["extra_patches"] == 3
     assert "layout_filter_kept" not in report["synthetic"]["clean"]
     with pytest.raises(ValueError, match="layout_filter"):
         SegmentConfig(layout_filter=0.0)

@@ -123,6 +123,7 @@ def evaluate_run(
         "confusion": total.tolist(),
         "test_tiles": len(matrices),
         "train_patches": report["train_patches"],
+        "extra_patches": report.get("extra_patches", 0),  # synthetic patches among train_patches
         "final_loss": report["final_loss"],
         "val_curve": report["val_curve"],
         "reused": report.get("reused", False),
@@ -208,7 +209,6 @@ def run_segment(
                                  [ids[i] for i in kept], [(0, 0)] * len(kept))  # fmt: skip
                 name = f"{protocol}/{arm}"
                 results[name] = train_and_evaluate(name, extra)
-                results[name]["synthetic_patches"] = len(kept)
     write_parquet(
         out / "rejects.parquet",
         pa.Table.from_pylist(rejects, schema=pa.schema([("image", pa.string()), ("reason", pa.string()),
@@ -294,7 +294,7 @@ def results_table(report: dict[str, Any]) -> str:
     order = [REAL_ARM] + [f"{p}/{arm}" for p in report["protocols"] for arm in report["synthetic"]]
     for name in [n for n in order if n in runs]:
         run = runs[name]
-        synthetic = run.get("synthetic_patches", 0)
+        synthetic = run.get("extra_patches", 0)
         real_patches = run["train_patches"] - synthetic
         delta = "" if name == REAL_ARM else f"{100 * (run['mIoU'] - real['mIoU']):+.2f}"
         lines.append(
