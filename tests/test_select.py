@@ -203,6 +203,24 @@ def _tiny_cfg(project: dict[str, str], **extra: object):
 
 
 @pytest.mark.slow
+def test_one_scene_trial_cleans_only_that_scene(tiny_project: dict[str, str], tmp_path: Path) -> None:
+    from dldc.select.trial import run_trial, trial_key
+
+    cfg = _tiny_cfg(tiny_project)
+    with pytest.raises(ValueError, match="scenes must name scenes"):
+        run_trial(cfg, 0.5, tmp_path / "nowhere", progress=False, scenes=["glacier"])
+    report = run_trial(cfg, 0.5, tmp_path / "beach", progress=False, scenes=["beach"])
+    source, _ = read_manifest(tiny_project["manifest"])
+    cleaned, _ = read_manifest(tmp_path / "beach" / "cleaned_manifest.parquet")
+    train = source[source.split == "train"]
+    n_beach = int((train.scene == "beach").sum())
+    assert report["dropped_pairs"] == n_dropped(0.5, n_beach) > 0 and report["scenes"] == ["beach"]
+    missing = source[~source["pair_id"].isin(cleaned["pair_id"])]
+    assert set(missing["scene"]) == {"beach"} and set(missing["split"]) == {"train"}  # the others keep every pair
+    assert report["key"] != trial_key(cfg, 0.5) and "beach" in report["metrics"]
+
+
+@pytest.mark.slow
 def test_tiny_loop_end_to_end_writes_selection_manifests_and_logs(
     tiny_project: dict[str, str], mlflow_uri: str
 ) -> None:

@@ -9,7 +9,7 @@ held-out images. Trials of different ratios share every seed, so their differenc
 
 Trial folder::
 
-    cleaned_manifest.parquet   the manifest cleaned at R in every scene
+    cleaned_manifest.parquet   the manifest cleaned at R in every scene (or only in ``scenes``)
     adapter/                   the LoRA (finetune's folder; resumes when killed)
     generate/                  held-out images (resumes)
     evaluate/                  the evaluation (results.json, metrics.parquet, bootstrap.parquet, ...)
@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +54,12 @@ def trial_dir_name(ratio: float) -> str:
     return f"r{float(ratio)!r}"
 
 
-def trial_key(cfg: DldcConfig, ratio: float, inputs: tuple[str, str] | None = None) -> str:
+def trial_key(cfg: DldcConfig, ratio: float, inputs: tuple[str, str] | None = None,
+              scenes: Sequence[str] | None = None) -> str:
     """Digest of everything a trial's numbers depend on (inputs and the settings used).
 
     ``inputs``: the sha256 of ``select.scores`` and ``select.manifest`` when the caller has them.
+    ``scenes``: as in :func:`run_trial`.
     """
     section = cfg.select
     scores_sha, manifest_sha = inputs or (file_sha256(section.scores), file_sha256(section.manifest))
@@ -73,15 +76,23 @@ def trial_key(cfg: DldcConfig, ratio: float, inputs: tuple[str, str] | None = No
         "generate": cfg.generate.model_dump(mode="json", exclude={"out", "arms", "manifest", "device", "threads"}),
         "evaluate": cfg.evaluate.model_dump(mode="json", exclude={"out", "generations", "manifest", "device"}),
     }
+    if scenes is not None:  # only then, so the keys of whole-grid trials stay as they were
+        settings["scenes"] = sorted(scenes)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_trial(cfg: DldcConfig, ratio: float, out: str | Path, progress: bool = True) -> dict[str, Any]:
+def run_trial(cfg: DldcConfig, ratio: float, out: str | Path, progress: bool = True,
+              scenes: Sequence[str] | None = None) -> dict[str, Any]:
     """Run one trial at ``ratio`` into ``out`` (see the module docstring); returns ``trial.json``'s content.
+
+    ``scenes`` cleans only those scenes at ``ratio`` and keeps every pair of the others: a
+    one-scene-at-a-time trial, which the dual loop avoids (it costs ``|scenes| × |grid|``) but which
+    shows how much of a scene's column is its own cleaning (``benchmarks/select_one_scene.py``).
+    ``None`` (the loop's trials): every scene.
 
     Raises:
         FileNotFoundError: scores, manifest, base or scorer missing.
-        ValueError: a ratio outside [0, 1), or no held-out prompt.
+        ValueError: a ratio outside [0, 1), no held-out prompt, or a scene the data does not have.
     """
     from dldc.evaluate.evaluate import evaluate_generations
     from dldc.t2i.finetune import finetune
@@ -90,7 +101,7 @@ def run_trial(cfg: DldcConfig, ratio: float, out: str | Path, progress: bool = T
     section = cfg.select
     out = Path(out)
     inputs = (file_sha256(section.scores), file_sha256(section.manifest))
-    key = trial_key(cfg, ratio, inputs)
+    key = trial_key(cfg, ratio, inputs, scenes)
     done = out / TRIAL_FILE
     if done.is_file():
         previous = json.loads(done.read_text(encoding="utf-8"))
@@ -98,7 +109,14 @@ def run_trial(cfg: DldcConfig, ratio: float, out: str | Path, progress: bool = T
             return previous
     started = time.perf_counter()
     ranked = load_ranked(section.scores, section.manifest, list(section.splits))
-    keep = keep_mask(ranked, {}, default=ratio)
+    if scenes is None:
+        keep = keep_mask(ranked, {}, default=ratio)
+    else:
+        unknown = sorted(set(scenes) - set(ranked.loc[ranked["cleanable"], "scene"]))
+        if unknown or not scenes:
+            raise ValueError(f"scenes must name scenes with cleanable pairs, got {list(scenes)!r} "
+                             f"(unknown: {unknown}); scenes: {sorted(ranked['scene'].unique())}")
+        keep = keep_mask(ranked, dict.fromkeys(scenes, ratio), default=0.0)
     manifest = out / TRIAL_MANIFEST
     kept = write_cleaned_manifest(section.manifest, ranked, keep, manifest, {"ratio": ratio, "mode": "trial"})
 
@@ -139,6 +157,7 @@ def run_trial(cfg: DldcConfig, ratio: float, out: str | Path, progress: bool = T
     prompt_keys = sorted(f"{pair_id}|{seed}" for pair_id, seed in zip(judged["pair_id"], judged["seed"]))
     report = {
         "ratio": float(ratio),
+        "scenes": None if scenes is None else sorted(scenes),
         "key": key,
         "scores_sha256": inputs[0],
         "manifest_sha256": inputs[1],

@@ -1,0 +1,124 @@
+"""One scene at a time: does cleaning a scene move *its own* column, and in step with its noise?
+
+    python benchmarks/select_one_scene.py --work /tmp/select-bench --base data/base/model [--ratio 0.4] [--seeds 0 1]
+
+The dual loop (``benchmarks/select_ratio.py``) reads r*(scene) from trials that clean *every* scene
+at r. This benchmark asks what the scene's column could show at best, with the design the loop
+avoids (``|scenes|`` trials per ratio): for each seed, one trial with no cleaning, then one trial per
+scene that cleans only that scene at ``--ratio`` (``run_trial(..., scenes=[scene])``) and keeps every
+pair of the others. Same data, scorer, trial settings and evaluation as ``select_ratio.py`` (it
+reuses its ``--work`` folder, or builds it).
+
+Per scene and seed: the change of the scene's own in-domain CLIP score and FD against the seed's
+no-cleaning trial ("own"), and the mean change of the other nine scenes in the same trial
+("spill-over", what cleaning this scene did to everyone else). If a scene's own column reflected its
+own noise, the own change would grow with the true noise rate: the figure is the Spearman correlation,
+across scenes, of the seed-averaged own change (FD: its negative) with the true rate. The same is
+reported for the spill-over and for the whole held-out set (the ``all`` column): if a scene's noise
+harms the model as a whole, cleaning it shows there.
+
+Writes ``benchmarks/results/select_one_scene.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_result  # noqa: E402
+from select_ratio import prepare, spearman, true_noise  # noqa: E402
+
+METRICS = {"CLIPScore-indomain": 1.0, "FD-indomain": -1.0}  # sign that makes "better" positive
+
+
+def trial_config(cfg: Any, work: Path, base: Path, seed: int) -> Any:
+    """``select_ratio.py``'s trial settings (base, in-domain scorer), with the fine-tune seed."""
+    spec = f"indomain:{work / 'scorer'}"
+    return cfg.model_copy(
+        update={
+            "finetune": cfg.finetune.model_copy(update={"base": str(base), "seed": seed}),
+            "generate": cfg.generate.model_copy(update={"base": str(base)}),
+            "evaluate": cfg.evaluate.model_copy(
+                update={"feature_scorers": {"indomain": spec}, "clip_scorers": {"indomain": spec}}
+            ),
+        }
+    )
+
+
+def main() -> None:
+    from dldc.select.trial import run_trial
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/select-bench"))
+    parser.add_argument("--base", type=Path, default=Path("data/base/model"), help="demo base (dldc build-base)")
+    parser.add_argument("--ratio", type=float, default=0.4, help="the one scene's cleaning ratio")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="fine-tune seeds")
+    parser.add_argument("--folds", type=int, default=2, help="in-domain scorer folds (as select_ratio.py's runs)")
+    parser.add_argument("--epochs", type=int, default=8, help="in-domain scorer epochs")
+    args = parser.parse_args()
+    if not (args.base / "model_index.json").is_file():
+        raise SystemExit(f"no demo base at {args.base}: run `dldc build-base` (or pass --base)")
+    args.work.mkdir(parents=True, exist_ok=True)
+    cfg = prepare(args.work, args.folds, args.epochs, "none")
+    truth = true_noise(args.work / "synthrs", Path(cfg.select.manifest))
+    scenes = sorted(truth)
+
+    trial_seconds = 0.0  # of the trials as first run (a finished trial is reused, with its recorded time)
+    own: dict[str, dict[str, list[float]]] = {m: {s: [] for s in scenes} for m in METRICS}
+    spill: dict[str, dict[str, list[float]]] = {m: {s: [] for s in scenes} for m in METRICS}
+    overall: dict[str, dict[str, list[float]]] = {m: {s: [] for s in scenes} for m in METRICS}
+    for seed in args.seeds:
+        seeded = trial_config(cfg, args.work, args.base, seed)
+        folder = args.work / "one-scene" / f"seed{seed}"
+        report = run_trial(seeded, 0.0, folder / "none", progress=True)
+        before, trial_seconds = report["metrics"], trial_seconds + report["seconds"]
+        for scene in scenes:
+            report = run_trial(seeded, args.ratio, folder / scene, progress=True, scenes=[scene])
+            after, trial_seconds = report["metrics"], trial_seconds + report["seconds"]
+            for metric in METRICS:
+                change = {s: after[s][metric] - before[s][metric] for s in scenes}
+                own[metric][scene].append(change[scene])
+                spill[metric][scene].append(float(np.mean([change[s] for s in scenes if s != scene])))
+                overall[metric][scene].append(after["all"][metric] - before["all"][metric])
+
+    figures: dict[str, Any] = {
+        "ratio": args.ratio, "seeds": args.seeds, "true_noise_by_scene": truth,
+        "trial_steps": cfg.select.trial_steps, "sampler": cfg.finetune.sampler,
+        "trials": len(args.seeds) * (len(scenes) + 1), "trials_s": round(trial_seconds, 1),
+    }
+    for metric, sign in METRICS.items():
+        own_mean = {s: float(np.mean(v)) for s, v in own[metric].items()}
+        net = {s: own_mean[s] - float(np.mean(spill[metric][s])) for s in scenes}
+        spill_mean = {s: float(np.mean(v)) for s, v in spill[metric].items()}
+        overall_mean = {s: float(np.mean(v)) for s, v in overall[metric].items()}
+        figures[metric] = {
+            "own_change": own[metric],
+            "spill_over_change": spill[metric],
+            "own_change_mean": own_mean,
+            "spearman_own_vs_truth": spearman({s: sign * v for s, v in own_mean.items()}, truth),
+            "spearman_own_minus_spill_vs_truth": spearman({s: sign * v for s, v in net.items()}, truth),
+            "spearman_spill_over_vs_truth": spearman({s: sign * v for s, v in spill_mean.items()}, truth),
+            "all_change": overall[metric],
+            "spearman_all_vs_truth": spearman({s: sign * v for s, v in overall_mean.items()}, truth),
+        }
+        print(f"{metric}: Spearman of the own change vs. the true noise rate "
+              f"{figures[metric]['spearman_own_vs_truth']:+.2f} (own − spill-over: "
+              f"{figures[metric]['spearman_own_minus_spill_vs_truth']:+.2f}); of the spill-over "
+              f"{figures[metric]['spearman_spill_over_vs_truth']:+.2f}; of the whole held-out set's (all) change "
+              f"{figures[metric]['spearman_all_vs_truth']:+.2f}")
+        for s in sorted(scenes, key=truth.get):
+            print(f"  {s:12s} noise {truth[s]:.2f}  own {' '.join(f'{v:+.3f}' for v in own[metric][s])}  "
+                  f"spill-over {' '.join(f'{v:+.3f}' for v in spill[metric][s])}")
+    write_result("select_one_scene", figures)
+
+
+if __name__ == "__main__":
+    main()
