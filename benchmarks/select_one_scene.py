@@ -15,9 +15,10 @@ no-cleaning trial ("own"), and the mean change of the other nine scenes in the s
 own noise, the own change would grow with the true noise rate: the figure is the Spearman correlation,
 across scenes, of the seed-averaged own change (FD: its negative) with the true rate. The same is
 reported for the spill-over and for the whole held-out set (the ``all`` column): if a scene's noise
-harms the model as a whole, cleaning it shows there.
+harms the model as a whole, cleaning it shows there. ``probe_rule``: r* = ``--ratio`` for the scenes
+whose cleaning alone improved the whole held-out set, else 0, and its Spearman with the true rate.
 
-Writes ``benchmarks/results/select_one_scene.json``.
+Writes ``benchmarks/results/select_one_scene.json`` (another ``--ratio``: ``select_one_scene-rR.json``).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def main() -> None:
         report = run_trial(seeded, 0.0, folder / "none", progress=True)
         before, trial_seconds = report["metrics"], trial_seconds + report["seconds"]
         for scene in scenes:
-            report = run_trial(seeded, args.ratio, folder / scene, progress=True, scenes=[scene])
+            report = run_trial(seeded, args.ratio, folder / f"{scene}-r{args.ratio:g}", progress=True, scenes=[scene])
             after, trial_seconds = report["metrics"], trial_seconds + report["seconds"]
             for metric in METRICS:
                 change = {s: after[s][metric] - before[s][metric] for s in scenes}
@@ -109,15 +110,20 @@ def main() -> None:
             "all_change": overall[metric],
             "spearman_all_vs_truth": spearman({s: sign * v for s, v in overall_mean.items()}, truth),
         }
+        # A rule read afterwards from these trials (not a mode of dldc select): clean a scene at the
+        # ratio exactly when cleaning it alone improved the whole held-out set.
+        picked = {s: args.ratio if sign * v > 0 else 0.0 for s, v in overall_mean.items()}
+        figures[metric]["probe_rule"] = {"ratios": picked, "spearman_vs_truth": spearman(picked, truth)}
         print(f"{metric}: Spearman of the own change vs. the true noise rate "
               f"{figures[metric]['spearman_own_vs_truth']:+.2f} (own − spill-over: "
               f"{figures[metric]['spearman_own_minus_spill_vs_truth']:+.2f}); of the spill-over "
               f"{figures[metric]['spearman_spill_over_vs_truth']:+.2f}; of the whole held-out set's (all) change "
-              f"{figures[metric]['spearman_all_vs_truth']:+.2f}")
+              f"{figures[metric]['spearman_all_vs_truth']:+.2f}; probe rule's r* "
+              f"{figures[metric]['probe_rule']['spearman_vs_truth']:+.2f}")
         for s in sorted(scenes, key=truth.get):
             print(f"  {s:12s} noise {truth[s]:.2f}  own {' '.join(f'{v:+.3f}' for v in own[metric][s])}  "
                   f"spill-over {' '.join(f'{v:+.3f}' for v in spill[metric][s])}")
-    write_result("select_one_scene", figures)
+    write_result("select_one_scene" if args.ratio == 0.4 else f"select_one_scene-r{args.ratio:g}", figures)
 
 
 if __name__ == "__main__":
