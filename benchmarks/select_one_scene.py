@@ -35,23 +35,9 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_result  # noqa: E402
-from select_ratio import prepare, spearman, true_noise  # noqa: E402
+from select_ratio import prepare, spearman, trial_config, true_noise  # noqa: E402
 
 METRICS = {"CLIPScore-indomain": 1.0, "FD-indomain": -1.0}  # sign that makes "better" positive
-
-
-def trial_config(cfg: Any, work: Path, base: Path, seed: int) -> Any:
-    """``select_ratio.py``'s trial settings (base, in-domain scorer), with the fine-tune seed."""
-    spec = f"indomain:{work / 'scorer'}"
-    return cfg.model_copy(
-        update={
-            "finetune": cfg.finetune.model_copy(update={"base": str(base), "seed": seed}),
-            "generate": cfg.generate.model_copy(update={"base": str(base)}),
-            "evaluate": cfg.evaluate.model_copy(
-                update={"feature_scorers": {"indomain": spec}, "clip_scorers": {"indomain": spec}}
-            ),
-        }
-    )
 
 
 def main() -> None:

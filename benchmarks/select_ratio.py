@@ -49,6 +49,7 @@ from _common import write_result  # noqa: E402
 
 from dldc.config import load_config  # noqa: E402
 from dldc.data.manifest import image_id_for  # noqa: E402
+from dldc.data.synth import NOISE_KINDS  # noqa: E402
 
 TOLERANCES = (0.5, 1.0, 2.0)
 NOISE_BY_SCENE = {
@@ -130,6 +131,21 @@ def prepare(
     return cfg
 
 
+def trial_config(cfg: Any, work: Path, base: Path, seed: int | None = None) -> Any:
+    """The benchmark's trial settings: fine-tune and generate from ``base``, judge with ``work``'s scorer."""
+    spec = f"indomain:{work / 'scorer'}"
+    finetune = {"base": str(base)} if seed is None else {"base": str(base), "seed": seed}
+    return cfg.model_copy(
+        update={
+            "finetune": cfg.finetune.model_copy(update=finetune),
+            "generate": cfg.generate.model_copy(update={"base": str(base)}),
+            "evaluate": cfg.evaluate.model_copy(
+                update={"feature_scorers": {"indomain": spec}, "clip_scorers": {"indomain": spec}}
+            ),
+        }
+    )
+
+
 def run_loop(cfg: Any, work: Path, base: Path) -> dict[str, Any]:
     """Trials over the grid, selection, then the three arms fine-tuned, generated and evaluated together."""
     from dldc.evaluate.evaluate import evaluate_generations
@@ -138,17 +154,8 @@ def run_loop(cfg: Any, work: Path, base: Path) -> dict[str, Any]:
     from dldc.t2i.finetune import finetune
     from dldc.t2i.generate import generate_images
 
-    spec = f"indomain:{work / 'scorer'}"
-    cfg = cfg.model_copy(
-        update={
-            "finetune": cfg.finetune.model_copy(update={"base": str(base)}),
-            "generate": cfg.generate.model_copy(update={"base": str(base)}),
-            "evaluate": cfg.evaluate.model_copy(
-                update={"feature_scorers": {"indomain": spec}, "clip_scorers": {"indomain": spec}}
-            ),
-            "select": cfg.select.model_copy(update={"out": str(work / "select-loop")}),
-        }
-    )
+    cfg = trial_config(cfg, work, base)
+    cfg = cfg.model_copy(update={"select": cfg.select.model_copy(update={"out": str(work / "select-loop")})})
     started = time.perf_counter()
     for ratio in cfg.select.grid:
         run_trial(cfg, ratio, work / "trials" / trial_dir_name(ratio), progress=True)
@@ -198,7 +205,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="in-domain scorer epochs (demo: 20)")
     parser.add_argument("--augment", choices=["none", "dihedral"], default="none",
                         help="in-domain scorer views (default none, as the shipped params.yaml)")
-    parser.add_argument("--noise-kinds", nargs="+", choices=["other_scene", "generic", "truncated", "wrong_layout"],
+    parser.add_argument("--noise-kinds", nargs="+", choices=NOISE_KINDS,
                         help="SynthRS noise kinds (default: all four); writes select_ratio[-AUGMENT]-KIND+KIND.json")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
