@@ -111,8 +111,13 @@ class IngestConfig(_Section):
             the split is then a stable hash of the image path.
         max_pixels: decompression-bomb guard; larger images are rejected as ``too_large``.
         min_side: images with a side shorter than this are rejected as ``too_small``.
-        near_duplicate_max_distance: perceptual-hash Hamming distance (of 64 bits) at or
-            below which two images count as near-duplicates; ``-1`` turns the check off.
+        near_duplicate_max_distance: perceptual-hash Hamming distance (of 64 bits, imagehash's
+            pHash) at or below which two images count as near-duplicates; ``-1`` turns the
+            check off.
+        near_duplicate_min_texture: RMS grey levels of the 32×32 thumbnail below which an image
+            is low-texture: its hash bits are noise, so it is compared by colours instead.
+        near_duplicate_colour_tolerance: grey levels within which two low-texture images' 4×4
+            colour thumbnails must agree, cell by cell, to count as near-duplicates.
         workers: processes that decode images; ``0`` picks the number of CPU cores.
     """
 
@@ -127,6 +132,8 @@ class IngestConfig(_Section):
     max_pixels: int = Field(64_000_000, ge=1)
     min_side: int = Field(8, ge=1)
     near_duplicate_max_distance: int = Field(6, ge=-1, le=32)
+    near_duplicate_min_texture: float = Field(1.0, ge=0.0)
+    near_duplicate_colour_tolerance: int = Field(2, ge=0, le=255)
     workers: int = Field(0, ge=0)
 
 

@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from dldc.data import images as img
 
@@ -113,20 +113,84 @@ def test_perceptual_hash_is_robust_to_reencoding_but_separates_images(picture):
     assert img.hamming(h, img.perceptual_hash(other)) > 12
 
 
+def _brute_force(items, close):
+    """Earlier kept items win; among several within reach, the closest (then the earliest)."""
+    expected, kept = {}, []
+    for i, item in enumerate(items):
+        near = [(d, k) for k in kept if (d := close(item, items[k])) is not None]
+        if near:
+            expected[i] = min(near)[::-1]
+        else:
+            kept.append(i)
+    return expected
+
+
 def test_near_duplicate_index_matches_brute_force():
     rng = np.random.default_rng(1)
     base = [int(x) for x in rng.integers(0, 2**63, 200, dtype=np.int64)]
     hashes = base + [h ^ (1 << int(rng.integers(0, 64))) ^ (1 << int(rng.integers(0, 64))) for h in base[:50]]
+    prints = [img.Fingerprint(h, 30.0, bytes(48)) for h in hashes]
     for distance in (0, 2, 5):
-        found = img.near_duplicate_of(hashes, distance)
-        expected = {}
-        kept = []
-        for i, h in enumerate(hashes):
-            close = [(img.hamming(h, hashes[k]), k) for k in kept if img.hamming(h, hashes[k]) <= distance]
-            if close:
-                d, k = min(close)
-                expected[i] = (k, d)
-            else:
-                kept.append(i)
-        assert found == expected
-    assert img.near_duplicate_of(hashes, -1) == {}
+        found = {i: (d.kept, d.distance) for i, d in img.near_duplicate_of(prints, distance).items()}
+        within = lambda a, b: img.hamming(a.phash, b.phash) if img.hamming(a.phash, b.phash) <= distance else None  # noqa: B023, E731
+        assert found == _brute_force(prints, within)
+    assert img.near_duplicate_of(prints, -1) == {}
+
+
+def test_low_texture_colour_index_matches_brute_force():
+    rng = np.random.default_rng(2)
+    base = [rng.integers(0, 256, 3) for _ in range(150)]
+    layouts = [np.tile(c, 16) + rng.integers(-1, 2, 48) for c in base]
+    layouts += [layout + rng.integers(-3, 4, 48) for layout in layouts[:60]]
+    prints = [img.Fingerprint(0, 0.5, np.clip(layout, 0, 255).astype(np.uint8).tobytes()) for layout in layouts]
+    for tolerance in (0, 2, 3):
+        found = img.near_duplicate_of(prints, 6, colour_tolerance=tolerance)
+        assert {d.by for d in found.values()} <= {"colours"}
+
+        def within(a, b, tolerance=tolerance):
+            distance = img.colour_distance(a.colours, b.colours)
+            return distance if distance <= tolerance else None
+
+        assert {i: (d.kept, d.distance) for i, d in found.items()} == _brute_force(prints, within)
+
+
+def test_phash_is_imagehash_phash():
+    imagehash = pytest.importorskip("imagehash")
+    rng = np.random.default_rng(3)
+    for size in (32, 57, 224):
+        image = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "RGB").filter(
+            ImageFilter.GaussianBlur(size / 40)
+        )
+        assert img.perceptual_hash(image) == int(str(imagehash.phash(image)), 16)
+
+
+def _near_uniform(colour, seed, size=64, noise=1):
+    """A calm-water / snow / cloud-like image: one colour plus ±``noise`` levels of sensor noise."""
+    rng = np.random.default_rng(seed)
+    pixels = np.asarray(colour, dtype=np.int16) + rng.integers(-noise, noise + 1, (size, size, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_near_uniform_images_are_judged_by_colour_not_by_hash_bits(seed):
+    rng = np.random.default_rng(100 + seed)
+    colours = [tuple(int(v) for v in rng.integers(20, 236, 3)) for _ in range(8)]
+    distinct = [c for i, c in enumerate(colours) if all(max(abs(a - b) for a, b in zip(c, d)) > 8 for d in colours[:i])]
+    flats = [_near_uniform(c, seed * 100 + k, noise=0) for k, c in enumerate(distinct)]
+    noisy = [_near_uniform(c, seed * 100 + 50 + k) for k, c in enumerate(distinct)]
+    prints = [img.fingerprint(i) for i in flats + noisy]
+    assert all(p.texture < 1.0 for p in prints)
+    found = img.near_duplicate_of(prints, max_distance=6)
+    # Every different colour is kept; each noisy copy is a duplicate of its own flat image only.
+    n = len(distinct)
+    assert {i: (d.kept, d.by) for i, d in found.items()} == {n + k: (k, "colours") for k in range(n)}
+    # Flat images all share one hash (every bit is a rounding tie): the hash could not tell them apart.
+    assert len({p.phash for p in prints[:n]}) == 1
+
+
+def test_textured_and_low_texture_images_are_never_compared(picture):
+    textured = img.fingerprint(picture)
+    flat = img.fingerprint(Image.new("RGB", picture.size, (0, 0, 0)))
+    assert textured.texture > 20 and flat.texture == 0.0
+    # Same hash on purpose: a textured image is still not a duplicate of a flat one.
+    assert img.near_duplicate_of([textured, img.Fingerprint(textured.phash, 0.0, flat.colours)], 6) == {}

@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -123,7 +124,7 @@ def test_damaged_copy_rejects_each_defect_and_keeps_every_valid_row(damaged, tmp
 def test_duplicate_entries_and_image_dir_option(tmp_path):
     root = tmp_path / "ds"
     (root / "pics").mkdir(parents=True)
-    Image.new("RGB", (32, 32), (10, 120, 30)).save(root / "pics" / "forest_1.png")
+    _textured((10, 120, 30), seed=0).save(root / "pics" / "forest_1.png")
     entry = {"filename": "forest_1.png", "split": "test", "sentences": [{"raw": "green trees"}]}
     (root / "dataset_x.json").write_text(json.dumps({"images": [entry, entry]}))
     result = ingest(IngestConfig(root=str(root), out=str(tmp_path / "o"), image_dir="pics"), progress=False)
@@ -150,12 +151,19 @@ def test_broken_dataset_json_gives_one_clear_error(tmp_path, content, message):
     assert message in str(err.value) and "dataset_broken.json" in str(err.value)
 
 
+def _textured(colour, seed, size=32):
+    """``colour`` with seeded texture (±30 levels in 4-pixel blocks): hashes see real structure, not rounding."""
+    rng = np.random.default_rng(seed)
+    blocks = np.kron(rng.integers(-30, 31, (size // 4, size // 4, 1)), np.ones((4, 4, 1), dtype=np.int64))
+    return Image.fromarray(np.clip(np.asarray(colour) + blocks, 0, 255).astype(np.uint8), "RGB")
+
+
 def _folder_dataset(root):
-    for scene, colour in [("beach", (230, 210, 150)), ("lake", (20, 60, 160))]:
+    for seed, (scene, colour) in enumerate([("beach", (200, 180, 150)), ("lake", (20, 60, 160))]):
         (root / scene).mkdir(parents=True)
         for k in range(2):
-            Image.new("RGB", (32, 32), tuple(c + 40 * k for c in colour)).save(root / scene / f"{k}.png")
-    Image.new("RGB", (32, 32), (1, 2, 3)).save(root / "lake" / "uncaptioned.png")
+            _textured(tuple(c + 40 * k for c in colour), seed=10 * seed + k).save(root / scene / f"{k}.png")
+    _textured((1, 2, 3), seed=99).save(root / "lake" / "uncaptioned.png")
 
 
 def test_folder_layout_with_jsonl(tmp_path):
@@ -199,3 +207,37 @@ def test_folder_layout_with_csv_and_hash_splits(tmp_path):
     with pytest.raises(DatasetFormatError, match="'image' and 'caption' columns"):
         (root / "captions.csv").write_text("path,text\n")
         ingest(IngestConfig(format="folder", root=str(root), out=str(tmp_path / "o2")), progress=False)
+
+
+def test_same_manifest_under_any_blas_thread_count(tmp_path):
+    """Textured, flat and near-uniform images: the verdicts must not depend on BLAS threads or the CPU."""
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path / "folder"
+    _folder_dataset(root)
+    rng = np.random.default_rng(7)
+    (root / "sea").mkdir()
+    for k, colour in enumerate([(20, 60, 160), (20, 60, 160), (25, 70, 150), (240, 240, 245), (241, 239, 245)]):
+        noise = rng.integers(-1, 2, (48, 48, 3)) * (k % 2)
+        pixels = np.clip(np.asarray(colour) + noise, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels, "RGB").save(root / "sea" / f"{k}.png")
+    lines = [f"{p.relative_to(root).as_posix()},caption {i}" for i, p in enumerate(sorted(root.glob("*/*.png")))]
+    (root / "captions.csv").write_text("image,caption\n" + "\n".join(lines) + "\n")
+    outputs = []
+    for threads in ("1", "2"):
+        out = tmp_path / f"out-{threads}"
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        command = [sys.executable, "-m", "dldc", "-S", "tracking.enabled=false", "--no-progress", "ingest"]
+        command += ["--format", "folder", "--root", str(root), "--out", str(out)]
+        subprocess.run(command, env=env, check=True, capture_output=True, cwd=tmp_path)
+        outputs.append([(out / name).read_bytes() for name in ("manifest.parquet", "rejects.parquet")])
+    assert outputs[0] == outputs[1]
+    frame, _ = read_manifest(tmp_path / "out-1" / "manifest.parquet")
+    rejects = pd.read_parquet(tmp_path / "out-1" / "rejects.parquet")
+    # sea/1 is sea/0 plus ±1 of noise; sea/4 is sea/3's; sea/2 is 10 levels away and stays.
+    expected = {"sea/1.png": "near_duplicate", "sea/4.png": "near_duplicate"}
+    assert dict(zip(rejects["image"], rejects["reason"])) == expected
+    assert "low-texture" in rejects.set_index("image").loc["sea/1.png", "detail"]
+    assert len(frame) == len(lines) - 2

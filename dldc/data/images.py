@@ -1,4 +1,4 @@
-"""Opening dataset images safely, converting them to RGB, and perceptual hashing.
+"""Opening dataset images safely, converting them to RGB, and fingerprinting them for near-duplicates.
 
 Every later stage reads images through :func:`load_rgb`, so the conversion rules live here:
 
@@ -48,7 +48,7 @@ class ImageCheck:
         width: width in pixels (0 when unknown).
         height: height in pixels (0 when unknown).
         mode: the file's PIL mode before conversion to RGB.
-        phash: 64-bit perceptual hash of the RGB image (only when ``ok``).
+        fingerprint: what near-duplicate detection compares (only when ``ok``).
     """
 
     ok: bool
@@ -58,7 +58,7 @@ class ImageCheck:
     width: int = 0
     height: int = 0
     mode: str = ""
-    phash: int | None = None
+    fingerprint: Fingerprint | None = None
 
 
 def resolve_inside(root: str | Path, relative: str) -> Path:
@@ -141,7 +141,7 @@ def inspect_image(path: Path, max_pixels: int, min_side: int) -> ImageCheck:
                 image.load()
                 rgb = to_rgb(image)
                 rgb.load()
-                phash = perceptual_hash(rgb)
+                prints = fingerprint(rgb)
     except UnidentifiedImageError:
         return ImageCheck(False, NOT_AN_IMAGE, "not a recognised image format", digest)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -150,36 +150,87 @@ def inspect_image(path: Path, max_pixels: int, min_side: int) -> ImageCheck:
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         # Pillow reports truncated and damaged streams as OSError (sometimes SyntaxError).
         return ImageCheck(False, CORRUPT_IMAGE, f"cannot decode: {err}", digest)
-    return ImageCheck(True, None, "", digest, width, height, mode, phash)
+    return ImageCheck(True, None, "", digest, width, height, mode, prints)
 
 
-def _dct_matrix(n: int) -> np.ndarray:
+def _scipy_dct_matrix(n: int) -> np.ndarray:
+    """The unnormalised DCT-II as a matrix: ``y[k] = 2 * sum_n x[n] cos(pi k (2n + 1) / 2N)``.
+
+    That is ``scipy.fftpack.dct``'s default, which ``imagehash.phash`` applies along each axis,
+    so the bits below are imagehash's bits and its thresholds mean the same here.
+    """
     k = np.arange(n)[:, None]
     x = np.arange(n)[None, :]
-    matrix = np.cos(np.pi * (2 * x + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
-    matrix[0] /= np.sqrt(2.0)
-    return matrix
+    return 2.0 * np.cos(np.pi * (2 * x + 1) * k / (2 * n))
 
 
-_DCT32 = _dct_matrix(32)
+_DCT32 = _scipy_dct_matrix(32)
+# DCT values are rounded to this many decimals before the median comparison. Coefficients that
+# are mathematically equal (symmetric or flat images) otherwise differ by ~1e-10 of BLAS rounding,
+# and which of them lands above the median would depend on the CPU.
+_HASH_DECIMALS = 3
 
 
-def perceptual_hash(image: Image.Image) -> int:
-    """64-bit DCT perceptual hash (pHash): robust to re-encoding, resizing and small edits.
+@dataclass(frozen=True)
+class Fingerprint:
+    """What near-duplicate detection compares, computed once per decoded image.
 
-    The grey image is resized to 32×32, transformed with a 2-D DCT; the 8×8 lowest
-    frequencies (without the DC term's influence on the threshold) are compared to their
-    median.
+    Attributes:
+        phash: 64-bit perceptual hash (:func:`perceptual_hash`).
+        texture: RMS grey-level variation of the 32×32 grey thumbnail, i.e. the square root of
+            the DCT's energy outside DC per pixel. Below a few tenths of a grey level the
+            hash bits carry no information about the image.
+        colours: the 4×4 RGB thumbnail (48 bytes, Pillow's integer box filter): what two
+            low-texture images are compared by instead of hash bits.
+    """
+
+    phash: int
+    texture: float
+    colours: bytes
+
+
+def fingerprint(image: Image.Image) -> Fingerprint:
+    """Perceptual hash, texture and coarse colour layout of an RGB image.
 
     Example:
         >>> from PIL import Image
-        >>> a = Image.linear_gradient("L").convert("RGB")
-        >>> perceptual_hash(a) == perceptual_hash(a.resize((64, 64)))
+        >>> flat = fingerprint(Image.new("RGB", (64, 64), (10, 90, 200)))
+        >>> flat.texture, list(flat.colours[:3])
+        (0.0, [10, 90, 200])
+        >>> fingerprint(Image.linear_gradient("L").convert("RGB")).texture > 50
         True
     """
-    grey = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.BILINEAR), dtype=np.float64)
-    low = (_DCT32 @ grey @ _DCT32.T)[:8, :8].ravel()
-    bits = low > np.median(low[1:])
+    grey = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.int64)
+    # Variance from integer sums: exact, so the low-texture decision cannot depend on the CPU.
+    n, total, squares = grey.size, int(grey.sum()), int((grey * grey).sum())
+    texture = float(np.sqrt((n * squares - total * total) / (n * n)))
+    colours = np.asarray(image.convert("RGB").resize((4, 4), Image.Resampling.BOX), dtype=np.uint8).tobytes()
+    return Fingerprint(_phash_of_grey(grey), round(texture, 6), colours)
+
+
+def perceptual_hash(image: Image.Image) -> int:
+    """64-bit DCT perceptual hash, bit for bit ``int(str(imagehash.phash(image)), 16)``.
+
+    The grey image is resized to 32×32 (Lanczos), transformed with a 2-D DCT, and each of the
+    8×8 lowest frequencies is compared to their median. Robust to re-encoding, resizing and
+    small edits. On images without texture every bit is decided by rounding; compare those by
+    :class:`Fingerprint` ``colours`` instead (as :func:`near_duplicate_of` does).
+
+    Example:
+        >>> from PIL import Image
+        >>> a = Image.effect_mandelbrot((256, 256), (-2.0, -1.5, 1.0, 1.5), 100).convert("RGB")
+        >>> hamming(perceptual_hash(a), perceptual_hash(a.resize((64, 64))))
+        0
+        >>> hamming(perceptual_hash(a), perceptual_hash(a.rotate(90))) > 12
+        True
+    """
+    grey = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.int64)
+    return _phash_of_grey(grey)
+
+
+def _phash_of_grey(grey: np.ndarray) -> int:
+    low = np.round((_DCT32 @ grey.astype(np.float64) @ _DCT32.T)[:8, :8], _HASH_DECIMALS)
+    bits = (low > np.median(low)).ravel()
     return int(np.packbits(bits.astype(np.uint8)).view(">u8")[0])
 
 
@@ -188,26 +239,78 @@ def hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count()
 
 
-def near_duplicate_of(hashes: list[int], max_distance: int) -> dict[int, tuple[int, int]]:
-    """Find near-duplicates among perceptual hashes.
+def colour_distance(a: bytes, b: bytes) -> int:
+    """Largest per-cell, per-channel difference between two :attr:`Fingerprint.colours`."""
+    return int(np.abs(np.frombuffer(a, np.uint8).astype(np.int16) - np.frombuffer(b, np.uint8)).max())
 
-    Items are taken in order; an item whose hash is within ``max_distance`` bits of an earlier
-    kept item is marked a duplicate of it. Candidates come from a band index (pigeonhole: two
-    hashes within ``d`` bits agree exactly on at least one of ``d + 1`` bands), so the cost
-    stays near-linear instead of comparing every pair.
+
+@dataclass(frozen=True)
+class NearDuplicate:
+    """One image judged a near-duplicate of an earlier kept one.
+
+    Attributes:
+        kept: index of the kept image.
+        distance: hash bits apart (textured images) or the colour distance (low-texture ones).
+        by: ``"phash"`` or ``"colours"``: which comparison decided.
+    """
+
+    kept: int
+    distance: int
+    by: str
+
+    def describe(self, kept_name: str) -> str:
+        if self.by == "phash":
+            return f"perceptual hash {self.distance} bits from {kept_name}"
+        return f"low-texture image, colours within {self.distance} grey levels of {kept_name}"
+
+
+def near_duplicate_of(
+    prints: list[Fingerprint], max_distance: int, min_texture: float = 1.0, colour_tolerance: int = 2
+) -> dict[int, NearDuplicate]:
+    """Find near-duplicates among fingerprinted images.
+
+    Items are taken in order; an item close to an earlier kept item is marked a duplicate of
+    it. Textured images (``texture >= min_texture``) are compared by perceptual hash: within
+    ``max_distance`` bits. Low-texture images (calm water, cloud, snow, bare desert) have hash
+    bits decided by rounding, so they are compared only with each other, by their 4×4 colour
+    layout: every cell and channel within ``colour_tolerance`` grey levels. Both searches use
+    an index, so the cost stays near-linear instead of comparing every pair.
 
     Args:
-        hashes: 64-bit hashes, in priority order (earlier items are kept).
-        max_distance: Hamming distance at or below which two images are near-duplicates.
+        prints: fingerprints, in priority order (earlier items are kept).
+        max_distance: Hamming distance at or below which two textured images are near-duplicates;
+            ``-1`` turns near-duplicate detection off.
+        min_texture: RMS grey levels (of the 32×32 thumbnail) below which an image is low-texture.
+        colour_tolerance: grey levels within which two low-texture images' colours count as the same.
 
     Returns:
-        ``{index: (kept_index, distance)}`` for every item judged a near-duplicate.
+        ``{index: NearDuplicate}`` for every item judged a near-duplicate.
 
     Example:
-        >>> near_duplicate_of([0b1111, 0b1110, 1 << 40], max_distance=1)
-        {1: (0, 1)}
+        >>> a = Fingerprint(0b1111, 40.0, bytes(48))
+        >>> b = Fingerprint(0b1110, 40.0, bytes(48))
+        >>> sea = Fingerprint(0, 0.2, bytes([20, 60, 160] * 16))
+        >>> calm = Fingerprint(1 << 40, 0.3, bytes([21, 61, 159] * 16))
+        >>> sand = Fingerprint(0, 0.2, bytes([230, 210, 150] * 16))
+        >>> near_duplicate_of([a, b, sea, calm, sand], max_distance=1)
+        {1: NearDuplicate(kept=0, distance=1, by='phash'), 3: NearDuplicate(kept=2, distance=1, by='colours')}
     """
-    if max_distance < 0 or len(hashes) < 2:
+    if max_distance < 0 or len(prints) < 2:
+        return {}
+    textured = [i for i, p in enumerate(prints) if p.texture >= min_texture]
+    flat = [i for i, p in enumerate(prints) if p.texture < min_texture]
+    found = {
+        textured[i]: NearDuplicate(textured[kept], distance, "phash")
+        for i, (kept, distance) in _hash_duplicates([prints[i].phash for i in textured], max_distance).items()
+    }
+    found.update(_colour_duplicates(prints, flat, colour_tolerance))
+    return dict(sorted(found.items()))
+
+
+def _hash_duplicates(hashes: list[int], max_distance: int) -> dict[int, tuple[int, int]]:
+    # Candidates come from a band index (pigeonhole: two hashes within d bits agree exactly on
+    # at least one of d + 1 bands).
+    if len(hashes) < 2:
         return {}
     n_bands = min(max_distance + 1, 64)
     edges = [int(e) for e in np.linspace(0, 64, n_bands + 1)]
@@ -226,4 +329,27 @@ def near_duplicate_of(hashes: list[int], max_distance: int) -> dict[int, tuple[i
             continue
         for (mask, shift), bucket in zip(masks, buckets):
             bucket.setdefault((value & mask) >> shift, []).append(index)
+    return duplicates
+
+
+def _colour_duplicates(prints: list[Fingerprint], indices: list[int], tolerance: int) -> dict[int, NearDuplicate]:
+    # Index kept images by their mean colour on a grid of cells ``tolerance + 1`` wide: two
+    # images within ``tolerance`` on every cell have means within ``tolerance`` too, so they sit
+    # in the same or a neighbouring grid cell.
+    width = tolerance + 1
+    grid: dict[tuple[int, ...], list[int]] = {}
+    duplicates: dict[int, NearDuplicate] = {}
+    for index in indices:
+        mean = np.frombuffer(prints[index].colours, np.uint8).reshape(-1, 3).mean(axis=0)
+        cell = tuple(int(m // width) for m in mean)
+        best: tuple[int, int] | None = None
+        for offset in np.ndindex(3, 3, 3):
+            for kept in grid.get(tuple(c + o - 1 for c, o in zip(cell, offset)), ()):
+                distance = colour_distance(prints[index].colours, prints[kept].colours)
+                if distance <= tolerance and (best is None or (distance, kept) < (best[1], best[0])):
+                    best = (kept, distance)
+        if best is not None:
+            duplicates[index] = NearDuplicate(best[0], best[1], "colours")
+        else:
+            grid.setdefault(cell, []).append(index)
     return duplicates

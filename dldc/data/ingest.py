@@ -9,7 +9,8 @@ Outputs in ``out``:
 Every input pair lands in exactly one of the two Parquet files. Reason codes: image-level
 ``missing_file``, ``empty_file``, ``not_an_image``, ``corrupt_image``, ``too_large``,
 ``too_small``, ``path_escape``, ``duplicate_image`` (same bytes as a kept image),
-``near_duplicate`` (perceptual hash within the configured distance), ``duplicate_entry``
+``near_duplicate`` (perceptual hash within the configured distance or, for low-texture
+images, the same coarse colours), ``duplicate_entry``
 (the same image listed twice); caption-level ``empty_caption``, ``undecodable_caption``,
 ``invalid_caption`` (not a string); record-level ``bad_record``.
 """
@@ -171,10 +172,15 @@ def ingest(cfg: IngestConfig, progress: bool = True) -> IngestResult:
         else:
             first_by_sha[check.sha256] = index
     candidates = [i for i, v in enumerate(image_verdict) if v is None]
-    near = img.near_duplicate_of([checks[i].phash for i in candidates], cfg.near_duplicate_max_distance)
-    for position, (kept_position, distance) in near.items():
-        kept = entries[candidates[kept_position]].image
-        image_verdict[candidates[position]] = (NEAR_DUPLICATE, f"perceptual hash {distance} bits from {kept}")
+    near = img.near_duplicate_of(
+        [checks[i].fingerprint for i in candidates],
+        cfg.near_duplicate_max_distance,
+        min_texture=cfg.near_duplicate_min_texture,
+        colour_tolerance=cfg.near_duplicate_colour_tolerance,
+    )
+    for position, duplicate in near.items():
+        kept = entries[candidates[duplicate.kept]].image
+        image_verdict[candidates[position]] = (NEAR_DUPLICATE, duplicate.describe(kept))
 
     repeated_caption_images = 0
     for entry, check, verdict in zip(entries, checks, image_verdict):
