@@ -7,6 +7,7 @@ wins over the profile defaults (see :mod:`dldc.config`).
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,71 @@ class _Context:
             raise click.ClickException(str(err)) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+# Libraries that configure their own loggers or chatter at INFO (MLflow's "Creating initial
+# MLflow database tables" on every stage): shown only with -v.
+_LIBRARY_LOGGERS = ("mlflow", "alembic", "urllib3", "httpx", "filelock", "huggingface_hub", "onnxruntime")
+
+
+def configure_logging(verbosity: int) -> None:
+    """Set up logging once for the process: dldc's own messages on stderr through rich.
+
+    ``verbosity`` 0 shows dldc's INFO messages (resuming, provider choice) and warnings of
+    other libraries' loggers; 1 (``-v``) adds dldc's DEBUG, libraries' INFO and Python
+    warnings; -1 (``-q``) shows warnings and errors only. Python ``warnings`` from libraries
+    (MLflow's schema hints, deprecations) are nothing a user can act on, so they are hidden
+    unless ``-v``.
+    """
+    import os
+
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    # MLflow installs its own handler when it is imported (lazily, after this runs); keep ours.
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False, markup=False)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if verbosity > 0 else logging.WARNING)
+    logging.getLogger("dldc").setLevel({-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG))
+    for name in _LIBRARY_LOGGERS:
+        library = logging.getLogger(name)
+        library.setLevel(logging.INFO if verbosity > 0 else logging.WARNING)
+        library.handlers[:] = []  # MLflow adds its own stream handler; one format for everything
+        library.propagate = True
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.WARNING if verbosity > 0 else logging.ERROR)
+
+
+def one_line_error(err: BaseException) -> str:
+    """A message for an error that reached the command line, without a traceback.
+
+    Example:
+        >>> one_line_error(OSError(28, "No space left on device", "/data/scores/part-0003.parquet"))
+        'No space left on device: /data/scores/part-0003.parquet'
+        >>> one_line_error(ValueError("manifest has 0 pairs"))
+        'manifest has 0 pairs'
+    """
+    if isinstance(err, OSError) and err.strerror:
+        where = f": {err.filename}" if err.filename else ""
+        also = f" -> {err.filename2}" if getattr(err, "filename2", None) else ""
+        return f"{err.strerror}{where}{also}"
+    return str(err) or type(err).__name__
+
+
+class _Group(click.Group):
+    """Errors a user can meet (OS errors, bad inputs) end as one line; ``-v`` shows the traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (OSError, ValueError) as err:
+            if ctx.params.get("verbose", 0) > 0:
+                raise
+            raise click.ClickException(one_line_error(err)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "--params",
     "params_file",
@@ -49,10 +114,15 @@ class _Context:
     help="Override a setting, e.g. -S synth.seed=3 (as `dvc exp run -S`). Repeatable.",
 )
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@click.option("-v", "--verbose", count=True, help="More messages (libraries' too) and tracebacks of errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
 @click.version_option(package_name="dldc")
 @click.pass_context
-def main(ctx: click.Context, params_file: str, overrides: tuple[str, ...], progress: bool) -> None:
+def main(
+    ctx: click.Context, params_file: str, overrides: tuple[str, ...], progress: bool, verbose: int, quiet: bool
+) -> None:
     """dldc: Dual Loop Data Cleaning for remote-sensing text-to-image data."""
+    configure_logging(-1 if quiet else verbose)
     ctx.obj = _Context(params_file, overrides, progress)
 
 

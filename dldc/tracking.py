@@ -97,7 +97,9 @@ def stage_run(
 
     Yields:
         A :class:`StageRun` to log metrics and artifacts with. A stage that raises marks its
-        run ``FAILED``.
+        run ``FAILED``. When the same stage later succeeds in the same group (a repro after a
+        fix), its earlier ``FAILED`` runs under that parent are deleted (MLflow's soft delete:
+        restorable, listed with ``ViewType.DELETED_ONLY``), so the parent shows one run per stage.
     """
     if not cfg.enabled:
         yield StageRun()
@@ -116,6 +118,21 @@ def stage_run(
     ):
         mlflow.log_params({key: _param_value(value) for key, value in flatten(dict(params)).items()})
         yield StageRun(mlflow, run.info.run_id)
+        _delete_failed_attempts(mlflow, experiment_id, parent_id, stage)
+
+
+def _delete_failed_attempts(mlflow: Any, experiment_id: str, parent_id: str, stage: str) -> None:
+    failed = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=(
+            f"tags.mlflow.parentRunId = '{parent_id}' and tags.`{ROLE_TAG}` = 'stage' "
+            f"and attributes.run_name = '{stage}' and attributes.status = 'FAILED'"
+        ),
+        output_format="list",
+    )
+    client = mlflow.MlflowClient()
+    for run in failed:
+        client.delete_run(run.info.run_id)
 
 
 def _experiment_id(mlflow: Any, cfg: TrackingConfig) -> str:

@@ -31,7 +31,14 @@ from tqdm.auto import tqdm
 
 from dldc.config import IngestConfig
 from dldc.data import images as img
-from dldc.data.manifest import ManifestMeta, image_id_for, pair_id_for, write_manifest, write_rejects
+from dldc.data.manifest import (
+    EmptyManifestError,
+    ManifestMeta,
+    image_id_for,
+    pair_id_for,
+    write_manifest,
+    write_rejects,
+)
 from dldc.data.readers import SourceDataset, read_folder, read_karpathy
 from dldc.io import write_json
 
@@ -226,10 +233,30 @@ def ingest(cfg: IngestConfig, progress: bool = True) -> IngestResult:
         extra={"root_absolute": str(root.resolve()), **source.details},
     )
     out.mkdir(parents=True, exist_ok=True)
-    write_manifest(out / MANIFEST_FILE, kept_rows, meta)
     write_rejects(out / REJECTS_FILE, reject_rows)
     write_json(out / REPORT_FILE, report)
+    if not kept_rows:
+        # No manifest at all, so no later stage can start from an empty (or an earlier run's) one;
+        # rejects.parquet and ingest.json stay as the record of why.
+        (out / MANIFEST_FILE).unlink(missing_ok=True)
+        raise EmptyManifestError(_nothing_kept_message(root, reject_rows, out))
+    write_manifest(out / MANIFEST_FILE, kept_rows, meta)
     return IngestResult(out / MANIFEST_FILE, out / REJECTS_FILE, out / REPORT_FILE, report)
+
+
+def _nothing_kept_message(root: Path, reject_rows: list[dict[str, Any]], out: Path) -> str:
+    """Why no pair was kept: the top rejection reasons with counts and one example each."""
+    if not reject_rows:
+        return f"{root}: the dataset lists no image-caption pairs; nothing was kept"
+    reasons = Counter(row["reason"] for row in reject_rows)
+    examples = {}
+    for row in reject_rows:
+        examples.setdefault(row["reason"], row)
+    top = "; ".join(
+        f"{reason} x{count} (e.g. {examples[reason]['image'] or '?'}: {examples[reason]['detail']})"
+        for reason, count in reasons.most_common(3)
+    )
+    return f"{root}: kept 0 of {len(reject_rows)} pairs. Top reasons: {top}. Every rejection is in {out / REJECTS_FILE}"
 
 
 def _inspect(item: tuple[int, Path], max_pixels: int, min_side: int) -> tuple[int, img.ImageCheck]:

@@ -112,13 +112,25 @@ def write_rejects(path: str | Path, rows: list[dict[str, Any]]) -> None:
     write_parquet(path, pa.Table.from_pylist(rows, schema=REJECTS_SCHEMA))
 
 
+class EmptyManifestError(ValueError):
+    """A manifest (or a stage result that would become one) with no pairs: nothing to work on."""
+
+
 def read_manifest(path: str | Path) -> tuple[pd.DataFrame, ManifestMeta]:
     """Read a manifest and its metadata, checking the schema.
 
     Raises:
-        ValueError: the file lacks manifest columns or metadata (with the missing names).
+        FileNotFoundError: there is no file at ``path``.
+        ValueError: the file is not readable Parquet (truncated, damaged), or lacks manifest
+            columns or metadata (with the missing names).
+        EmptyManifestError: the manifest has no pairs.
     """
-    table = pq.read_table(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(2, "No such manifest", str(path))
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ValueError(f"{path} is not a readable Parquet manifest (truncated or damaged?): {err}") from None
     missing = [name for name in MANIFEST_SCHEMA.names if name not in table.column_names]
     if missing:
         raise ValueError(f"{path} is not a dldc manifest: missing columns {missing}")
@@ -126,6 +138,8 @@ def read_manifest(path: str | Path) -> tuple[pd.DataFrame, ManifestMeta]:
     if raw is None:
         raise ValueError(f"{path} has no dldc metadata; write it with dldc.data.manifest.write_manifest")
     meta = ManifestMeta(**json.loads(raw))
+    if table.num_rows == 0:
+        raise EmptyManifestError(f"{path} has no pairs; nothing to do (its ingest.json or rejects.parquet says why)")
     return table.to_pandas(), meta
 
 
