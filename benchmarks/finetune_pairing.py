@@ -19,7 +19,10 @@ each of ``--ratios`` (every scene at the same ratio, ranked by the work folder's
   effect plus the reshuffled order's; what the paired sampler removes is order noise.
 
 Inputs: ``<work>/ingest/manifest.parquet`` and ``<work>/scores/scores.parquet`` (from
-``benchmarks/select_ratio.py``). Writes ``benchmarks/results/finetune_pairing.json``.
+``benchmarks/select_ratio.py``; their sha256 in ``inputs``). A fine-tune already finished in ``--out``
+with the same fingerprint is reused by dldc: ``runs`` then says where from (fingerprint, date), and
+``seconds`` (the fine-tunes' wall time) is ``null`` unless every one ran now. Writes
+``benchmarks/results/finetune_pairing.json``.
 """
 
 from __future__ import annotations
@@ -39,12 +42,13 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_result  # noqa: E402
+from _common import reuse_note, write_result  # noqa: E402
 
 from dldc.config import load_config  # noqa: E402
+from dldc.io import file_sha256  # noqa: E402
 from dldc.select.ranking import keep_mask, load_ranked, write_cleaned_manifest  # noqa: E402
 from dldc.t2i.data import load_pairs  # noqa: E402
-from dldc.t2i.finetune import ADAPTER_FILE, batch_indices, finetune, pair_hashes  # noqa: E402
+from dldc.t2i.finetune import ADAPTER_FILE, REPORT_FILE, batch_indices, finetune, pair_hashes  # noqa: E402
 
 
 def lora_vector(adapter: Path) -> torch.Tensor:
@@ -90,15 +94,20 @@ def main() -> None:
     pair_lists = [load_pairs(cleaned[r], list(cfg.select.splits), 8, max_pairs=None).pair_ids for r in args.ratios]
 
     figures: dict[str, Any] = {"steps": args.steps, "ratios": args.ratios, "seeds": args.seeds,
-                               "pairs": [len(ids) for ids in pair_lists], "work": str(args.work)}
+                               "pairs": [len(ids) for ids in pair_lists], "work": str(args.work),
+                               "inputs": {"manifest_sha256": file_sha256(manifest),
+                                          "scores_sha256": file_sha256(scores)}}
+    runs: dict[str, dict[str, Any]] = {}  # per fine-tune: its seconds in this run, or the adapter it reused
     started = time.perf_counter()
     for sampler in ("epoch", "paired"):
         weights = {}
         for ratio, seed in itertools.product(args.ratios, args.seeds):
             out = args.out / sampler / f"r{ratio}-s{seed}"
-            finetune(cfg.finetune.model_copy(update={
+            tune = cfg.finetune.model_copy(update={
                 "base": str(args.base), "manifest": str(cleaned[ratio]), "out": str(out), "steps": args.steps,
-                "seed": seed, "sampler": sampler, "sample_steps": 0, "threads": 2}), progress=True)
+                "seed": seed, "sampler": sampler, "sample_steps": 0, "threads": 2})  # fmt: skip
+            _, runs[f"{sampler}/r{ratio}-s{seed}"] = reuse_note(
+                lambda: finetune(tune, progress=True), out / REPORT_FILE, "fingerprint")  # noqa: B023
             weights[ratio, seed] = lora_vector(out)
         r0, r1 = args.ratios
         a, b = args.seeds
@@ -109,7 +118,9 @@ def main() -> None:
             "data_gap": data_gap, "seed_gap": seed_gap,
         }
     figures["paired_over_epoch"] = figures["paired"]["data_gap"] / figures["epoch"]["data_gap"]
-    figures["seconds"] = round(time.perf_counter() - started, 1)
+    figures["runs"] = runs
+    # the fine-tunes' wall time, when every one ran now; else null (see runs for what was reused)
+    figures["seconds"] = round(time.perf_counter() - started, 1) if all("seconds" in r for r in runs.values()) else None
     write_result("finetune_pairing", figures)
 
 

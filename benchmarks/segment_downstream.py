@@ -20,7 +20,11 @@ the split stays): at this budget a run's mIoU moves by several points from seed 
 the bootstrap intervals over test tiles show, so the clean − raw margin is reported per seed and as
 the mean with its seed SD. Reports mIoU / mAcc with 95% bootstrap intervals over test tiles, each
 arm's layout fidelity, and the training budget. A skipped part (``--skip-dubai``) keeps its figures
-from the last run. Writes ``benchmarks/results/segment_downstream.json``.
+from the last run, with ``reused_from`` (its settings' digest, date and command). dldc reuses a
+trained run in ``--work`` whose fingerprint (settings + data) matches and rendered images whose
+settings hold; a part that reused any reports ``seconds_this_run`` and what it ``reused`` (run
+fingerprints and dates, image counts) instead of ``seconds``. The regenerated SynthRS is reused when
+the digest of its settings matches its ``cache.json``. Writes ``benchmarks/results/segment_downstream.json``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import json
 import os
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
-from _common import SHARED_DATA, write_result  # noqa: E402
+from _common import SHARED_DATA, cached_step, config_digest, provenance, write_result  # noqa: E402
 
 from dldc.config import SegmentConfig  # noqa: E402
 from dldc.segment.experiment import run_segment  # noqa: E402
@@ -55,6 +60,36 @@ def _figures(report: dict[str, Any]) -> dict[str, Any]:
             "per_class_IoU": {c: None if v != v else round(100 * v, 1) for c, v in run["IoU"].items()},
         }
     return out
+
+
+def reuse(report: dict[str, Any], out: Path) -> dict[str, Any]:
+    """What a ``run_segment`` call reused from earlier runs in ``out``: trained runs and rendered images."""
+    from dldc.segment.trainer import REPORT_FILE
+
+    runs = {}
+    for name, run in report["runs"].items():
+        if run.get("reused"):
+            record = out / "runs" / name / REPORT_FILE
+            date = datetime.fromtimestamp(record.stat().st_mtime, UTC).isoformat(timespec="seconds")
+            runs[name] = {"digest": json.loads(record.read_text(encoding="utf-8"))["fingerprint"], "date": date}
+    images = {arm: counts["reused"] for arm, counts in report.get("synthetic", {}).items() if counts.get("reused")}
+    return {k: v for k, v in (("runs", runs), ("images", images)) if v}
+
+
+def weights(base: str, *adapters: str) -> dict[str, str]:
+    """Digests of the base and the adapters' weights (what the synthetic arms were drawn from)."""
+    from dldc.io import file_sha256
+    from dldc.t2i.finetune import ADAPTER_FILE, base_digest
+
+    return {"base": base_digest(base, None)} | {
+        a: file_sha256(Path(a) / ADAPTER_FILE) for a in adapters if (Path(a) / ADAPTER_FILE).is_file()}
+
+
+def timed(seconds: float, reused: dict[str, Any]) -> dict[str, Any]:
+    """A part's seconds: a stage time when nothing was reused, else this run's time beside what it reused."""
+    if not reused:
+        return {"seconds": round(seconds, 1)}
+    return {"seconds_this_run": round(seconds, 1), "reused": reused}
 
 
 def budget(cfg: SegmentConfig) -> dict[str, Any]:
@@ -104,19 +139,21 @@ def main() -> None:
             "budget": budget(cfg),
             "scale": cfg.scale,
             "data": report["data"],
-            "seconds": round(time.perf_counter() - started, 1),
+            "digest": config_digest(cfg.model_dump(mode="json", exclude={"out"})),
+            **timed(time.perf_counter() - started, reuse(report, Path(cfg.out))),
             **_figures(report)["real"],
         }
 
     if not args.skip_synthrs:
-        root = args.synthrs
+        root, synthrs = args.synthrs, None
         if root is None:
             from dldc.data.synth import write_synthrs
 
-            root = args.work / "synthrs"
-            if not (root / "synthrs.json").is_file():
-                write_synthrs(root, n_images=400, size=64, seed=0)
+            root, synth = args.work / "synthrs", {"n_images": 400, "size": 64, "seed": 0}
+            synthrs = cached_step(root, {"step": "synthrs", "synth": synth}, lambda out: write_synthrs(out, **synth))
         per_seed: dict[int, dict[str, Any]] = {}
+        reused: dict[str, Any] = {}
+        configs = []
         started = time.perf_counter()
         for seed in args.seeds:
             cfg = SegmentConfig(
@@ -126,6 +163,9 @@ def main() -> None:
                 out=str(args.work / ("synthrs-arms" if seed == 0 else f"synthrs-arms-seed{seed}")),
             )  # fmt: skip
             report = run_segment(cfg)
+            configs.append(cfg.model_dump(mode="json", exclude={"out"}))
+            if found := reuse(report, Path(cfg.out)):
+                reused[str(seed)] = found
             per_seed[seed] = {"runs": _figures(report), "synthetic": report["synthetic"], "data": report["data"],
                               "table": (Path(cfg.out) / "results.md").read_text(encoding="utf-8")}
         runs0 = per_seed[args.seeds[0]]["runs"]
@@ -145,7 +185,10 @@ def main() -> None:
             "layout_filter": cfg.layout_filter,
             "adapters": {"raw": args.raw, "clean": args.clean, "base": args.base},
             "data": per_seed[args.seeds[0]]["data"],
-            "seconds": round(time.perf_counter() - started, 1),
+            "synthrs": {"folder": str(root),
+                        **({"digest": synthrs["digest"], **provenance(synthrs)} if synthrs else {})},
+            "digest": config_digest({"configs": configs, "weights": weights(args.base, args.raw, args.clean)}),
+            **timed(time.perf_counter() - started, reused),
             "seeds": list(args.seeds),
             "mean_over_seeds": mean,
             "clean_minus_raw_mIoU": {p: round(float(np.mean(v)), 2) for p, v in margins.items()},
@@ -156,11 +199,15 @@ def main() -> None:
             "per_seed": {str(s): v for s, v in per_seed.items()},
         }
     previous = Path(__file__).resolve().parent / "results" / "segment_downstream.json"
-    if previous.is_file():  # a skipped part keeps its figures from the last run that made them
+    if previous.is_file():  # a skipped part keeps its figures from the last run that made them, and says so
         earlier = json.loads(previous.read_text(encoding="utf-8"))
         for part in ("dubai_real_only", "synthrs_arms"):
             if part not in figures and part in earlier:
-                figures[part] = {**earlier[part], "from_run": earlier.get("command"), "run_date": earlier.get("date")}
+                kept = {k: v for k, v in earlier[part].items() if k not in {"from_run", "run_date"}}
+                source = kept.get("reused_from") or {"digest": kept.get("digest"),
+                                                     "date": earlier[part].get("run_date") or earlier.get("date"),
+                                                     "command": earlier[part].get("from_run") or earlier.get("command")}
+                figures[part] = {**kept, "reused_from": source}
     write_result("segment_downstream", figures)
 
 

@@ -18,6 +18,10 @@ reported for the spill-over and for the whole held-out set (the ``all`` column):
 harms the model as a whole, cleaning it shows there. ``probe_rule``: r* = ``--ratio`` for the scenes
 whose cleaning alone improved the whole held-out set, else 0, and its Spearman with the true rate.
 
+A finished trial in ``--work`` is reused when its key (settings and inputs) matches: it then carries
+``reused_from`` (key, date, its seconds then) in ``trial_runs``, and ``trials_s`` (the trials' time in
+this run) is ``null`` unless every trial ran now.
+
 Writes ``benchmarks/results/select_one_scene.json`` (another ``--ratio``: ``select_one_scene-rR.json``).
 """
 
@@ -34,14 +38,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_result  # noqa: E402
-from select_ratio import prepare, spearman, trial_config, true_noise  # noqa: E402
+from _common import reuse_note, write_result  # noqa: E402
+from select_ratio import prepare, setup_figures, spearman, trial_config, true_noise  # noqa: E402
 
 METRICS = {"CLIPScore-indomain": 1.0, "FD-indomain": -1.0}  # sign that makes "better" positive
 
 
 def main() -> None:
-    from dldc.select.trial import run_trial
+    from dldc.select.trial import TRIAL_FILE, run_trial
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/select-bench"))
@@ -54,32 +58,40 @@ def main() -> None:
     if not (args.base / "model_index.json").is_file():
         raise SystemExit(f"no demo base at {args.base}: run `dldc build-base` (or pass --base)")
     args.work.mkdir(parents=True, exist_ok=True)
-    cfg = prepare(args.work, args.folds, args.epochs, "none")
+    cfg, steps = prepare(args.work, args.folds, args.epochs, "none")
     truth = true_noise(args.work / "synthrs", Path(cfg.select.manifest))
     scenes = sorted(truth)
 
-    trial_seconds = 0.0  # of the trials as first run (a finished trial is reused, with its recorded time)
+    trials: dict[str, dict[str, Any]] = {}  # per trial: its seconds in this run, or the trial it reused
     own: dict[str, dict[str, list[float]]] = {m: {s: [] for s in scenes} for m in METRICS}
     spill: dict[str, dict[str, list[float]]] = {m: {s: [] for s in scenes} for m in METRICS}
     overall: dict[str, dict[str, list[float]]] = {m: {s: [] for s in scenes} for m in METRICS}
     for seed in args.seeds:
         seeded = trial_config(cfg, args.work, args.base, seed)
         folder = args.work / "one-scene" / f"seed{seed}"
-        report = run_trial(seeded, 0.0, folder / "none", progress=True)
-        before, trial_seconds = report["metrics"], trial_seconds + report["seconds"]
+        report, trials[f"seed{seed}/none"] = reuse_note(
+            lambda: run_trial(seeded, 0.0, folder / "none", progress=True),  # noqa: B023
+            folder / "none" / TRIAL_FILE, "key")
+        before = report["metrics"]
         for scene in scenes:
-            report = run_trial(seeded, args.ratio, folder / f"{scene}-r{args.ratio:g}", progress=True, scenes=[scene])
-            after, trial_seconds = report["metrics"], trial_seconds + report["seconds"]
+            name = f"{scene}-r{args.ratio:g}"
+            report, trials[f"seed{seed}/{name}"] = reuse_note(
+                lambda: run_trial(seeded, args.ratio, folder / name, progress=True, scenes=[scene]),  # noqa: B023
+                folder / name / TRIAL_FILE, "key")
+            after = report["metrics"]
             for metric in METRICS:
                 change = {s: after[s][metric] - before[s][metric] for s in scenes}
                 own[metric][scene].append(change[scene])
                 spill[metric][scene].append(float(np.mean([change[s] for s in scenes if s != scene])))
                 overall[metric][scene].append(after["all"][metric] - before["all"][metric])
 
+    measured = [t["seconds"] for t in trials.values() if "seconds" in t]
     figures: dict[str, Any] = {
         "ratio": args.ratio, "seeds": args.seeds, "true_noise_by_scene": truth,
-        "trial_steps": cfg.select.trial_steps, "sampler": cfg.finetune.sampler,
-        "trials": len(args.seeds) * (len(scenes) + 1), "trials_s": round(trial_seconds, 1),
+        "trial_steps": cfg.select.trial_steps, "sampler": cfg.finetune.sampler, **setup_figures(steps),
+        # seconds of the trials run now (null unless all were); a reused trial says where it came from
+        "trials": len(trials), "trials_s": round(sum(measured), 1) if len(measured) == len(trials) else None,
+        "trial_runs": trials,
     }
     for metric, sign in METRICS.items():
         own_mean = {s: float(np.mean(v)) for s, v in own[metric].items()}

@@ -27,6 +27,13 @@ The scorer sees unaugmented views by default (``--augment none``, as the shipped
 captions name positions); ``--augment dihedral`` (the code default, flips and 90° turns) writes
 ``select_ratio-dihedral.json`` instead.
 
+``--work`` keeps every step for the next run: the data, the scorer and the scores are reused when
+the digest of their settings and inputs matches the one in their ``cache.json``
+(``_common.cached_step``), the trials, adapters and images when dldc's own fingerprints match. The
+result file reads the settings from those records (``setup``, ``scorer``, ``noise_kinds``), and
+a reused step, trial or fine-tune carries ``reused_from`` (digest, date, and its seconds in the run
+that made it) instead of a time of this run (``trials_s`` is ``null`` unless every trial ran now).
+
 Writes ``benchmarks/results/select_ratio.json``.
 """
 
@@ -45,7 +52,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pandas as pd  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_result  # noqa: E402
+from _common import cached_step, provenance, reuse_note, write_result  # noqa: E402
 
 from dldc.config import load_config  # noqa: E402
 from dldc.data.manifest import image_id_for  # noqa: E402
@@ -85,8 +92,13 @@ def spearman(a: dict[str, float], b: dict[str, float]) -> float:
 
 def prepare(
     work: Path, folds: int | None, epochs: int | None, augment: str, noise_kinds: list[str] | None = None
-) -> Any:
-    """SynthRS with per-scene noise → ingest → in-domain scorer → scores; returns the configuration."""
+) -> tuple[Any, dict[str, dict[str, Any]]]:
+    """SynthRS with per-scene noise → ingest → in-domain scorer → scores, each reused from ``work`` on a digest match.
+
+    Returns:
+        The configuration and the four steps as :func:`_common.cached_step` gives them (the settings
+        each step was made with, its digest, and its seconds or where it was reused from).
+    """
     from dldc.data.ingest import ingest
     from dldc.data.synth import write_synthrs
     from dldc.iel.engine import score_manifest
@@ -118,17 +130,46 @@ def prepare(
         updates["indomain.epochs"] = epochs
     cfg = load_config(None, updates=updates)
     s = cfg.synth
-    if not (work / "synthrs" / "synthrs.json").is_file():
-        write_synthrs(s.out, n_images=s.n_images, size=s.size, noise_rate=s.noise_rate, seed=s.seed,
-                      captions_per_image=s.captions_per_image, noise_rate_by_scene=s.noise_rate_by_scene,
-                      split_ratios=s.split_ratios, noise_kinds=s.noise_kinds, progress=True)
-    if not (work / "ingest" / "manifest.parquet").is_file():
-        ingest(cfg.ingest, progress=True)
-    if not (work / "scorer" / "indomain.json").is_file():
-        train_indomain(cfg.indomain, progress=True)
-    if not (work / "scores" / "scores.parquet").is_file():
-        score_manifest(cfg.score, progress=True)
-    return cfg
+
+    def settings(section: Any, *paths: str) -> dict[str, Any]:
+        return {k: v for k, v in section.model_dump(mode="json").items() if k not in paths}
+
+    def make_synthrs(out: Path) -> dict[str, Any]:
+        return write_synthrs(out, n_images=s.n_images, size=s.size, noise_rate=s.noise_rate, seed=s.seed,
+                             scenes=s.scenes,
+                             captions_per_image=s.captions_per_image, noise_rate_by_scene=s.noise_rate_by_scene,
+                             split_ratios=s.split_ratios, noise_kinds=s.noise_kinds, progress=True)
+
+    steps: dict[str, dict[str, Any]] = {}
+    steps["synthrs"] = cached_step(work / "synthrs", {"step": "synthrs", "synth": settings(s, "out")}, make_synthrs)
+    steps["ingest"] = cached_step(
+        work / "ingest",
+        {"step": "ingest", "ingest": settings(cfg.ingest, "root", "out"), "synthrs": steps["synthrs"]["digest"]},
+        lambda out: ingest(cfg.ingest, progress=True).report,
+    )
+    steps["scorer"] = cached_step(
+        work / "scorer",
+        {"step": "scorer", "indomain": settings(cfg.indomain, "manifest", "out"), "ingest": steps["ingest"]["digest"]},
+        lambda out: train_indomain(cfg.indomain, progress=True),
+    )
+    steps["scores"] = cached_step(
+        work / "scores",
+        {"step": "scores", "score": settings(cfg.score, "manifest", "out", "scorers", "cache"),
+         "ingest": steps["ingest"]["digest"], "scorer": steps["scorer"]["digest"]},
+        lambda out: score_manifest(cfg.score, progress=True).report,
+    )  # fmt: skip
+    return cfg, steps
+
+
+def setup_figures(steps: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The data and scorer a run used, read from the steps' records (not from this run's arguments)."""
+    synth, scorer = steps["synthrs"]["config"]["synth"], steps["scorer"]["config"]["indomain"]
+    return {
+        "configured_noise_by_scene": synth["noise_rate_by_scene"],
+        "noise_kinds": synth["noise_kinds"] or "all",
+        "scorer": {"folds": scorer["folds"], "epochs": scorer["epochs"], "augment": scorer["augment"]},
+        "setup": {name: {"digest": step["digest"], **provenance(step)} for name, step in steps.items()},
+    }
 
 
 def trial_config(cfg: Any, work: Path, base: Path, seed: int | None = None) -> Any:
@@ -150,16 +191,17 @@ def run_loop(cfg: Any, work: Path, base: Path) -> dict[str, Any]:
     """Trials over the grid, selection, then the three arms fine-tuned, generated and evaluated together."""
     from dldc.evaluate.evaluate import evaluate_generations
     from dldc.select.selection import select_ratios
-    from dldc.select.trial import run_trial, trial_dir_name
-    from dldc.t2i.finetune import finetune
+    from dldc.select.trial import TRIAL_FILE, run_trial, trial_dir_name
+    from dldc.t2i.finetune import REPORT_FILE, finetune
     from dldc.t2i.generate import generate_images
 
     cfg = trial_config(cfg, work, base)
     cfg = cfg.model_copy(update={"select": cfg.select.model_copy(update={"out": str(work / "select-loop")})})
-    started = time.perf_counter()
+    trials = {}  # ratio: seconds in this run, or the trial it reused
     for ratio in cfg.select.grid:
-        run_trial(cfg, ratio, work / "trials" / trial_dir_name(ratio), progress=True)
-    trials_s = time.perf_counter() - started
+        folder = work / "trials" / trial_dir_name(ratio)
+        _, trials[f"{ratio:g}"] = reuse_note(lambda: run_trial(cfg, ratio, folder, progress=True),  # noqa: B023
+                                             folder / TRIAL_FILE, "key")
     chosen = select_ratios(cfg, mode="loop")
     sweep = {}  # the same trials under other tolerances (one-SE rule = 1)
     for tolerance in TOLERANCES:
@@ -171,15 +213,21 @@ def run_loop(cfg: Any, work: Path, base: Path) -> dict[str, Any]:
         "global": chosen.out / "global" / "cleaned_manifest.parquet",
         "per_scene": chosen.out / "cleaned_manifest.parquet",
     }
-    arms = {}
+    arms, finetunes = {}, {}
     for arm, manifest in manifests.items():
         out = work / "adapters" / arm
-        finetune(cfg.finetune.model_copy(update={"manifest": str(manifest), "out": str(out)}), progress=True)
+        tune = cfg.finetune.model_copy(update={"manifest": str(manifest), "out": str(out)})
+        _, finetunes[arm] = reuse_note(lambda: finetune(tune, progress=True), out / REPORT_FILE,  # noqa: B023
+                                       "fingerprint")
         arms[arm] = str(out)
+    started = time.perf_counter()
     gen = generate_images(
         cfg.generate.model_copy(update={"arms": arms, "manifest": cfg.select.manifest, "out": str(work / "gen")}),
         progress=True,
     )
+    generated = {"arms": gen.report["arms"]}  # per arm: images generated now, reused from an earlier run
+    if not any(counts["reused"] for counts in gen.report["arms"].values()):
+        generated["seconds"] = round(time.perf_counter() - started, 1)
     result = evaluate_generations(
         [gen.out], cfg.select.manifest, work / "evaluate", cfg=cfg.evaluate.model_copy(update={"base_arm": "none"}),
         progress=True,
@@ -192,8 +240,11 @@ def run_loop(cfg: Any, work: Path, base: Path) -> dict[str, Any]:
         for other in ("none", "global")
         for m in ("CLIPScore-indomain", "FD-indomain")
     }
-    return {"selection": chosen.selection, "final": final, "comparisons": comparisons, "trials_s": round(trials_s, 1),
-            "tolerance_sweep": sweep}
+    measured = [t["seconds"] for t in trials.values() if "seconds" in t]
+    return {"selection": chosen.selection, "final": final, "comparisons": comparisons, "tolerance_sweep": sweep,
+            # seconds of the trials run now; a reused trial says where it came from instead
+            "trials_s": round(sum(measured), 1) if len(measured) == len(trials) else None, "trials": trials,
+            "finetunes": finetunes, "generate": generated}
 
 
 def main() -> None:
@@ -209,13 +260,11 @@ def main() -> None:
                         help="SynthRS noise kinds (default: all four); writes select_ratio[-AUGMENT]-KIND+KIND.json")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    cfg = prepare(args.work, args.folds, args.epochs, args.augment, args.noise_kinds)
+    cfg, steps = prepare(args.work, args.folds, args.epochs, args.augment, args.noise_kinds)
     truth = true_noise(args.work / "synthrs", Path(cfg.select.manifest))
-    figures: dict[str, Any] = {"true_noise_by_scene": truth, "configured_noise_by_scene": NOISE_BY_SCENE,
-                               "grid": cfg.select.grid, "egl": "not run (keeps the true noise rate known)",
-                               "noise_kinds": cfg.synth.noise_kinds or "all", "sampler": cfg.finetune.sampler,
-                               "scorer": {"folds": cfg.indomain.folds, "epochs": cfg.indomain.epochs,
-                                          "augment": cfg.indomain.augment}}
+    figures: dict[str, Any] = {"true_noise_by_scene": truth, "grid": cfg.select.grid,
+                               "egl": "not run (keeps the true noise rate known)", "sampler": cfg.finetune.sampler,
+                               **setup_figures(steps)}
     if args.mode in ("proxy", "both"):
         from dldc.select.selection import select_ratios
 
@@ -230,7 +279,8 @@ def main() -> None:
         chosen = loop["selection"]
         figures["loop"] = {"ratios": chosen["ratios"], "global_ratio": chosen["global_ratio"],
                            "spearman_vs_truth": spearman(chosen["ratios"], truth), "final": loop["final"],
-                           "comparisons": loop["comparisons"], "trials_s": loop["trials_s"],
+                           "comparisons": loop["comparisons"], "trials_s": loop["trials_s"], "trials": loop["trials"],
+                           "finetunes": loop["finetunes"], "generate": loop["generate"],
                            "tolerance": cfg.select.tolerance,
                            "paired_se_at_r0": {scene: errors.get("0") for scene, errors in
                                                chosen["objective"].get("paired_se", {}).items()},

@@ -23,6 +23,12 @@ Demo profile, same seeds for every arm:
   ``train_text_to_image_lora.py`` does each step: decode + transform images, VAE-encode,
   text-encode, UNet), both for ``--throughput-steps`` steps in this process.
 
+``--work`` keeps the data (reused when the digest of its settings matches its ``cache.json``), the
+adapters (reused by dldc when their fingerprint matches) and the generated images (kept while an
+arm's settings and adapter hold). A reused adapter's loss and images/s are those of the run that
+trained it, and say so (``reused_from``: fingerprint, date); ``timings`` gives each stage's seconds
+in this run, or where it was reused from, never the time of reading a cache.
+
 Writes ``benchmarks/results/t2i_cleaning.json``.
 """
 
@@ -33,6 +39,7 @@ import json
 import os
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +49,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_result  # noqa: E402
+from _common import cached_step, provenance, reuse_note, write_result  # noqa: E402
 
 from dldc.config import BaseConfig, FinetuneConfig, GenerateConfig, IngestConfig, SynthConfig  # noqa: E402
 from dldc.data.manifest import dataset_root, image_id_for, read_manifest, write_manifest  # noqa: E402
@@ -54,19 +61,28 @@ ARMS = ("noisy", "clean")
 # --------------------------------------------------------------------------- data
 
 
-def make_data(work: Path) -> tuple[Path, Path]:
-    """SynthRS (demo settings) → manifest of all pairs (noisy) and without the truly noisy ones (clean)."""
+def make_data(work: Path) -> tuple[Path, Path, dict[str, dict[str, Any]]]:
+    """SynthRS (demo settings) → manifest of all pairs (noisy) and without the truly noisy ones (clean).
+
+    SynthRS and its ingest are reused from ``work`` when the digest of their settings matches
+    (:func:`_common.cached_step`); the steps come back as the third value.
+    """
     from dldc.data.ingest import ingest
     from dldc.data.synth import write_synthrs
 
     synth = SynthConfig()
     root = work / "synthrs"
     noisy = work / "noisy" / "manifest.parquet"
-    if not noisy.is_file():
-        write_synthrs(
-            root, n_images=synth.n_images, size=synth.size, noise_rate=synth.noise_rate, seed=synth.seed, progress=False
-        )
-        ingest(IngestConfig(root=str(root), out=str(noisy.parent), workers=1), progress=False)
+    settings = {"n_images": synth.n_images, "size": synth.size, "noise_rate": synth.noise_rate, "seed": synth.seed}
+    ingest_cfg = IngestConfig(root=str(root), out=str(noisy.parent), workers=1)
+    steps = {"synthrs": cached_step(root, {"step": "synthrs", "synth": settings},
+                                    lambda out: write_synthrs(out, **settings, progress=False))}
+    steps["ingest"] = cached_step(
+        noisy.parent,
+        {"step": "ingest", "ingest": ingest_cfg.model_dump(mode="json", exclude={"root", "out"}),
+         "synthrs": steps["synthrs"]["digest"]},
+        lambda out: ingest(ingest_cfg, progress=False).report,
+    )  # fmt: skip
     frame, meta = read_manifest(noisy)
     truth = truth_labels(dataset_root(noisy, meta))
     frame = frame.merge(truth, on="pair_id", how="left", validate="one_to_one")
@@ -76,7 +92,7 @@ def make_data(work: Path) -> tuple[Path, Path]:
     clean = work / "clean" / "manifest.parquet"
     root_abs = str(dataset_root(noisy, meta))
     write_manifest(clean, clean_rows.to_dict("records"), type(meta)(**{**meta.__dict__, "root": root_abs}))
-    return noisy, clean
+    return noisy, clean, steps
 
 
 def truth_labels(root: Path) -> pd.DataFrame:
@@ -91,30 +107,44 @@ def truth_labels(root: Path) -> pd.DataFrame:
 
 
 def ensure_base(base: Path, scorer: Path | None) -> dict[str, Any]:
-    """The demo base (``dldc build-base`` defaults), built unless ``base`` already holds it."""
+    """The demo base (``dldc build-base`` defaults), built unless ``base`` already holds one.
+
+    Returns ``{"digest", "seconds", "report"}`` for a base built now, or ``{"digest", "reused_from",
+    "report"}`` for one that was there (its build report, when it has one, is that build's).
+    """
     from dldc.t2i.base import REPORT_FILE, build_base
+    from dldc.t2i.finetune import base_digest
 
     if (base / "model_index.json").is_file():
-        return json.loads((base / REPORT_FILE).read_text()) if (base / REPORT_FILE).is_file() else {}
+        record = base / REPORT_FILE
+        report = json.loads(record.read_text()) if record.is_file() else {}
+        stamp = (record if record.is_file() else base / "model_index.json").stat().st_mtime
+        date = datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds")
+        digest = base_digest(str(base), None)
+        return {"digest": digest, "report": report,
+                "reused_from": {"digest": digest, "date": date, "seconds": report.get("timings", {}).get("total_s")}}
     cfg = BaseConfig(out=str(base), data=str(base.parent), check_scorer=str(scorer) if scorer else None)
-    return build_base(cfg, progress=True)
+    started = time.perf_counter()
+    report = build_base(cfg, progress=True)
+    return {"digest": base_digest(str(base), None), "report": report,
+            "seconds": round(time.perf_counter() - started, 1)}
 
 
 def finetune_arms(work: Path, base: Path, manifests: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """Fine-tune each arm; dldc keeps an adapter whose fingerprint matches (then ``reused_from``)."""
     from dldc.t2i.finetune import REPORT_FILE, finetune
 
     reports = {}
     for arm, manifest in manifests.items():
         out = work / "adapters" / arm
-        if (out / REPORT_FILE).is_file():
-            reports[arm] = json.loads((out / REPORT_FILE).read_text())
-            continue
         cfg = FinetuneConfig(base=str(base), manifest=str(manifest), out=str(out), steps=FINETUNE_STEPS)
-        reports[arm] = finetune(cfg, progress=True)
+        report, note = reuse_note(lambda: finetune(cfg, progress=True), out / REPORT_FILE, "fingerprint")  # noqa: B023
+        reports[arm] = {**report, "provenance": note}
     return reports
 
 
-def generate_arms(work: Path, base: Path, manifest: Path, images_per_prompt: int) -> Path:
+def generate_arms(work: Path, base: Path, manifest: Path, images_per_prompt: int) -> tuple[Path, dict[str, Any]]:
+    """Generate the test prompts for every arm; returns the folder and the per-arm counts (generated / reused)."""
     from dldc.t2i.generate import generate_images
 
     arms = {"base": "", **{arm: str(work / "adapters" / arm) for arm in ARMS}}
@@ -122,7 +152,8 @@ def generate_arms(work: Path, base: Path, manifest: Path, images_per_prompt: int
         base=str(base), arms=arms, manifest=str(manifest), out=str(work / "generate"),
         images_per_prompt=images_per_prompt, prompts_per_image=None,  # every caption of each test image
     )
-    return generate_images(cfg, progress=True).out
+    result = generate_images(cfg, progress=True)
+    return result.out, result.report["arms"]
 
 
 def scene_accuracy(generations: Path, manifest: Path, scorer: Path) -> dict[str, Any]:
@@ -297,34 +328,44 @@ def main() -> None:
     parser.add_argument("--images-per-prompt", type=int, default=2, help="seeds per test prompt (tighter intervals)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
+    # Stage times measured in this run; a stage reused from --work reports where it came from instead.
+    timings: dict[str, Any] = {}
 
-    mark = time.perf_counter()
-    noisy, clean = make_data(args.work)
-    base_report = ensure_base(args.base, args.scorer if (args.scorer / "indomain.json").is_file() else None)
-    timings["data_and_base_s"] = time.perf_counter() - mark
+    noisy, clean, data_steps = make_data(args.work)
+    base = ensure_base(args.base, args.scorer if (args.scorer / "indomain.json").is_file() else None)
+    timings["data"] = {name: provenance(step) for name, step in data_steps.items()}
+    timings["base"] = {k: base[k] for k in ("seconds", "reused_from") if k in base}
 
-    mark = time.perf_counter()
     reports = finetune_arms(args.work, args.base, {"noisy": noisy, "clean": clean})
-    timings["finetune_s"] = time.perf_counter() - mark
+    timings["finetune"] = {arm: reports[arm]["provenance"] for arm in ARMS}
     mark = time.perf_counter()
-    generations = generate_arms(args.work, args.base, noisy, args.images_per_prompt)
-    timings["generate_s"] = time.perf_counter() - mark
+    generations, counts = generate_arms(args.work, args.base, noisy, args.images_per_prompt)
+    # images made now / reused (dldc keeps an arm's images while its settings and adapter hold)
+    timings["generate"] = {"images": counts}
+    if not any(c["reused"] for c in counts.values()):
+        timings["generate"]["seconds"] = round(time.perf_counter() - mark, 1)
 
     figures: dict[str, Any] = {
         "data": {arm: {"train_pairs": reports[arm]["data"]["pairs"]} for arm in ARMS},
-        "finetune": {
+        "finetune": {  # a reused adapter's loss and speed are its own run's: see reused_from
             arm: {
                 "final_loss": reports[arm]["final_loss"],
                 "steps": reports[arm]["steps"],
                 "images_per_s": reports[arm]["throughput"]["images_per_s"],
+                "fingerprint": reports[arm]["fingerprint"],
+                **reports[arm]["provenance"],
             }
             for arm in ARMS
         },
-        "base_scene_check": base_report.get("scene_check"),
+        "base": {"digest": base["digest"], "scene_check": base["report"].get("scene_check"),
+                 **({"reused_from": base["reused_from"]} if "reused_from" in base else {})},
         "generate": {"images_per_prompt": args.images_per_prompt},
     }
     if (args.scorer / "indomain.json").is_file():
+        from dldc.io import file_sha256
+
+        record = args.scorer / "indomain.json"
+        figures["scorer"] = {"path": str(args.scorer), "indomain_json_sha256": file_sha256(record)}
         figures["scene_accuracy"] = scene_accuracy(generations, noisy, args.scorer)
         figures["metrics"] = evaluate_arms(generations, noisy, args.scorer)
     else:
@@ -333,7 +374,7 @@ def main() -> None:
     mark = time.perf_counter()
     ours = ours_throughput(args.work, args.base, noisy, args.throughput_steps)
     plain = plain_lora_loop(args.base, noisy, args.throughput_steps, ours["batch_size"], SynthConfig().size)
-    timings["throughput_s"] = time.perf_counter() - mark
+    timings["throughput"] = {"seconds": round(time.perf_counter() - mark, 1)}
     figures["throughput"] = {
         "ours_images_per_s": ours["images_per_s"],
         "ours_setup_s": ours["setup_s"],
@@ -342,7 +383,7 @@ def main() -> None:
         "steps": args.throughput_steps,
         "batch_size": ours["batch_size"],
     }
-    figures["timings"] = {k: round(v, 1) for k, v in timings.items()}
+    figures["timings"] = timings
     figures["torch_threads"] = torch.get_num_threads()
     write_result("t2i_cleaning", figures)
 
