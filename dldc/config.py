@@ -465,16 +465,20 @@ class ExportConfig(_Section):
         scorer: the scorer spec to export (any ``score.scorers`` form except ``onnx:``).
         out: the export folder; use it as ``onnx:<out>`` in ``score.scorers``.
         precision: ``fp32`` (any provider), ``fp16`` (GPU: TensorRT / CUDA providers; fp32 I/O kept)
-            or ``int8`` (dynamic quantization, CPU provider).
+            or ``int8`` (dynamic quantization, CPU provider; opt-in: it passes its parity gate only for
+            scorers whose scores are spread widely enough for its noise, see the README).
         opset: ONNX opset of the graphs (the dynamo exporter needs >= 18).
         calibration_manifest: manifest the parity gate samples its pairs from.
-        calibration_pairs: pairs in the calibration sample (>= 400 for a meaningful flip rate).
+        calibration_pairs: pairs in the calibration sample; the whole manifest when it has fewer (then
+            a census: the flip rate is exact for it). A sample of a larger manifest must hold >= 1,530
+            pairs for the flip-rate gate to be able to pass at 0.5% (:mod:`dldc.export.parity`).
         seed: seed of the calibration sample.
         min_cosine_fp32, min_cosine_fp16, min_cosine_int8: least cosine between the source's and
             the export's embedding of any calibration image or caption, per precision.
         min_spearman: least Spearman correlation of the calibration pairs' scores.
         max_flip_rate: most share of pairs whose kept/dropped decision may change when the
-            ``drop_ratio`` lowest-scoring pairs of each scene are dropped.
+            ``drop_ratio`` lowest-scoring pairs of each scene are dropped; the gate passes when the
+            upper end of the flip rate's 95% interval is at most this.
         drop_ratio: per-scene share of pairs dropped for the flip-rate gate.
         int8_ops: ONNX op types quantized for ``int8``.
         int8_per_channel: per-output-channel weight scales for ``int8`` (measured best parity).
@@ -493,7 +497,7 @@ class ExportConfig(_Section):
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     opset: int = Field(18, ge=18, le=23)
     calibration_manifest: str = "data/ingest/manifest.parquet"
-    calibration_pairs: int = Field(1024, ge=2)
+    calibration_pairs: int = Field(4096, ge=2)
     seed: int = 0
     min_cosine_fp32: float = Field(0.9999, ge=-1.0, le=1.0)
     min_cosine_fp16: float = Field(0.999, ge=-1.0, le=1.0)

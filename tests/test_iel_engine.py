@@ -1,4 +1,8 @@
-"""The IEL engine with a toy scorer: exact scores, dedup, cache, shards, kill-and-resume, fan-out."""
+"""The IEL engine: exact scores, dedup, cache, shards, kill-and-resume, fan-out (toy scorers), and the routes
+of the library's own scorers."""
+
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +14,8 @@ from dldc.config import ScoreConfig
 from dldc.data.manifest import ManifestMeta, write_manifest
 from dldc.iel.base import CrossFitScorer, Scorer, l2_normalise
 from dldc.iel.engine import gather_scores, score_manifest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # iel_fixtures (--import-mode=importlib)
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
@@ -96,9 +102,47 @@ def _manifest(tmp_path, n_images=12, extra_captions=()):
     return manifest
 
 
-def test_toys_satisfy_the_protocols():
-    assert isinstance(ToyScorer(), Scorer)
-    assert isinstance(ToyCrossFit(), CrossFitScorer) and not isinstance(ToyCrossFit(), Scorer)
+@pytest.mark.slow
+def test_library_scorers_take_the_engine_route_of_their_protocol(tmp_path):
+    # The engine tells a cross-fitted scorer from a single model by the protocols alone
+    # (isinstance(s, CrossFitScorer) and not isinstance(s, Scorer)); the library's own scorers
+    # must land on the right side: open_clip scores every pair with one model, the in-domain
+    # scorer scores each pair with the fold model that never saw its image.
+    from iel_fixtures import write_open_clip_config
+
+    from dldc.config import IndomainConfig
+    from dldc.data.images import load_rgb
+    from dldc.iel.factory import create_scorer
+    from dldc.iel.indomain import load_indomain, train_indomain
+
+    manifest = _manifest(tmp_path)
+    single = create_scorer(f"open_clip:{write_open_clip_config(tmp_path / 'oc')}", device="cpu")
+    settings = {"architecture": "indomain-test", "folds": 2, "epochs": 1, "batch_size": 16, "device": "cpu"}
+    train_indomain(IndomainConfig(manifest=str(manifest), out=str(tmp_path / "indomain"), **settings), progress=False)
+    crossfit = load_indomain(tmp_path / "indomain", device="cpu")
+    assert isinstance(single, Scorer) and not isinstance(single, CrossFitScorer)
+    assert isinstance(crossfit, CrossFitScorer) and not isinstance(crossfit, Scorer)
+    assert all(isinstance(crossfit.fold_model(k), Scorer) for k in range(2))
+
+    cfg = ScoreConfig(manifest=str(manifest), out=str(tmp_path / "out"), workers=1)
+    result = score_manifest(cfg, [single, crossfit], progress=False)
+    described = {info["name"]: info for info in result.report["scorers"]}
+    assert described[crossfit.name]["folds"] == 2 and "folds" not in described[single.name]
+    frame = result.frame.set_index("pair_id")
+    rows = pd.read_parquet(manifest)
+    images = [load_rgb(tmp_path / "ds" / name) for name in rows["image"]]
+
+    def cosines(scorer):  # every pair under one model, computed directly
+        pixels = torch.stack([scorer.preprocess(image) for image in images])
+        return (scorer.encode_images(pixels) * scorer.encode_texts(rows["caption"].tolist())).sum(-1).numpy()
+
+    np.testing.assert_allclose(frame.loc[rows["pair_id"], single.name], cosines(single), atol=1e-5)
+    folds = rows["image_id"].map(crossfit.fold_of).to_numpy()
+    assert set(folds) == {0, 1}  # both fold models are exercised
+    by_fold = [cosines(crossfit.fold_model(k)) for k in range(2)]
+    heldout = np.where(folds == 0, by_fold[0], by_fold[1])
+    np.testing.assert_allclose(frame.loc[rows["pair_id"], crossfit.name], heldout, atol=1e-5)
+    assert np.abs(by_fold[0] - by_fold[1]).min() > 1e-3  # the folds differ: a wrong route would show
 
 
 def test_scores_are_exact_cosines_with_each_image_and_caption_encoded_once(tmp_path):

@@ -414,10 +414,13 @@ def test_cli_real_only_logs_to_mlflow(synthrs: Path, tmp_path: Path, mlflow_uri:
     assert plots == ["plots/confusion_real.png"]
 
 
-def test_segment_component_compiles_with_a_gpu_request(tmp_path: Path) -> None:
+def test_segment_component_compiles_to_the_dldc_segment_call_on_a_gpu(tmp_path: Path, monkeypatch) -> None:
+    import types
+
     import yaml
     from kfp import compiler, dsl
 
+    import dldc.cli
     from components.segment import segment
     from components.synth import synth
     from pipelines.dldc_pipeline import _on_gpu
@@ -431,8 +434,48 @@ def test_segment_component_compiles_with_a_gpu_request(tmp_path: Path) -> None:
     compiler.Compiler().compile(segment_only, package_path=str(path))
     spec = yaml.safe_load(path.read_text())
     executor = spec["deploymentSpec"]["executors"]["exec-segment"]["container"]
-    assert executor["resources"]["accelerator"]["resourceCount"] == "1"
-    assert "segment" in json.dumps(executor["command"])
+    assert executor["resources"]["accelerator"]["resourceCount"] == "1" and executor["image"].endswith("-cuda")
+    assert executor["args"][-2:] == ["--function_to_execute", "segment"]
+    interface = spec["components"]["comp-segment"]
+    assert set(interface["inputDefinitions"]["artifacts"]) == {
+        "dataset", "base_model", "raw_adapter", "clean_adapter", "global_adapter"
+    }  # fmt: skip
+    assert interface["inputDefinitions"]["parameters"]["dataset_layout"]["defaultValue"] == "synthrs"
+    assert set(interface["outputDefinitions"]["artifacts"]) == {"evaluation", "summary"}
+    wiring = spec["root"]["dag"]["tasks"]["segment"]["inputs"]
+    assert wiring["artifacts"]["dataset"]["taskOutputArtifact"] == {"outputArtifactKey": "dataset",
+                                                                     "producerTask": "synth"}  # fmt: skip
+
+    # Run the program the container runs (the source embedded in the executor's command) with
+    # stand-in artifacts, and catch the `dldc` command line it runs.
+    namespace: dict = {}
+    exec(compile(executor["command"][-1], "ephemeral_component.py", "exec"), namespace)
+    program = namespace[executor["args"][-1]]
+    calls = []
+
+    def fake_run_cli(args, settings, run_group):
+        calls.append((args, settings, run_group))
+        out = Path(args[args.index("--out") + 1])
+        out.mkdir(parents=True)
+        report = {"real": {"mIoU": 0.5, "loss": None}, "pseudo-label.raw": {"mIoU": 0.25}}
+        (out / "segment.json").write_text(json.dumps(report))
+
+    monkeypatch.setattr(dldc.cli, "run_cli", fake_run_cli)
+    metrics: dict = {}
+    artifact, summary = types.SimpleNamespace, types.SimpleNamespace(log_metric=metrics.__setitem__)
+    program(dataset=artifact(path="/in/synthrs"), evaluation=artifact(path=str(tmp_path / "a")), summary=summary,
+            settings=["segment.steps=2"], run_group="job-7", base_model=artifact(path="/in/base"),
+            raw_adapter=artifact(path="/in/raw"), global_adapter=artifact(path="/in/global"))  # fmt: skip
+    assert calls == [(
+        ["segment", "--dataset", "synthrs", "--root", "/in/synthrs", "--out", str(tmp_path / "a"),
+         "--arm", "base=", "--arm", "raw=/in/raw", "--arm", "global=/in/global", "--base", "/in/base"],
+        ["segment.steps=2"], "job-7",
+    )]  # fmt: skip
+    assert metrics == {"real.mIoU": 0.5, "pseudo-label.raw.mIoU": 0.25}  # a None value is not logged
+    program(dataset=artifact(path="/in/dubai"), evaluation=artifact(path=str(tmp_path / "b")), summary=summary,
+            settings=[], run_group="g", dataset_layout="dubai", base="hub/sd")  # fmt: skip
+    assert calls[1][0] == ["segment", "--dataset", "dubai", "--root", "/in/dubai", "--out", str(tmp_path / "b"),
+                           "--arm", "base=", "--base", "hub/sd"]  # fmt: skip
 
 
 def test_paired_batches_share_real_patches_and_sample_the_union_uniformly() -> None:

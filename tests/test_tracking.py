@@ -1,3 +1,5 @@
+import sys
+
 import mlflow
 import pytest
 
@@ -55,13 +57,23 @@ def test_failed_stage_marks_run_failed(mlflow_uri):
     assert stage.info.status == "FAILED"
 
 
-def test_disabled_tracking_logs_nothing(tmp_path, monkeypatch):
+def test_disabled_tracking_logs_nothing_even_with_a_tracking_uri_in_the_environment(tmp_path, monkeypatch):
+    # Disabled tracking must ignore $MLFLOW_TRACKING_URI (which `tracking.uri: null` would otherwise
+    # resolve to) and must not even import MLflow: a stand-in None in sys.modules makes any
+    # `import mlflow` raise.
+    store = tmp_path / "env-store.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
     monkeypatch.chdir(tmp_path)
     cfg = load_config(None, overrides=["tracking.enabled=false"])
-    with stage_run(cfg.tracking, "quiet", {"a": 1}) as run:
+    assert cfg.tracking.resolved_uri() == f"sqlite:///{store}"  # where an enabled run would go
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    with stage_run(cfg.tracking, "quiet", {"a": 1}, run_group="g") as run:
+        assert not run.enabled and run.run_id is None
         run.log_metrics({"x": 1})
-        assert not run.enabled
-    assert not (tmp_path / "mlflow.db").exists()
+        run.log_artifact(tmp_path / "missing.txt")
+        run.log_dataset(None, tmp_path, "manifest", "input")
+        run.set_tags({"k": "v"})
+    assert list(tmp_path.iterdir()) == []  # neither the environment's store nor ./mlflow.db or ./mlruns
 
 
 def test_run_group_from_environment_or_params(tmp_path, monkeypatch):

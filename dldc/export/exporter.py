@@ -7,7 +7,8 @@ How an export goes (:func:`export_scorer`):
 2. export its image and text towers to ONNX (:mod:`dldc.export.towers`, :mod:`dldc.export.onnx_export`;
    the K fold models of the in-domain scorer share one traced graph with their own weights);
 3. convert to the asked precision (fp16 with fp32 I/O, or int8 dynamic quantization);
-4. run the parity gate (:mod:`dldc.export.parity`) on a calibration sample of real pairs;
+4. run the parity gate (:mod:`dldc.export.parity`) on a calibration sample of real pairs (the
+   flip-rate gate is decided on the upper end of the flip rate's 95% interval);
 5. write ``export.json`` and move the folder into place. A failed gate raises
    :class:`ExportRefusedError` with the figures, and nothing is written at ``out`` (an earlier
    export there, which passed its own gate, is left as it was).
@@ -173,7 +174,13 @@ def export_scorer(
         candidate = open_export(tmp, meta, device=cfg.device, threads=0)
         gates = gates_of(cfg)
         figures = parity_figures(
-            source, candidate, calibration, gates.drop_ratio, batch_size=cfg.batch_size, progress=progress
+            source,
+            candidate,
+            calibration,
+            gates.drop_ratio,
+            batch_size=cfg.batch_size,
+            progress=progress,
+            confidence=gates.confidence,
         )
         timings["parity_s"] = time.perf_counter() - tick
         failures = gate_failures(figures, cfg.precision, gates)
@@ -191,7 +198,9 @@ def export_scorer(
                 f"export of {cfg.scorer} ({cfg.precision}) refused by its parity gate: {'; '.join(failures)}. "
                 f"Figures on {figures['pairs']} calibration pairs ({provider}): "
                 f"cosine min {figures['cosine_min']:.6f}, "
-                f"Spearman {figures['spearman']:.5f}, flip rate {figures['flip_rate']:.4%}. Nothing was written to "
+                f"Spearman {figures['spearman']:.5f}, flip rate {figures['flip_rate']:.4%} "
+                f"({gates.confidence:.0%} interval {figures['flip_rate_low']:.2%}..{figures['flip_rate_high']:.2%}). "
+                "Nothing was written to "
                 f"{cfg.out}. {_hint(cfg.precision)}",
                 figures,
             )
@@ -328,8 +337,9 @@ def _versions() -> dict[str, str]:
 def _hint(precision: str) -> str:
     if precision == "int8":
         return (
-            "For int8, try export.int8_per_channel=true, quantizing fewer op types (export.int8_ops), "
-            "fp16 on a GPU, or fp32."
+            "int8 is opt-in: its noise reorders near-tied pairs, which a scorer with narrowly spread scores "
+            "cannot absorb. Use fp32 on a CPU (the default) or fp16 on a GPU; or try export.int8_per_channel=true "
+            "or quantizing fewer op types (export.int8_ops)."
         )
     if precision == "fp16":
         return "fp16 gates run on the export's provider; check it on the GPU it will run on, or export fp32."
