@@ -158,6 +158,31 @@ def reuse_note(call: Callable[[], Any], record: Path, digest_key: str) -> tuple[
     return result, {"reused_from": {"digest": stored.get(digest_key), "date": date, "seconds": stored.get("seconds")}}
 
 
+def cached_synthrs_ingest(
+    root: Path, synth: dict[str, Any], ingest_cfg: Any, progress: bool = False
+) -> dict[str, dict[str, Any]]:
+    """SynthRS made by ``write_synthrs(root, **synth)``, then ingested with ``ingest_cfg``: two chained
+    :func:`cached_step` s (the ingest's digest covers the SynthRS step's), as ``{"synthrs", "ingest"}``."""
+    from dldc.data.ingest import ingest
+    from dldc.data.synth import write_synthrs
+
+    steps = {
+        "synthrs": cached_step(
+            root, {"step": "synthrs", "synth": synth}, lambda out: write_synthrs(out, **synth, progress=progress)
+        )
+    }
+    steps["ingest"] = cached_step(
+        Path(ingest_cfg.out),
+        {
+            "step": "ingest",
+            "ingest": ingest_cfg.model_dump(mode="json", exclude={"root", "out"}),
+            "synthrs": steps["synthrs"]["digest"],
+        },
+        lambda out: ingest(ingest_cfg, progress=progress).report,
+    )
+    return steps
+
+
 def rsicd_subset_manifest(out_dir: Path, n_images: int) -> Path:
     """Ingest the real RSICD subset (reused when from the same files) and keep its first ``n_images`` images."""
     from dldc.config import IngestConfig

@@ -74,12 +74,11 @@ import pandas as pd
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cached_step, provenance, write_result  # noqa: E402
+from _common import cached_step, cached_synthrs_ingest, provenance, write_result  # noqa: E402
 
 from dldc.config import CaptionConfig, IndomainConfig, IngestConfig, ScoreConfig  # noqa: E402
-from dldc.data.ingest import ingest  # noqa: E402
 from dldc.data.manifest import image_id_for  # noqa: E402
-from dldc.data.synth import CELLS, LAND_COVER, write_synthrs  # noqa: E402
+from dldc.data.synth import CELLS, LAND_COVER  # noqa: E402
 from dldc.egl.loop import caption_manifest  # noqa: E402
 from dldc.iel.engine import score_manifest  # noqa: E402
 from dldc.iel.factory import create_scorer  # noqa: E402
@@ -357,14 +356,7 @@ def main() -> None:
     synth = {"n_images": args.n_images, "size": 64, "noise_rate": args.noise_rate, "seed": args.seed}
     ingest_cfg = IngestConfig(root=str(root), out=str(manifest.parent))
     scorer_cfg = IndomainConfig(manifest=str(manifest), out=str(scorer_dir), seed=args.seed, augment=args.augment)
-    steps = {"synthrs": cached_step(root, {"step": "synthrs", "synth": synth},
-                                    lambda out: write_synthrs(out, **synth, progress=False))}
-    steps["ingest"] = cached_step(
-        manifest.parent,
-        {"step": "ingest", "ingest": ingest_cfg.model_dump(mode="json", exclude={"root", "out"}),
-         "synthrs": steps["synthrs"]["digest"]},
-        lambda out: ingest(ingest_cfg, progress=False).report,
-    )  # fmt: skip
+    steps = cached_synthrs_ingest(root, synth, ingest_cfg)
     steps["scorer"] = cached_step(
         scorer_dir,
         {"step": "scorer", "indomain": scorer_cfg.model_dump(mode="json", exclude={"manifest", "out"}),

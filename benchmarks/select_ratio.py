@@ -52,7 +52,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pandas as pd  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cached_step, provenance, reuse_note, write_result  # noqa: E402
+from _common import cached_step, cached_synthrs_ingest, provenance, reuse_note, write_result  # noqa: E402
 
 from dldc.config import load_config  # noqa: E402
 from dldc.data.manifest import image_id_for  # noqa: E402
@@ -99,8 +99,6 @@ def prepare(
         The configuration and the four steps as :func:`_common.cached_step` gives them (the settings
         each step was made with, its digest, and its seconds or where it was reused from).
     """
-    from dldc.data.ingest import ingest
-    from dldc.data.synth import write_synthrs
     from dldc.iel.engine import score_manifest
     from dldc.iel.indomain import train_indomain
 
@@ -134,19 +132,7 @@ def prepare(
     def settings(section: Any, *paths: str) -> dict[str, Any]:
         return {k: v for k, v in section.model_dump(mode="json").items() if k not in paths}
 
-    def make_synthrs(out: Path) -> dict[str, Any]:
-        return write_synthrs(out, n_images=s.n_images, size=s.size, noise_rate=s.noise_rate, seed=s.seed,
-                             scenes=s.scenes,
-                             captions_per_image=s.captions_per_image, noise_rate_by_scene=s.noise_rate_by_scene,
-                             split_ratios=s.split_ratios, noise_kinds=s.noise_kinds, progress=True)
-
-    steps: dict[str, dict[str, Any]] = {}
-    steps["synthrs"] = cached_step(work / "synthrs", {"step": "synthrs", "synth": settings(s, "out")}, make_synthrs)
-    steps["ingest"] = cached_step(
-        work / "ingest",
-        {"step": "ingest", "ingest": settings(cfg.ingest, "root", "out"), "synthrs": steps["synthrs"]["digest"]},
-        lambda out: ingest(cfg.ingest, progress=True).report,
-    )
+    steps = cached_synthrs_ingest(work / "synthrs", settings(s, "out"), cfg.ingest, progress=True)
     steps["scorer"] = cached_step(
         work / "scorer",
         {"step": "scorer", "indomain": settings(cfg.indomain, "manifest", "out"), "ingest": steps["ingest"]["digest"]},

@@ -49,7 +49,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cached_step, provenance, reuse_note, write_result  # noqa: E402
+from _common import cached_synthrs_ingest, provenance, reuse_note, write_result  # noqa: E402
 
 from dldc.config import BaseConfig, FinetuneConfig, GenerateConfig, IngestConfig, SynthConfig  # noqa: E402
 from dldc.data.manifest import dataset_root, image_id_for, read_manifest, write_manifest  # noqa: E402
@@ -67,22 +67,13 @@ def make_data(work: Path) -> tuple[Path, Path, dict[str, dict[str, Any]]]:
     SynthRS and its ingest are reused from ``work`` when the digest of their settings matches
     (:func:`_common.cached_step`); the steps come back as the third value.
     """
-    from dldc.data.ingest import ingest
-    from dldc.data.synth import write_synthrs
 
     synth = SynthConfig()
     root = work / "synthrs"
     noisy = work / "noisy" / "manifest.parquet"
     settings = {"n_images": synth.n_images, "size": synth.size, "noise_rate": synth.noise_rate, "seed": synth.seed}
     ingest_cfg = IngestConfig(root=str(root), out=str(noisy.parent), workers=1)
-    steps = {"synthrs": cached_step(root, {"step": "synthrs", "synth": settings},
-                                    lambda out: write_synthrs(out, **settings, progress=False))}
-    steps["ingest"] = cached_step(
-        noisy.parent,
-        {"step": "ingest", "ingest": ingest_cfg.model_dump(mode="json", exclude={"root", "out"}),
-         "synthrs": steps["synthrs"]["digest"]},
-        lambda out: ingest(ingest_cfg, progress=False).report,
-    )  # fmt: skip
+    steps = cached_synthrs_ingest(root, settings, ingest_cfg)
     frame, meta = read_manifest(noisy)
     truth = truth_labels(dataset_root(noisy, meta))
     frame = frame.merge(truth, on="pair_id", how="left", validate="one_to_one")
