@@ -2,7 +2,16 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 
-.PHONY: setup test lint repro
+# Images (docker/README.md): `make image` builds, `make image-test` runs the in-image smoke test.
+# IMAGE_BASE=local builds the base with mmdebstrap (no registry needed); empty = the Dockerfile's
+# digest-pinned python:3.11-slim-bookworm. TORCH_INDEX_URL empty = the Dockerfile's default.
+IMAGE_VARIANT ?= cpu
+IMAGE_TAG ?=
+IMAGE_BASE ?=
+TORCH_INDEX_URL ?=
+IMAGE_OPTS = --variant $(IMAGE_VARIANT) $(if $(IMAGE_TAG),--tag $(IMAGE_TAG))
+
+.PHONY: setup test lint repro image image-test image-lock image-clean
 setup:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --upgrade pip
@@ -13,8 +22,25 @@ test:
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -n 2 --dist loadfile --durations=15
 
 lint:
-	$(VENV)/bin/ruff check dldc components pipelines tests benchmarks
+	$(VENV)/bin/ruff check dldc components pipelines tests benchmarks docker
 	$(VENV)/bin/hadolint docker/Dockerfile.cpu docker/Dockerfile.cuda
 
 repro:
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
+
+# docker build where a Docker engine answers, else buildah (root; store in $DLDC_BUILDAH_ROOT).
+image:
+	$(PYTHON) docker/image.py build $(IMAGE_OPTS) $(if $(IMAGE_BASE),--base $(IMAGE_BASE)) \
+		$(if $(TORCH_INDEX_URL),--torch-index-url $(TORCH_INDEX_URL))
+
+# Needs the venv (the pipeline is compiled from this checkout for the image).
+image-test:
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python docker/image.py test $(IMAGE_OPTS)
+
+# Regenerate docker/constraints.txt and docker/requirements*.txt after changing pyproject.toml's dependencies.
+image-lock:
+	$(VENV)/bin/python docker/lock.py
+
+# Remove the buildah store (every image, container and cache mount of it).
+image-clean:
+	$(PYTHON) docker/image.py clean

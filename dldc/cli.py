@@ -691,6 +691,21 @@ def pipeline() -> None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="IR YAML file to write.")
 def pipeline_compile(out: str) -> None:
     """Compile the Kubeflow pipeline (pipelines/dldc_pipeline.py) to IR YAML."""
+    import importlib.util
+
+    # components/ and pipelines/ live in the source checkout, not in the wheel: an editable install
+    # finds them beside this package, otherwise the current directory must be a checkout.
+    checkout = Path(__file__).resolve().parents[1]
+    for root in (checkout, Path.cwd()):
+        if (root / "pipelines" / "dldc_pipeline.py").is_file() and (root / "components").is_dir():
+            if str(root) not in sys.path:
+                sys.path.insert(0, str(root))
+            break
+    if importlib.util.find_spec("pipelines") is None:
+        raise click.ClickException(
+            "`dldc pipeline compile` needs a dldc source checkout: the `pipelines` package is not installed "
+            "(not in the wheel or the image); run it in a checkout's root"
+        )
     # Imported here so the library itself never imports kfp.
     from pipelines.dldc_pipeline import compile_pipeline
 

