@@ -241,3 +241,17 @@ def test_same_manifest_under_any_blas_thread_count(tmp_path):
     assert dict(zip(rejects["image"], rejects["reason"])) == expected
     assert "low-texture" in rejects.set_index("image").loc["sea/1.png", "detail"]
     assert len(frame) == len(lines) - 2
+
+
+def test_lone_surrogate_captions_are_rejected_and_kept_visible(tmp_path):
+    root = tmp_path / "folder"
+    _folder_dataset(root)
+    lines = [
+        json.dumps({"image": "beach/0.png", "caption": "sand and sea"}),
+        '{"image": "beach/1.png", "caption": "bad \\udcff byte"}',  # valid JSON, not encodable as UTF-8
+    ]
+    (root / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    result = ingest(IngestConfig(format="folder", root=str(root), out=str(tmp_path / "o")), progress=False)
+    rejects = pd.read_parquet(result.rejects)
+    assert list(rejects["reason"]) == ["undecodable_caption"]
+    assert list(rejects["caption"]) == ["bad \\udcff byte"]  # the escape as text, so the file can be written

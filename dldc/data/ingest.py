@@ -91,6 +91,14 @@ def caption_problem(caption: Any) -> tuple[str, str] | None:
     return None
 
 
+def _storable(caption: Any) -> str | None:
+    """A rejected caption as it can be written to Parquet: lone surrogates (JSON ``\\udcff`` escapes,
+    undecodable bytes) become visible ``\\udcff`` text instead of failing the write."""
+    if not isinstance(caption, str):
+        return None
+    return caption.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def check_images(
     root: Path, relative_paths: list[str], cfg: IngestConfig, progress: bool = True
 ) -> list[img.ImageCheck]:
@@ -144,7 +152,7 @@ def ingest(cfg: IngestConfig, progress: bool = True) -> IngestResult:
             "pair_id": None,
             "image_id": None,
             "image": i.image,
-            "caption": i.caption,
+            "caption": _storable(i.caption),
             "scene": i.scene,
             "split": i.split,
             "reason": i.reason,
@@ -208,8 +216,7 @@ def ingest(cfg: IngestConfig, progress: bool = True) -> IngestResult:
             }
             problem = caption_problem(caption)
             if problem is not None:
-                text = caption if isinstance(caption, str) else None
-                reject_rows.append({**base, "caption": text, "reason": problem[0], "detail": problem[1]})
+                reject_rows.append({**base, "caption": _storable(caption), "reason": problem[0], "detail": problem[1]})
                 continue
             kept_rows.append(
                 {
@@ -272,7 +279,7 @@ def _reject_entry(rows: list[dict[str, Any]], entry: Any, verdict: tuple[str, st
                 "pair_id": pair_id_for(image_id, k),
                 "image_id": image_id,
                 "image": entry.image,
-                "caption": caption if isinstance(caption, str) else None,
+                "caption": _storable(caption),
                 "scene": entry.scene,
                 "split": entry.split,
                 "reason": verdict[0],
