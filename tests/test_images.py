@@ -194,3 +194,10 @@ def test_textured_and_low_texture_images_are_never_compared(picture):
     assert textured.texture > 20 and flat.texture == 0.0
     # Same hash on purpose: a textured image is still not a duplicate of a flat one.
     assert img.near_duplicate_of([textured, img.Fingerprint(textured.phash, 0.0, flat.colours)], 6) == {}
+
+
+def test_load_rgb_turns_pillows_bomb_guard_into_a_value_error(tmp_path):
+    path = tmp_path / "bomb.png"
+    Image.new("L", (20000, 20000)).save(path, optimize=True)  # 400 Mpx: over twice Pillow's limit
+    with pytest.raises(ValueError, match="decompression-bomb guard"):
+        img.load_rgb(path, max_pixels=10**12)

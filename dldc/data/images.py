@@ -105,14 +105,17 @@ def load_rgb(path: str | Path, max_pixels: int = 64_000_000) -> Image.Image:
     """Open, fully decode and convert an image to RGB.
 
     Raises:
-        ValueError: the image exceeds ``max_pixels``.
+        ValueError: the image exceeds ``max_pixels`` or Pillow's decompression-bomb guard.
         OSError: the file is missing, truncated or not an image.
     """
-    with Image.open(path) as image:
-        if image.width * image.height > max_pixels:
-            raise ValueError(f"{image.width}x{image.height} exceeds max_pixels={max_pixels}")
-        image.load()
-        return to_rgb(image).copy()
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > max_pixels:
+                raise ValueError(f"{image.width}x{image.height} exceeds max_pixels={max_pixels}")
+            image.load()
+            return to_rgb(image).copy()
+    except Image.DecompressionBombError as err:  # Pillow's own guard fires in Image.open
+        raise ValueError(f"decompression-bomb guard: {err}") from None
 
 
 def inspect_image(path: Path, max_pixels: int, min_side: int) -> ImageCheck:

@@ -337,7 +337,7 @@ def load_patches(
             images, masks, origins = cut_patches(
                 np.asarray(image), labels, patch, stride, space.ignore_index, exclusive
             )
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, Image.DecompressionBombError) as err:  # the mask may be the bomb
             if rejects is None:
                 raise ValueError(f"{pair.image}: {err}") from None
             rejects.append({"image": pair.image, "reason": "unreadable", "detail": str(err)})
