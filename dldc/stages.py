@@ -45,8 +45,11 @@ def run_synth(cfg: DldcConfig, progress: bool = True) -> dict[str, Any]:
 
 def run_ingest(cfg: DldcConfig, progress: bool = True) -> IngestResult:
     """Ingest ``cfg.ingest.root`` into ``cfg.ingest.out`` and log counts and the manifest."""
+    from dldc.io import output_lock
+
     with stage_run(cfg.tracking, "ingest", cfg.ingest.model_dump(mode="json")) as run:
-        result = ingest(cfg.ingest, progress=progress)
+        with output_lock(cfg.ingest.out):  # the other stages lock their folder in their library call
+            result = ingest(cfg.ingest, progress=progress)
         run.log_metrics(result.report["counts"])
         run.log_artifact(result.report_path)
         run.log_artifact(result.rejects)

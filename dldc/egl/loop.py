@@ -27,10 +27,11 @@ candidate the mask contradicts never replaces a caption it does not contradict, 
 not contradict replaces a contradicted caption whatever the scores.
 
 Resumable like the IEL: each round's generations are written per shard of ``shard_size`` pairs
-and captioner (``rounds/round-<r>/gen/b<j>-<i>.parquet``, keyed by everything they depend on)
-and candidate scoring is the engine's own sharded, cached run (``rounds/round-<r>/iel/``); a
-re-run reuses every finished shard and, since the decisions are deterministic, ends with the
-same result as an uninterrupted run.
+and captioner (``rounds/round-<r>/gen/b<j>-<i>.parquet``, keyed by everything they depend on,
+with its sha256 beside it: a damaged shard is generated again, never trusted) and candidate
+scoring is the engine's own sharded, cached run (``rounds/round-<r>/iel/``); a re-run reuses
+every finished shard and, since the decisions are deterministic, ends with the same result as an
+uninterrupted run. ``caption.out`` is locked while a run writes it (:func:`dldc.io.output_lock`).
 
 Outputs in ``caption.out``:
 
@@ -87,7 +88,7 @@ from dldc.egl.layout_check import LayoutChecker
 from dldc.egl.prompts import clean_output, clip_token_counter, fit_to_budget, select_prompt
 from dldc.egl.retrieval import normalise_text
 from dldc.iel.base import CrossFitScorer, Scorer
-from dldc.io import write_json, write_parquet
+from dldc.io import checksum_ok, output_lock, remove_stale_temps, write_json, write_parquet, write_parquet_checked
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +241,19 @@ def caption_manifest(
     Raises:
         FileNotFoundError: missing manifest.
         ValueError: an empty manifest or duplicate pair ids; bad specs (from the factories).
+        dldc.io.OutputLockedError: another process is writing ``cfg.out``.
     """
+    with output_lock(cfg.out):
+        return _caption_manifest(cfg, score_cfg, scorers, captioners, progress)
+
+
+def _caption_manifest(
+    cfg: CaptionConfig,
+    score_cfg: ScoreConfig,
+    scorers: Sequence[Scorer | CrossFitScorer] | None,
+    captioners: Sequence[Captioner] | None,
+    progress: bool,
+) -> CaptionResult:
     started = time.perf_counter()
     if not Path(cfg.manifest).is_file():
         raise FileNotFoundError(f"manifest {cfg.manifest} not found; run `dldc ingest` first")
@@ -252,6 +265,7 @@ def caption_manifest(
     frame = frame.reset_index(drop=True)
     root = dataset_root(cfg.manifest, meta)
     out = Path(cfg.out)
+    remove_stale_temps(out)  # what killed runs left
     specs = list(cfg.scorers or score_cfg.scorers)
     if scorers is None:
         from dldc.iel.factory import create_scorer
@@ -451,7 +465,7 @@ def _generate(
                     },
                     schema=_GEN_SCHEMA,
                 ).replace_schema_metadata({_GEN_KEY: key.encode()})
-                write_parquet(path, table)
+                write_parquet_checked(path, table)
             part = table.to_pandas()
             part["backend_index"] = index
             frames.append(part)
@@ -461,7 +475,7 @@ def _generate(
 
 
 def _read_keyed(path: Path, key: str) -> pa.Table | None:
-    if not path.is_file():
+    if not checksum_ok(path):  # missing, written by a killed run, or damaged: generate again
         return None
     try:
         table = pq.read_table(path)

@@ -10,8 +10,9 @@ How a run goes:
    scorer encodes each pair with the fold model that never saw its image.
 3. The pair's score is the cosine of the two L2-normalised embeddings. The shard's raw
    scores are written atomically to ``shards/shard-<i>.parquet`` with a key over its pairs
-   and scorers; a re-run skips every shard whose key matches, so a killed run resumes where
-   it stopped and ends with the same result as an uninterrupted one.
+   and scorers, and its sha256 beside it (``shard-<i>.parquet.sha256``); a re-run skips every
+   shard whose key and checksum match, so a killed run resumes where it stopped and ends with
+   the same result as an uninterrupted one, and a damaged shard is recomputed, never trusted.
 4. The shards are joined and fused per scene (:mod:`dldc.iel.fuse`) into ``scores.parquet``.
 
 ``scores.parquet`` columns: ``pair_id, image_id, scene, split``, then per scorer ``<name>``
@@ -47,7 +48,15 @@ from dldc.data.manifest import dataset_root, read_manifest
 from dldc.iel.base import CrossFitScorer, Scorer
 from dldc.iel.fuse import fuse_scores
 from dldc.iel.store import EmbeddingStore, text_key
-from dldc.io import write_json, write_parquet
+from dldc.io import (
+    checksum_ok,
+    output_lock,
+    remove_stale_temps,
+    remove_with_checksum,
+    write_json,
+    write_parquet,
+    write_parquet_checked,
+)
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +163,20 @@ def score_manifest(
 
     Returns:
         The written paths, the report and the score table.
+
+    Raises:
+        dldc.io.OutputLockedError: another process is writing ``cfg.out``.
     """
+    with output_lock(cfg.out):
+        return _score_manifest(cfg, scorers, progress, part)
+
+
+def _score_manifest(
+    cfg: ScoreConfig,
+    scorers: Sequence[Scorer | CrossFitScorer] | None,
+    progress: bool,
+    part: tuple[int, int] | None,
+) -> ScoreResult:
     started = time.perf_counter()
     frame, meta = read_manifest(cfg.manifest)
     root = dataset_root(cfg.manifest, meta)
@@ -172,6 +194,8 @@ def score_manifest(
         raise ValueError(f"scorer names must be distinct, got {names}; pass distinct scorers")
     out = Path(cfg.out)
     shards_dir = out / "shards"
+    for folder in (out, shards_dir):  # what killed runs left (the store may be shared: not there)
+        remove_stale_temps(folder, recursive=False)
     store_root = Path(cfg.cache) if cfg.cache else out / "embeddings"
     stores: dict[str, EmbeddingStore] = {}
     stats = {"images_encoded": 0, "texts_encoded": 0, "shards_total": 0, "shards_reused": 0, "oom_retries": 0}
@@ -197,7 +221,7 @@ def score_manifest(
                 if has_scene_head(scorer):
                     columns[f"{scorer.name}{SCENEFIT_SUFFIX}"] = _scene_fit_rows(scorer, rows)
             table = pa.table(columns).replace_schema_metadata({SHARD_KEY: key.encode()})
-            write_parquet(path, table)
+            write_parquet_checked(path, table)
         else:
             stats["shards_reused"] += 1
         tables.append(table)
@@ -205,7 +229,7 @@ def score_manifest(
     bar.close()
     for stale in shards_dir.glob("shard-*.parquet"):
         if int(stale.stem.split("-")[1]) >= n_shards:
-            stale.unlink()
+            remove_with_checksum(stale)
 
     raw = pa.concat_tables(tables).to_pandas()
     scored = (
@@ -245,7 +269,13 @@ def gather_scores(
 
     Raises:
         ValueError: parts scored with different scorers, or a pair present twice.
+        dldc.io.OutputLockedError: another process is writing ``out``.
     """
+    with output_lock(out):
+        return _gather_scores(parts, out, method, disagreement)
+
+
+def _gather_scores(parts: Sequence[str | Path], out: str | Path, method: str, disagreement: float) -> ScoreResult:
     frames, reports = [], []
     for folder in parts:
         folder = Path(folder)
@@ -287,7 +317,7 @@ def _slice(frame: pd.DataFrame, index: int, count: int) -> pd.DataFrame:
 
 
 def _read_shard(path: Path, key: str) -> pa.Table | None:
-    if not path.is_file():
+    if not checksum_ok(path):  # missing, written by a killed run, or damaged: recompute
         return None
     try:
         table = pq.read_table(path)

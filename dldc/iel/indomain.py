@@ -43,10 +43,12 @@ Output folder (written atomically: built in a temporary sibling, then renamed)::
       fold-<k>.safetensors     weights of fold model k (trained without fold k), k = 0..K-1
       fold-<k>.scene.safetensors  fold k's caption -> scene naive Bayes (scene_head; scene_text.py)
       folds.parquet            image_id (string), fold (int32): the held-out fold of each image
-      indomain.json            config, data counts, per-fold losses, held-out metrics, timings
+      indomain.json            config, data counts, per-fold losses, held-out metrics, timings, and
+                               ``files``: the sha256 of every file above
 
 :func:`load_indomain` reads the folder back as an :class:`IndomainScorer` (a
-:class:`~dldc.iel.base.CrossFitScorer`); its fold models implement :class:`~dldc.iel.base.Scorer`.
+:class:`~dldc.iel.base.CrossFitScorer`), refusing files that no longer match ``files``; its fold
+models implement :class:`~dldc.iel.base.Scorer`.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
 from PIL import Image, ImageOps
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from dldc.config import IndomainConfig
@@ -81,7 +83,7 @@ from dldc.data.images import load_rgb
 from dldc.data.manifest import dataset_root, read_manifest
 from dldc.iel.base import l2_normalise
 from dldc.iel.scene_text import SceneCaptionModel, content_tokens
-from dldc.io import atomic_dir, write_json
+from dldc.io import atomic_dir, file_sha256, output_lock, remove_stale_temps, write_json, write_safetensors
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
@@ -679,7 +681,7 @@ def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, Any] | 
     into one ``dldc`` key as sorted JSON.
     """
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    save_file(tensors, str(path), metadata={"dldc": json.dumps(metadata or {}, sort_keys=True)})
+    write_safetensors(path, tensors, metadata={"dldc": json.dumps(metadata or {}, sort_keys=True)})
 
 
 def train_indomain(cfg: IndomainConfig, progress: bool = True) -> dict[str, Any]:
@@ -695,8 +697,16 @@ def train_indomain(cfg: IndomainConfig, progress: bool = True) -> dict[str, Any]
     Raises:
         FileNotFoundError: missing manifest or architecture config.
         ValueError: empty manifest, or fewer images than folds.
+        dldc.io.OutputLockedError: another process is writing ``cfg.out``.
     """
+    with output_lock(cfg.out):
+        return _train_indomain(cfg, progress)
+
+
+def _train_indomain(cfg: IndomainConfig, progress: bool) -> dict[str, Any]:
     start = time.perf_counter()
+    name = Path(cfg.out).name  # atomic_dir's temporaries of a killed run sit beside the folder
+    remove_stale_temps(Path(cfg.out).parent, (f".{name}.*.tmp", f".{name}.old-*"), recursive=False)
     manifest = Path(cfg.manifest)
     if not manifest.is_file():
         raise FileNotFoundError(f"manifest {manifest} not found; run `dldc ingest` first")
@@ -758,6 +768,10 @@ def train_indomain(cfg: IndomainConfig, progress: bool = True) -> dict[str, Any]
                 "decode_s": round(data.decode_seconds, 2),
                 "train_s": round(sum(s["train_seconds"] for s in fold_stats), 2),
                 "total_s": round(time.perf_counter() - start, 2),
+            },
+            "files": {
+                name: file_sha256(tmp / name)
+                for name in sorted(p.name for p in tmp.iterdir() if p.is_file() and p.name != REPORT_FILE)
             },
         }
         write_json(tmp / REPORT_FILE, report)
@@ -862,9 +876,19 @@ class IndomainScorer:
         if missing:
             raise FileNotFoundError(f"{self.path} is not a complete in-domain scorer: missing {missing}")
         digest = hashlib.sha256()
+        damaged = []
+        recorded = report.get("files") or {}  # absent in folders written before checksums were recorded
         for name in files:
+            file_digest = hashlib.sha256((self.path / name).read_bytes())
+            if name in recorded and recorded[name] != file_digest.hexdigest():
+                damaged.append(name)
             digest.update(name.encode())
-            digest.update(hashlib.sha256((self.path / name).read_bytes()).digest())
+            digest.update(file_digest.digest())
+        if damaged:
+            raise ValueError(
+                f"{self.path} is damaged: {damaged} no longer match the sha256 recorded in {REPORT_FILE}; "
+                "train the scorer again (`dldc train-scorer`)"
+            )
         self.scorer_id = f"{SCORER_NAME}:{digest.hexdigest()[:12]}"
         config = json.loads((self.path / OPEN_CLIP_CONFIG_FILE).read_text(encoding="utf-8"))
         self.image_size = image_size_of(config["model_cfg"])

@@ -7,21 +7,26 @@ a new manifest encodes only what the store lacks.
 Layout: ``<root>/<scorer folder>/{image,text}-<n>.safetensors``, each file holding
 ``keys`` (uint8, ``(N, 32)`` sha256 digests), ``embeddings`` (float32, ``(N, D)``) and, for
 texts, ``tokens`` (int32 untruncated token counts). The scorer id sits in each file's
-metadata; files are written atomically, so a killed run leaves only complete parts.
+metadata; files are written atomically, so a killed run leaves only complete parts, each with
+its sha256 beside it (``<part>.safetensors.sha256``). A part whose checksum is missing or does
+not match is logged, deleted and not loaded: its embeddings count as missing and are encoded
+again, never trusted.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 
 from dldc.iel.base import column_name
-from dldc.io import atomic_path
+from dldc.io import atomic_path, checksum_ok, remove_with_checksum, write_checksum, write_safetensors
 
 KINDS = ("image", "text")
+log = logging.getLogger(__name__)
 
 
 def text_key(text: str) -> bytes:
@@ -48,12 +53,16 @@ class EmbeddingStore:
         self._matrix: dict[str, torch.Tensor | None] = {kind: None for kind in KINDS}
         for kind in KINDS:
             for path in sorted(self.folder.glob(f"{kind}-*.safetensors")):
+                self._parts = max(self._parts, _part_index(path) + 1)
+                if not checksum_ok(path):  # damaged or unfinished: encode its embeddings again
+                    log.warning("dropping embedding-store part %s", path)
+                    remove_with_checksum(path)
+                    continue
                 with safe_open(str(path), framework="pt") as handle:
                     stored_id = (handle.metadata() or {}).get("scorer_id")
                 if stored_id != scorer_id:
                     raise ValueError(f"{path} belongs to scorer {stored_id!r}, not {scorer_id!r}; remove it")
                 self._append(kind, load_file(str(path)))
-                self._parts += 1
 
     def __len__(self) -> int:
         return sum(len(rows) for rows in self._rows.values())
@@ -80,8 +89,10 @@ class EmbeddingStore:
         if kind == "text":
             tensors["tokens"] = torch.tensor(tokens if tokens is not None else [-1] * len(keys), dtype=torch.int32)
         self.folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.folder / f"{kind}-{self._parts:06d}.safetensors") as tmp:
-            save_file(tensors, str(tmp), metadata={"scorer_id": self.scorer_id, "kind": kind})
+        path = self.folder / f"{kind}-{self._parts:06d}.safetensors"
+        with atomic_path(path) as tmp:
+            write_safetensors(tmp, tensors, metadata={"scorer_id": self.scorer_id, "kind": kind})
+        write_checksum(path)
         self._parts += 1
         self._append(kind, tensors)
 
@@ -109,3 +120,11 @@ class EmbeddingStore:
         if kind == "text":
             self._tokens.append(tensors["tokens"])
         self._matrix[kind] = None
+
+
+def _part_index(path: Path) -> int:
+    """The number of a part file (``image-000003.safetensors`` → 3; -1 when it has none)."""
+    try:
+        return int(path.stem.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1

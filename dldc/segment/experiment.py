@@ -30,7 +30,8 @@ Output contract (``cfg.out`` = ``DIR``)::
       synthetic/          prompts and generated images (see dldc.segment.synthetic)
 
 Same inputs, nothing recomputed: runs whose fingerprint (settings + data) matches are reused,
-generated images are reused while their arm's settings hold.
+generated images are reused while their arm's settings hold. ``DIR`` is locked while a run
+writes it (:func:`dldc.io.output_lock`): a second run on the same folder is refused.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ import pandas as pd
 import pyarrow as pa
 
 from dldc.config import SegmentConfig
-from dldc.io import write_json, write_parquet
+from dldc.io import atomic_path, output_lock, png_intact, remove_stale_temps, write_json, write_parquet
 from dldc.segment.datasets import LAYOUTS, SPLITS, LabelSpace, Layout, PatchSet, list_pairs, load_patches, load_table
 from dldc.segment.datasets import split_tiles as make_split
 from dldc.segment.metrics import bootstrap_intervals, scores
@@ -149,10 +150,22 @@ def run_segment(
     Raises:
         FileNotFoundError: the dataset, the base or an adapter is missing.
         ValueError: a mask that does not fit the class table, or an empty split.
+        dldc.io.OutputLockedError: another process is writing ``cfg.out``.
     """
+    with output_lock(cfg.out):
+        return _run_segment(cfg, progress, renderer, on_log)
+
+
+def _run_segment(
+    cfg: SegmentConfig,
+    progress: bool,
+    renderer: Renderer | None,
+    on_log: Callable[[str, int, dict[str, float]], None] | None,
+) -> dict[str, Any]:
     started = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)  # what killed runs left
     space, splits, assignment, rejects = load_splits(cfg)
     write_json(out / "split.json", assignment)
     train, val, test = splits["train"], splits["val"], splits["test"]
@@ -182,6 +195,10 @@ def run_segment(
         real_model = load_segmenter(out / "runs" / REAL_ARM, space.num_classes, cfg)
         ids = prompts["synth_id"].tolist()
         for arm, adapter in arms.items():
+            # synthesize_arm reuses every image file that exists; a damaged one is made again instead.
+            for image in sorted((out / "synthetic" / arm / "images").glob("*.png")):
+                if not png_intact(image):
+                    image.unlink()
             images, counts = synthesize_arm(
                 out / "synthetic", arm, adapter, prompts, renderer, cfg.patch_size, cfg.gen_batch_size, progress
             )
@@ -228,7 +245,8 @@ def run_segment(
         "seconds": round(time.perf_counter() - started, 2),
     }
     write_json(out / RESULTS_FILE, _finite(report))
-    (out / TABLE_FILE).write_text(results_table(report), encoding="utf-8")
+    with atomic_path(out / TABLE_FILE) as tmp:
+        tmp.write_text(results_table(report), encoding="utf-8")
     per_class = [
         {"protocol": _protocol_of(name), "arm": _arm_of(name), "class": c, "IoU": run["IoU"][c], "Acc": run["Acc"][c]}
         for name, run in results.items()

@@ -19,9 +19,12 @@ Paired arms
 
 Checkpoints
     ``checkpoint.pt`` (model, optimizer, scheduler, step, curves, fingerprint) is written
-    atomically every ``cfg.checkpoint_every`` steps and read back with
-    ``torch.load(weights_only=True)``. A checkpoint of other settings or other data (another
-    fingerprint) is ignored. The final weights are ``model.safetensors``.
+    atomically every ``cfg.checkpoint_every`` steps, its sha256 beside it
+    (``checkpoint.pt.sha256``), and read back with ``torch.load(weights_only=True)``
+    (:func:`dldc.io.load_tensors`: a file with other pickled objects is refused). A checkpoint of
+    other settings or other data (another fingerprint), or one that does not match its checksum
+    (damaged, or written by a killed run), is ignored. The final weights are ``model.safetensors``;
+    a finished run is reused only while they match the sha256 recorded in ``train.json``.
 
 Example::
 
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -41,13 +45,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from dldc.config import SegmentConfig
 from dldc.iel.factory import resolve_device
-from dldc.io import atomic_path, write_json
+from dldc.io import (
+    atomic_path,
+    checksum_ok,
+    file_sha256,
+    load_tensors,
+    write_checksum,
+    write_json,
+    write_safetensors,
+    write_torch,
+)
 from dldc.segment.datasets import PatchSet
 from dldc.segment.metrics import confusion_matrix, scores
 from dldc.segment.models import create_segmenter, normalise
@@ -59,6 +72,8 @@ TRAIN_FIELDS = ("model", "widths", "steps", "batch_size", "lr", "weight_decay", 
                 "ignore_index")
 MAX_CLASS_WEIGHT = 10.0
 SAMPLER = "paired-v1"  # the batch sampler (part of the fingerprint: old checkpoints are not resumed)
+
+log = logging.getLogger(__name__)
 
 
 def data_digest(*parts: PatchSet) -> str:
@@ -160,6 +175,7 @@ def train_segmenter(
 
     Raises:
         ValueError: no training patch, or a label outside the classes.
+        dldc.io.UnsafeCheckpointError: ``checkpoint.pt`` holds pickled objects other than tensors.
     """
     if len(train) == 0:
         raise ValueError("no training patch: check the dataset root, layout and split ratios")
@@ -173,10 +189,9 @@ def train_segmenter(
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = train_fingerprint(cfg, num_classes, data_digest(*([train, extra] if n_extra else [train])))
     report_path = out / REPORT_FILE
-    if report_path.is_file() and (out / MODEL_FILE).is_file():
-        previous = json.loads(report_path.read_text(encoding="utf-8"))
-        if previous.get("fingerprint") == fingerprint:
-            return {**previous, "reused": True}
+    previous = _finished(out, fingerprint)
+    if previous is not None:
+        return {**previous, "reused": True}
     device = resolve_device(cfg.device)
     weights = class_weights(train.labels, num_classes, cfg.ignore_index, cfg.class_weighting)  # real pixels only
     loss_weight = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
@@ -190,8 +205,10 @@ def train_segmenter(
     )
     start, losses, val_curve, resumed_from = 0, [], [], []
     checkpoint = out / CHECKPOINT_FILE
-    if checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
+    if checkpoint.is_file() and not checksum_ok(checkpoint):
+        log.warning("%s is damaged or unfinished; training %s from step 0", checkpoint, out)
+    elif checkpoint.is_file():
+        state = load_tensors(checkpoint, map_location=device)
         if state.get("fingerprint") == fingerprint:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -237,15 +254,17 @@ def train_segmenter(
                 "fingerprint": fingerprint,
             }
             with atomic_path(checkpoint) as tmp:
-                torch.save(state, tmp)
+                write_torch(tmp, state)
+            write_checksum(checkpoint)
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     bar.close()
     with atomic_path(out / MODEL_FILE) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        write_safetensors(tmp, {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
     report = {
         "fingerprint": fingerprint,
         "model": cfg.model,
+        "model_sha256": file_sha256(out / MODEL_FILE),
         "num_classes": num_classes,
         "steps": cfg.steps,
         "batch_size": cfg.batch_size,
@@ -259,6 +278,23 @@ def train_segmenter(
     }
     write_json(report_path, report)
     return {**report, "reused": False}
+
+
+def _finished(out: Path, fingerprint: str) -> dict[str, Any] | None:
+    """``train.json`` of a finished run of ``fingerprint`` whose weights still match their recorded sha256."""
+    report_path, model = out / REPORT_FILE, out / MODEL_FILE
+    if not (report_path.is_file() and model.is_file()):
+        return None
+    try:
+        previous = json.loads(report_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(previous, dict) or previous.get("fingerprint") != fingerprint:
+        return None
+    if previous.get("model_sha256") != file_sha256(model):
+        log.warning("%s does not match the sha256 in %s (damaged?); training again", model, report_path)
+        return None
+    return previous
 
 
 def load_segmenter(run: str | Path, num_classes: int, cfg: SegmentConfig) -> torch.nn.Module:

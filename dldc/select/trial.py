@@ -14,8 +14,13 @@ Trial folder::
     generate/                  held-out images (resumes)
     evaluate/                  the evaluation (results.json, metrics.parquet, bootstrap.parquet, ...)
     trial.json                 ratio, counts, per-scene metrics {scene: {metric: value}}, the digest
-                               of the held-out prompt keys, input key (written last; a finished trial
-                               with the same key is not recomputed)
+                               of the held-out prompt keys, input key, the sha256 of the files
+                               ``dldc select`` reads (written last; a finished trial with the same
+                               key whose files still match is not recomputed)
+    trial.json.sha256          trial.json's own sha256: a damaged trial is recomputed, and
+                               :func:`read_trials` refuses it
+
+The trial folder is locked while a run writes it (:func:`dldc.io.output_lock`).
 
 With ``select.trial_bootstrap`` replicates, ``evaluate/bootstrap.parquet`` holds the per-scene
 bootstrap values. The draws depend only on the held-out prompt keys and the evaluation seed, which
@@ -36,12 +41,22 @@ import numpy as np
 import pandas as pd
 
 from dldc.config import DldcConfig
-from dldc.io import file_sha256, write_json
+from dldc.io import (
+    checksum_ok,
+    checksum_path,
+    file_sha256,
+    files_mismatching,
+    output_lock,
+    remove_stale_temps,
+    write_checksum,
+    write_json,
+)
 from dldc.select.ranking import keep_mask, load_ranked, write_cleaned_manifest
 
 TRIAL_FILE = "trial.json"
 TRIAL_MANIFEST = "cleaned_manifest.parquet"
 TRIAL_ARM = "trial"
+BOOTSTRAP_FILE = "evaluate/bootstrap.parquet"
 
 
 def trial_dir_name(ratio: float) -> str:
@@ -93,20 +108,43 @@ def run_trial(cfg: DldcConfig, ratio: float, out: str | Path, progress: bool = T
     Raises:
         FileNotFoundError: scores, manifest, base or scorer missing.
         ValueError: a ratio outside [0, 1), no held-out prompt, or a scene the data does not have.
+        dldc.io.OutputLockedError: another process is writing ``out``.
     """
+    with output_lock(out):
+        return _run_trial(cfg, ratio, Path(out), progress, scenes)
+
+
+def _finished_trial(out: Path, key: str) -> dict[str, Any] | None:
+    """``trial.json`` of a finished trial with ``key`` whose own bytes and recorded files still match."""
+    done = out / TRIAL_FILE
+    if not done.is_file() or not checksum_ok(done):
+        return None
+    try:
+        previous = json.loads(done.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+    if not isinstance(previous, dict) or previous.get("key") != key:
+        return None
+    if files_mismatching(out, previous.get("files") or {}, what=f"trial {out}"):
+        return None
+    return previous
+
+
+def _run_trial(
+    cfg: DldcConfig, ratio: float, out: Path, progress: bool, scenes: Sequence[str] | None
+) -> dict[str, Any]:
     from dldc.evaluate.evaluate import evaluate_generations
     from dldc.t2i.finetune import finetune
     from dldc.t2i.generate import generate_images
 
     section = cfg.select
-    out = Path(out)
+    remove_stale_temps(out)  # what killed runs left
     inputs = (file_sha256(section.scores), file_sha256(section.manifest))
     key = trial_key(cfg, ratio, inputs, scenes)
     done = out / TRIAL_FILE
-    if done.is_file():
-        previous = json.loads(done.read_text(encoding="utf-8"))
-        if previous.get("key") == key:
-            return previous
+    previous = _finished_trial(out, key)
+    if previous is not None:
+        return previous
     started = time.perf_counter()
     ranked = load_ranked(section.scores, section.manifest, list(section.splits))
     if scenes is None:
@@ -172,9 +210,11 @@ def run_trial(cfg: DldcConfig, ratio: float, out: str | Path, progress: bool = T
         "bootstrap": section.trial_bootstrap,
         "prompt_keys_sha256": hashlib.sha256("\n".join(prompt_keys).encode()).hexdigest(),
         "metrics": metrics,
+        "files": {name: file_sha256(out / name) for name in (TRIAL_MANIFEST, BOOTSTRAP_FILE) if (out / name).is_file()},
         "seconds": round(time.perf_counter() - started, 2),
     }
     write_json(done, report)
+    write_checksum(done)
     return report
 
 
@@ -183,11 +223,19 @@ def read_trials(folder: str | Path, grid: list[float]) -> dict[float, dict[str, 
 
     Raises:
         FileNotFoundError: a ratio of the grid has no finished trial (says which command makes it).
+        ValueError: a trial's files no longer match their recorded sha256 (damaged).
     """
     folder = Path(folder)
     found: dict[float, dict[str, Any]] = {}
     for path in sorted(folder.glob(f"*/{TRIAL_FILE}")):
-        report = json.loads(path.read_text(encoding="utf-8"))
+        damaged = checksum_path(path).is_file() and not checksum_ok(path)  # no sidecar: written before checksums
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            damaged = True
+        if damaged or files_mismatching(path.parent, report.get("files") or {}, what=f"trial {path.parent}"):
+            raise ValueError(f"trial {path.parent} is damaged (its files do not match their recorded sha256); "
+                             f"run `dldc select-trial` for its ratio again")
         found[float(report["ratio"])] = {**report, "path": str(path.parent)}
     missing = [r for r in grid if not any(abs(r - f) < 1e-9 for f in found)]
     if missing:

@@ -21,9 +21,15 @@ Adapter folder (``cfg.out``)::
     pytorch_lora_weights.safetensors   diffusers' LoRA format (``pipe.load_lora_weights(out)``),
                                        LoRA rank/alpha/targets in its metadata
     finetune.json                      config, base, manifest (+ sha256), data counts, loss curve,
-                                       throughput, resume history (written last: marks completion)
+                                       throughput, resume history, sha256 of the adapter and samples
+                                       (written last: marks completion; a finished adapter is only
+                                       reused when its bytes still match)
     samples.png                        one held-out prompt per scene: base (top) vs. adapter (bottom)
-    checkpoints/step-NNNNNNNN/         resumable state (not part of the adapter)
+    checkpoints/step-NNNNNNNN/         resumable state (not part of the adapter; checksummed,
+                                       :mod:`dldc.t2i.checkpoints`)
+
+The folder is locked while a run writes it (:func:`dldc.io.output_lock`): a second run on the
+same ``out`` is refused.
 
 Example (a few steps on a dummy base and a tiny manifest)::
 
@@ -53,7 +59,16 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dldc.config import FinetuneConfig
-from dldc.io import file_sha256, write_json
+from dldc.io import (
+    TEMP_PATTERNS,
+    atomic_path,
+    canonical_safetensors,
+    file_sha256,
+    output_lock,
+    remove_stale_temps,
+    write_errors,
+    write_json,
+)
 from dldc.t2i.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from dldc.t2i.data import encode_latents, load_pairs, tokenize
 from dldc.t2i.train_utils import lr_at, min_snr_weights, resolve_device, resolve_precision, set_threads
@@ -148,7 +163,11 @@ def batch_indices(
 
 
 def finished_report(out: Path, run_id: str, cfg: FinetuneConfig) -> dict[str, Any] | None:
-    """The report of a finished run in ``out`` with fingerprint ``run_id`` (and its samples, if wanted), else None."""
+    """The report of a finished run in ``out`` with fingerprint ``run_id`` (and its samples, if wanted), else None.
+
+    Finished means the adapter (and the samples) still match the sha256 the report recorded: a
+    damaged adapter is trained again, never reused.
+    """
     report_file = out / REPORT_FILE
     if not (report_file.is_file() and (out / ADAPTER_FILE).is_file()):
         return None
@@ -158,7 +177,16 @@ def finished_report(out: Path, run_id: str, cfg: FinetuneConfig) -> dict[str, An
         report = json.loads(report_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return report if report.get("fingerprint") == run_id else None
+    if not isinstance(report, dict) or report.get("fingerprint") != run_id:
+        return None
+    recorded = {ADAPTER_FILE: report.get("adapter_sha256")}
+    if cfg.sample_steps:
+        recorded[SAMPLES_FILE] = (report.get("samples") or {}).get("sha256")
+    damaged = [name for name, digest in recorded.items() if digest != file_sha256(out / name)]
+    if damaged:
+        log.warning("%s: %s do not match the sha256 in %s (damaged?); training again", out, damaged, REPORT_FILE)
+        return None
+    return report
 
 
 def fingerprint(cfg: FinetuneConfig, manifest_sha256: str, base_digest: str) -> str:
@@ -210,7 +238,12 @@ def add_lora(cfg: FinetuneConfig, unet: torch.nn.Module, text_encoder: torch.nn.
 
 
 def save_adapter(out: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module, configs: dict[str, Any]) -> Path:
-    """Write ``pytorch_lora_weights.safetensors`` in diffusers' format, atomically."""
+    """Write ``pytorch_lora_weights.safetensors`` in diffusers' format, atomically.
+
+    Same weights, same bytes: peft keeps ``target_modules`` as a set, whose order changes with each
+    process's string hashing, and safetensors writes the metadata keys in a random order; both are
+    written sorted.
+    """
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
@@ -220,19 +253,25 @@ def save_adapter(out: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module
     if "text_encoder" in configs:
         text_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder))
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out, prefix=".adapter-") as tmp:
+    with tempfile.TemporaryDirectory(dir=out, prefix=".adapter-") as tmp, write_errors(out / ADAPTER_FILE):
         StableDiffusionPipeline.save_lora_weights(
             tmp,
             unet_lora_layers={k: v.detach().float().cpu().contiguous() for k, v in unet_layers.items()},
             text_encoder_lora_layers=(
                 {k: v.detach().float().cpu().contiguous() for k, v in text_layers.items()} if text_layers else None
             ),
-            unet_lora_adapter_metadata=configs["unet"].to_dict(),
-            text_encoder_lora_adapter_metadata=configs["text_encoder"].to_dict() if text_layers else None,
+            unet_lora_adapter_metadata=_sorted_sets(configs["unet"].to_dict()),
+            text_encoder_lora_adapter_metadata=_sorted_sets(configs["text_encoder"].to_dict()) if text_layers else None,
             safe_serialization=True,
         )
+        canonical_safetensors(Path(tmp) / ADAPTER_FILE)  # its metadata in a fixed order: same run, same bytes
         os.replace(Path(tmp) / ADAPTER_FILE, out / ADAPTER_FILE)
     return out / ADAPTER_FILE
+
+
+def _sorted_sets(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with every set as a sorted list (JSON of a set follows the process's hash seed)."""
+    return {key: sorted(value) if isinstance(value, (set, frozenset)) else value for key, value in settings.items()}
 
 
 def finetune(
@@ -259,7 +298,19 @@ def finetune(
     Raises:
         FileNotFoundError: the base or the manifest is missing.
         ValueError: no training pairs, or a checkpoint that does not fit the model.
+        dldc.t2i.checkpoints.UnsafeCheckpointError: a checkpoint holds pickled objects other than tensors.
+        dldc.io.OutputLockedError: another process is writing ``cfg.out``.
     """
+    with output_lock(cfg.out):
+        return _finetune(cfg, progress, on_log, stop_after)
+
+
+def _finetune(
+    cfg: FinetuneConfig,
+    progress: bool,
+    on_log: Callable[[int, dict[str, float]], None] | None,
+    stop_after: int | None,
+) -> dict[str, Any]:
     from dldc.t2i.models import load_components
 
     started = time.perf_counter()
@@ -268,6 +319,7 @@ def finetune(
     precision = resolve_precision(cfg.precision, device)
     weight_dtype = DTYPES[precision]
     out = Path(cfg.out)
+    remove_stale_temps(out, (*TEMP_PATTERNS, ".adapter-*"), recursive=False)  # what killed runs left
     manifest_sha = file_sha256(cfg.manifest) if Path(cfg.manifest).is_file() else ""
     run_id = fingerprint(cfg, manifest_sha, base_digest(cfg.base, cfg.revision))
     finished = finished_report(out, run_id, cfg)
@@ -315,7 +367,7 @@ def finetune(
         resumed_from = [*state.get("resumed_from", []), start_step]
         log.info("resuming %s from step %d", out, start_step)
     elif list_checkpoints(checkpoints):
-        log.info("ignoring checkpoints in %s written with other settings or data", checkpoints)
+        log.info("ignoring checkpoints in %s (other settings or data, or damaged)", checkpoints)
         shutil.rmtree(checkpoints)
     setup_seconds = time.perf_counter() - started
 
@@ -397,6 +449,7 @@ def finetune(
         "base_digest": base_digest(cfg.base, cfg.revision),
         "fingerprint": run_id,
         "adapter": adapter.name,
+        "adapter_sha256": file_sha256(adapter),
         "precision": precision,
         "device": str(device),
         "data": {"pairs": len(pairs), "images": len(pairs.pixels), "splits": list(cfg.splits)},
@@ -444,8 +497,14 @@ def write_samples(cfg: FinetuneConfig, path: Path, device: torch.device) -> dict
     before = pipe(texts, generator=seeds(), **kwargs).images
     pipe.load_lora_weights(str(path.parent), weight_name=ADAPTER_FILE)
     after = pipe(texts, generator=seeds(), **kwargs).images
-    image_grid([before, after]).save(path)
-    return {"file": path.name, "prompts": dict(zip(prompts["scene"], texts)), "rows": ["base", "adapter"]}
+    with atomic_path(path) as tmp:
+        image_grid([before, after]).save(tmp, format="PNG")
+    return {
+        "file": path.name,
+        "prompts": dict(zip(prompts["scene"], texts)),
+        "rows": ["base", "adapter"],
+        "sha256": file_sha256(path),
+    }
 
 
 def _thin(values: list[float], points: int = 200) -> list[float]:

@@ -16,7 +16,8 @@ Arms
     ``load_lora_weights`` and unloaded after its arm.
 
 Resuming
-    Images are written one by one, atomically. A re-run skips every image that exists, unless
+    Images are written one by one, atomically. A re-run skips every image that exists and is an
+    intact PNG (every chunk's CRC checked: a truncated or bit-flipped image is made again), unless
     the arm's settings changed (base, adapter bytes, steps, guidance, sampler, resolution,
     adapter scale, precision, seed: ``arms/<arm>.json``), in which case that arm's images are
     deleted and made again.
@@ -28,6 +29,8 @@ Output contract (``cfg.out`` = ``DIR``; read by ``dldc evaluate``, :mod:`dldc.ev
       generations.parquet      one row per image, every arm (schema below)
       generate.json            config, counts per arm (generated / reused), seconds, images/s
       arms/<arm>.json          the settings each arm's images were made with
+
+    ``DIR`` is locked while a run writes it (:func:`dldc.io.output_lock`).
 
     ``generations.parquet``
     ============== ======== ===========================================================
@@ -72,7 +75,7 @@ from tqdm.auto import tqdm
 
 from dldc.config import GenerateConfig
 from dldc.data.manifest import read_manifest
-from dldc.io import atomic_path, file_sha256, write_json, write_parquet
+from dldc.io import atomic_path, file_sha256, output_lock, png_intact, remove_stale_temps, write_json, write_parquet
 from dldc.t2i.finetune import ADAPTER_FILE, DTYPES, base_digest
 from dldc.t2i.train_utils import resolve_device, resolve_precision, set_threads
 
@@ -188,7 +191,13 @@ def generate_images(cfg: GenerateConfig, progress: bool = True) -> GenerateResul
     Raises:
         FileNotFoundError: the base, the manifest or an adapter is missing.
         ValueError: no prompts, or two prompts map to the same ``gen_id``.
+        dldc.io.OutputLockedError: another process is writing ``cfg.out``.
     """
+    with output_lock(cfg.out):
+        return _generate_images(cfg, progress)
+
+
+def _generate_images(cfg: GenerateConfig, progress: bool) -> GenerateResult:
     from dldc.t2i.models import load_pipeline
 
     for arm, adapter in cfg.arms.items():
@@ -200,6 +209,7 @@ def generate_images(cfg: GenerateConfig, progress: bool = True) -> GenerateResul
     prompts = select_prompts(cfg.manifest, cfg.split, cfg.prompts_per_image, cfg.images_per_prompt, cfg.seed)
     out = Path(cfg.out)
     (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)  # what killed runs left
 
     started = time.perf_counter()
     pipe = load_pipeline(cfg.base, dtype=DTYPES[precision], scheduler=cfg.scheduler, revision=cfg.revision).to(device)
@@ -218,7 +228,7 @@ def generate_images(cfg: GenerateConfig, progress: bool = True) -> GenerateResul
         settings = arm_settings(cfg, arm, adapter, height, width, precision)
         _forget_stale_arm(out, arm, settings, table["path"].tolist())
         write_json(out / ARMS_DIR / f"{arm}.json", settings)  # before rendering: a killed run resumes
-        todo = table[[not (out / path).is_file() for path in table["path"]]]
+        todo = table[[not png_intact(out / path) for path in table["path"]]]
         counts[arm] = {"generated": len(todo), "reused": len(table) - len(todo)}
         if len(todo):
             mark = time.perf_counter()
