@@ -23,9 +23,9 @@ Faults (``--faults``):
 
 ``sigkill``   SIGKILL (to the process group) at ``--kills`` seeded points, each in a fresh folder,
               then the same command again. A point is a time drawn uniformly between the first and
-              the last new file of the reference run, aimed at the same progress (files written,
-              then the rest of the interval scaled to this run's speed), since machine load changes
-              how long the same work takes.
+              the last new file of the reference run (its end, when all files appear at once, as in
+              ingest), aimed at the same progress (files written, then the rest of the interval
+              scaled to this run's speed), since machine load changes how long the same work takes.
 ``damaged``   a truncated and a bit-flipped cached piece (score shard, embedding-store part,
               caption shard, fine-tuning / segmenter checkpoint, finished adapter or weights;
               for ingest its previous outputs; for train-scorer the scorer files, which the
@@ -785,7 +785,9 @@ def fault_sigkill(bench: Bench, stage: str) -> list[Case]:
     events = bench.timing[stage]["progress"]
     rng = random.Random(f"{bench.seed}:{stage}")
     low, high = events[0][0], events[-1][0]
-    points = sorted(round(rng.uniform(low, high), 2) for _ in range(bench.kills))
+    if high - low < 0.05:  # every file at once (ingest): up to the end of the run instead
+        high = bench.timing[stage]["seconds"]
+    points = sorted(rng.uniform(low, high) for _ in range(bench.kills))
     cases = []
     for point in points:
         at, files = max((event for event in events if event[0] <= point), key=lambda event: event[0])

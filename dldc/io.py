@@ -11,6 +11,10 @@ file in a checkpoint folder, :func:`write_checksums`) and checked before reuse
 recomputed.
 
 :func:`output_lock` keeps two processes from writing one output folder at once.
+
+Tensors are written through Python's file I/O (:func:`write_safetensors`, :func:`write_torch`), so
+a full disk is an :class:`OSError` like any other, and read back without running pickled code
+(:func:`load_tensors`); :func:`png_intact` checks an image a re-run would reuse.
 """
 
 from __future__ import annotations
@@ -104,11 +108,14 @@ def write_errors(path: str | Path) -> Iterator[None]:
 
     safetensors raises ``SafetensorError("... I/O error: No space left on device (os error 28)")`` and
     ``torch.save`` a ``RuntimeError("... file write failed")``; as an ``OSError`` they reach the user as
-    one line ("No space left on device: <path>") like every other full disk. Other errors pass unchanged.
+    one line ("No space left on device: <path>") like every other full disk. An ``OSError`` that names
+    no file (a failed ``write``) gets ``path``. Other errors pass unchanged.
     """
     try:
         yield
-    except OSError:
+    except OSError as err:
+        if err.errno and not err.filename:  # file writes (pyarrow, Python's own) do not say which file
+            raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
         raise
     except Exception as err:
         text = str(err)
