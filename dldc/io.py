@@ -33,7 +33,7 @@ import shutil
 import struct
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -288,6 +288,28 @@ def files_mismatching(folder: str | Path, recorded: dict[str, str], what: str = 
     if bad:
         log.warning("%s: %s missing or not matching the recorded sha256 (damaged?)", what or folder, bad)
     return bad
+
+
+def finished_report(
+    report: str | Path, field: str, value: str, recorded: Callable[[dict[str, Any]], dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The JSON ``report`` of a finished run that may be reused, else ``None``.
+
+    Reusable means: the file parses to an object whose ``field`` (the run's fingerprint or key)
+    equals ``value``, and every file that ``recorded(report)`` lists (``{name: sha256}``, names
+    relative to the report's folder) is still there with that sha256 (:func:`files_mismatching`
+    logs the ones that are not).
+    """
+    report = Path(report)
+    try:
+        previous = json.loads(report.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(previous, dict) or previous.get(field) != value:
+        return None
+    if files_mismatching(report.parent, recorded(previous), what=f"{report.parent} (per {report.name})"):
+        return None
+    return previous
 
 
 def _recorded_digest(sidecar: Path) -> str | None:

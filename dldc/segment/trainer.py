@@ -55,6 +55,7 @@ from dldc.io import (
     atomic_path,
     checksum_ok,
     file_sha256,
+    finished_report,
     load_tensors,
     write_checksum,
     write_json,
@@ -282,19 +283,7 @@ def train_segmenter(
 
 def _finished(out: Path, fingerprint: str) -> dict[str, Any] | None:
     """``train.json`` of a finished run of ``fingerprint`` whose weights still match their recorded sha256."""
-    report_path, model = out / REPORT_FILE, out / MODEL_FILE
-    if not (report_path.is_file() and model.is_file()):
-        return None
-    try:
-        previous = json.loads(report_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(previous, dict) or previous.get("fingerprint") != fingerprint:
-        return None
-    if previous.get("model_sha256") != file_sha256(model):
-        log.warning("%s does not match the sha256 in %s (damaged?); training again", model, report_path)
-        return None
-    return previous
+    return finished_report(out / REPORT_FILE, "fingerprint", fingerprint, lambda r: {MODEL_FILE: r.get("model_sha256")})
 
 
 def load_segmenter(run: str | Path, num_classes: int, cfg: SegmentConfig) -> torch.nn.Module:

@@ -46,6 +46,7 @@ from dldc.io import (
     checksum_path,
     file_sha256,
     files_mismatching,
+    finished_report,
     output_lock,
     remove_stale_temps,
     write_checksum,
@@ -119,15 +120,7 @@ def _finished_trial(out: Path, key: str) -> dict[str, Any] | None:
     done = out / TRIAL_FILE
     if not done.is_file() or not checksum_ok(done):
         return None
-    try:
-        previous = json.loads(done.read_text(encoding="utf-8"))
-    except ValueError:
-        return None
-    if not isinstance(previous, dict) or previous.get("key") != key:
-        return None
-    if files_mismatching(out, previous.get("files") or {}, what=f"trial {out}"):
-        return None
-    return previous
+    return finished_report(done, "key", key, lambda report: report.get("files") or {})
 
 
 def _run_trial(

@@ -69,6 +69,7 @@ from dldc.io import (
     write_errors,
     write_json,
 )
+from dldc.io import finished_report as io_finished_report
 from dldc.t2i.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from dldc.t2i.data import encode_latents, load_pairs, tokenize
 from dldc.t2i.train_utils import lr_at, min_snr_weights, resolve_device, resolve_precision, set_threads
@@ -168,25 +169,14 @@ def finished_report(out: Path, run_id: str, cfg: FinetuneConfig) -> dict[str, An
     Finished means the adapter (and the samples) still match the sha256 the report recorded: a
     damaged adapter is trained again, never reused.
     """
-    report_file = out / REPORT_FILE
-    if not (report_file.is_file() and (out / ADAPTER_FILE).is_file()):
-        return None
-    if cfg.sample_steps and not (out / SAMPLES_FILE).is_file():
-        return None
-    try:
-        report = json.loads(report_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(report, dict) or report.get("fingerprint") != run_id:
-        return None
-    recorded = {ADAPTER_FILE: report.get("adapter_sha256")}
-    if cfg.sample_steps:
-        recorded[SAMPLES_FILE] = (report.get("samples") or {}).get("sha256")
-    damaged = [name for name, digest in recorded.items() if digest != file_sha256(out / name)]
-    if damaged:
-        log.warning("%s: %s do not match the sha256 in %s (damaged?); training again", out, damaged, REPORT_FILE)
-        return None
-    return report
+
+    def recorded(report: dict[str, Any]) -> dict[str, Any]:
+        files = {ADAPTER_FILE: report.get("adapter_sha256")}
+        if cfg.sample_steps:
+            files[SAMPLES_FILE] = (report.get("samples") or {}).get("sha256")
+        return files
+
+    return io_finished_report(out / REPORT_FILE, "fingerprint", run_id, recorded)
 
 
 def fingerprint(cfg: FinetuneConfig, manifest_sha256: str, base_digest: str) -> str:
