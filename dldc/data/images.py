@@ -203,7 +203,7 @@ def fingerprint(image: Image.Image) -> Fingerprint:
         >>> fingerprint(Image.linear_gradient("L").convert("RGB")).texture > 50
         True
     """
-    grey = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.int64)
+    grey = _grey_thumbnail(image)
     # Variance from integer sums: exact, so the low-texture decision cannot depend on the CPU.
     n, total, squares = grey.size, int(grey.sum()), int((grey * grey).sum())
     texture = float(np.sqrt((n * squares - total * total) / (n * n)))
@@ -227,8 +227,11 @@ def perceptual_hash(image: Image.Image) -> int:
         >>> hamming(perceptual_hash(a), perceptual_hash(a.rotate(90))) > 12
         True
     """
-    grey = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.int64)
-    return _phash_of_grey(grey)
+    return _phash_of_grey(_grey_thumbnail(image))
+
+
+def _grey_thumbnail(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.int64)
 
 
 def _phash_of_grey(grey: np.ndarray) -> int:
