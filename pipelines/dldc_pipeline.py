@@ -2,7 +2,7 @@
 build-base → select-trial (fanned out over ratios) → select → finetune (raw, clean, global) → generate →
 evaluate → promote, and segment (downstream segmentation) after evaluate.
 
-Compile with `dldc pipeline compile --out dldc.pipeline.yaml`, or run locally with
+Compile with `python -m pipelines compile --out dldc.pipeline.yaml`, or run locally with
 `kfp.local` (see tests/test_pipeline.py). Later stages attach after `gather_scores`.
 """
 

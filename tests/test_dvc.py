@@ -3,30 +3,16 @@
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+sys.path.insert(0, str(Path(__file__).parent))
+from stage_graph import dvc_stages  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-STAGES = (
-    "synth",
-    "ingest",
-    "train_scorer",
-    "score",
-    "caption",
-    "build_base",
-    "select_trial@0.0",
-    "select_trial@0.3",
-    "select",
-    "finetune@raw",
-    "finetune@clean",
-    "finetune@global",
-    "generate",
-    "evaluate",
-    "promote",
-    "segment",
-)
 # The demo chain's shapes at toy size: every stage runs, in seconds.
 TINY_BASE = {
     "n_images": 100,  # 10 per scene: the scene check needs test-split images
@@ -78,7 +64,8 @@ def test_dvc_repro_runs_then_is_up_to_date(tmp_path, mlflow_uri):
 
     dvc("init", "--no-scm", "-q")
     first = dvc("repro")
-    for stage in STAGES:
+    stages = dvc_stages(work / "dvc.yaml", params)
+    for stage in stages:
         assert f"Running stage '{stage}'" in first
     assert (work / "data" / "ingest" / "manifest.parquet").is_file()
     assert (work / "data" / "scores" / "scores.parquet").is_file()
@@ -95,7 +82,13 @@ def test_dvc_repro_runs_then_is_up_to_date(tmp_path, mlflow_uri):
     assert "up to date" in dvc("repro")
     assert "up to date" in dvc("status")
     lock = yaml.safe_load((work / "dvc.lock").read_text())
-    assert set(lock["stages"]) == set(STAGES)
+    assert set(lock["stages"]) == set(stages)
+    # Every stage's figures are flat numbers: what `dvc metrics show` and `dvc exp show` list.
+    shown = json.loads(dvc("metrics", "show", "--json"))
+    (figures,) = [entry["data"] for entry in shown.values()]
+    for path, entry in figures.items():
+        assert path.endswith("metrics.json") and entry["data"], path
+        assert all(isinstance(v, (int, float)) for v in entry["data"].values()), path
     # A changed score setting re-runs `score` (and `caption`, which reads the score settings); the
     # embedding store spares re-encoding, and outputs that come out the same stop the chain there.
     params["score"]["batch_size"] = 7

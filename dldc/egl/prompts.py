@@ -25,9 +25,6 @@ from collections.abc import Callable, Mapping
 
 TokenCounter = Callable[[str], int]
 
-_PLACEHOLDER = re.compile(r"{(\w*)}")
-ALLOWED_FIELDS = ("scene", "caption")
-
 # Special tokens of the chat templates we load (Qwen, LLaVA, InternVL, Llama, Gemma, BLIP-2).
 _SPECIAL_TOKENS = re.compile(
     r"<\|[^|>]{1,40}\|>|</?s>|<image>|<img>|</img>|<IMG_CONTEXT>|\[/?INST\]|<(?:start|end)_of_turn>|<pad>|<unk>"
@@ -45,26 +42,6 @@ _MARKDOWN = re.compile(r"\*\*|__|`+|^#+\s*|^\s*(?:[-*•]|\d+[.)])\s+", re.MULTI
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _REPEATED_WORD = re.compile(r"\b(\w+)(?:\s+\1\b){2,}", re.IGNORECASE)
 _CLAUSE_BREAKS = re.compile(r"[,;:]\s|\s(?:and|with|while|where|which)\s")
-
-
-def check_template(prompt_id: str, template: str) -> None:
-    """Raise ``ValueError`` unless ``template`` only uses the ``{scene}`` and ``{caption}`` fields.
-
-    Example:
-        >>> check_template("v1", "Describe the {scene}.")
-        >>> check_template("v1", "Describe {place}.")
-        Traceback (most recent call last):
-        ...
-        ValueError: prompt 'v1' uses unknown field(s) ['place']; allowed: {scene}, {caption} (write {{ }} for braces)
-    """
-    unknown = sorted(
-        {name for name in _PLACEHOLDER.findall(template.replace("{{", "").replace("}}", ""))} - set(ALLOWED_FIELDS)
-    )
-    if unknown:
-        raise ValueError(
-            f"prompt {prompt_id!r} uses unknown field(s) {unknown}; allowed: {{scene}}, {{caption}} "
-            "(write {{ }} for braces)"
-        )
 
 
 def scene_words(scene: str) -> str:
