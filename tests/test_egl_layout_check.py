@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from dldc.data.class_tables import load_class_table
 from dldc.data.images import PathEscapeError
 from dldc.egl.layout_check import LayoutChecker, agreement, caption_claims, cell_cover, object_vocabulary
 from dldc.egl.loop import LAYOUT, _decide, _is_low
-from dldc.egl.mask2text import load_class_table
 
 TABLE = load_class_table("synthrs")
 VOCAB = object_vocabulary(TABLE)

@@ -23,6 +23,8 @@ import functools
 import re
 from collections.abc import Callable, Mapping
 
+from dldc.data.vocabulary import scene_words
+
 TokenCounter = Callable[[str], int]
 
 _PLACEHOLDER = re.compile(r"{(\w*)}")
@@ -65,19 +67,6 @@ def check_template(prompt_id: str, template: str) -> None:
             f"prompt {prompt_id!r} uses unknown field(s) {unknown}; allowed: {{scene}}, {{caption}} "
             "(write {{ }} for braces)"
         )
-
-
-def scene_words(scene: str) -> str:
-    """A scene label as words: ``DenseResidential`` → ``dense residential``, ``storage_tanks`` → ``storage tanks``.
-
-    Example:
-        >>> scene_words("DenseResidential"), scene_words("storage_tanks"), scene_words("unknown")
-        ('dense residential', 'storage tanks', '')
-    """
-    if scene.lower() == "unknown":
-        return ""
-    spaced = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", scene)
-    return " ".join(re.sub(r"[_\-]+", " ", spaced).lower().split())
 
 
 def render_prompt(template: str, scene: str, caption: str) -> str:
