@@ -11,7 +11,7 @@ from PIL import Image
 
 from dldc.config import ConfigError, SegmentConfig, load_config
 from dldc.data.class_tables import load_class_table
-from dldc.data.synth import write_synthrs
+from dldc.data.synthrs import write_synthrs
 from dldc.segment.datasets import (
     LAYOUTS,
     LabelSpace,
