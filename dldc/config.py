@@ -78,7 +78,7 @@ class SynthConfig(_Section):
     seed: int = 0
     scenes: list[str] | None = None
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    # Kinds of caption noise (dldc.data.synth.NOISE_KINDS); null = all four.
+    # Kinds of caption noise (dldc.data.synthrs.NOISE_KINDS); null = all four.
     noise_kinds: list[Literal["other_scene", "generic", "truncated", "wrong_layout"]] | None = None
 
     @model_validator(mode="after")

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 def run_synth(cfg: DldcConfig, progress: bool = True) -> dict[str, Any]:
     """Generate SynthRS into ``cfg.synth.out`` and log it; returns the generation summary."""
-    from dldc.data.synth import write_synthrs
+    from dldc.data.synthrs import write_synthrs
 
     section = cfg.synth
     with stage_run(cfg.tracking, "synth", section.model_dump(mode="json")) as run:

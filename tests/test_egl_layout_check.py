@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from dldc.data.class_tables import load_class_table
 from dldc.data.images import PathEscapeError
 from dldc.egl.layout_check import LayoutChecker, agreement, caption_claims, cell_cover, object_vocabulary
 from dldc.egl.loop import LAYOUT, decide_replacements, is_low
-from dldc.egl.mask2text import load_class_table
 
 TABLE = load_class_table("synthrs")
 VOCAB = object_vocabulary(TABLE)
@@ -119,5 +119,6 @@ def test_loop_rule_a_contradicted_caption_is_low_and_agreeing_with_the_mask_come
     updated, decided, improved = decide_replacements(state, rows, min_gain=0.0)
     assert improved == 2 and decided["accepted"].tolist() == [False, True, True]
     assert updated.set_index("pair_id")[LAYOUT].to_dict() == {"good": 1.0, "wrong": 1.0, "silent": 1.0}
-    _, decided, _ = decide_replacements(state, rows, min_gain=0.1)  # 0.95 - 0.9 < 0.1; the mask's evidence needs no gain
+    # 0.95 - 0.9 < 0.1; the mask's evidence needs no gain
+    _, decided, _ = decide_replacements(state, rows, min_gain=0.1)
     assert decided["accepted"].tolist() == [False, True, False]

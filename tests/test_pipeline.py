@@ -18,7 +18,7 @@ from test_dvc import TINY_BASE  # noqa: E402
 
 
 def test_dldc_never_imports_kfp():
-    code = "import sys, dldc.cli, dldc.stages, dldc.data.ingest, dldc.data.synth; print('kfp' in sys.modules)"
+    code = "import sys, dldc.cli, dldc.stages, dldc.data.ingest, dldc.data.synthrs; print('kfp' in sys.modules)"
     out = subprocess.run(["python3", "-c", code], check=True, capture_output=True, text=True).stdout.strip()
     assert out == "False"
 

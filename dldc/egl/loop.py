@@ -577,7 +577,9 @@ def _score(
     return rows
 
 
-def decide_replacements(state: pd.DataFrame, rows: pd.DataFrame, min_gain: float) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+def decide_replacements(
+    state: pd.DataFrame, rows: pd.DataFrame, min_gain: float
+) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """Keep, per pair, the best scored candidate if it beats the current caption by ``min_gain``.
 
     With a layout check, agreeing with the mask comes first: a candidate the mask does not

@@ -23,6 +23,8 @@ import functools
 import re
 from collections.abc import Callable, Mapping
 
+from dldc.data.vocabulary import scene_words
+
 TokenCounter = Callable[[str], int]
 
 # Special tokens of the chat templates we load (Qwen, LLaVA, InternVL, Llama, Gemma, BLIP-2).
@@ -42,19 +44,6 @@ _MARKDOWN = re.compile(r"\*\*|__|`+|^#+\s*|^\s*(?:[-*•]|\d+[.)])\s+", re.MULTI
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _REPEATED_WORD = re.compile(r"\b(\w+)(?:\s+\1\b){2,}", re.IGNORECASE)
 _CLAUSE_BREAKS = re.compile(r"[,;:]\s|\s(?:and|with|while|where|which)\s")
-
-
-def scene_words(scene: str) -> str:
-    """A scene label as words: ``DenseResidential`` → ``dense residential``, ``storage_tanks`` → ``storage tanks``.
-
-    Example:
-        >>> scene_words("DenseResidential"), scene_words("storage_tanks"), scene_words("unknown")
-        ('dense residential', 'storage tanks', '')
-    """
-    if scene.lower() == "unknown":
-        return ""
-    spaced = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", scene)
-    return " ".join(re.sub(r"[_\-]+", " ", spaced).lower().split())
 
 
 def render_prompt(template: str, scene: str, caption: str) -> str:
