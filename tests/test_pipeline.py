@@ -2,8 +2,6 @@
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -11,9 +9,6 @@ import pytest
 import yaml
 
 from dldc.tracking import ROLE_TAG
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_dvc import TINY_BASE  # noqa: E402
 
 
 def test_dldc_never_imports_kfp():
@@ -59,7 +54,7 @@ def test_pipeline_compiles_to_ir_yaml(tmp_path):
 
 
 @pytest.mark.slow
-def test_pipeline_runs_under_kfp_local_and_logs_to_mlflow(tmp_path, mlflow_uri, monkeypatch):
+def test_pipeline_runs_under_kfp_local_and_logs_to_mlflow(tmp_path, mlflow_uri, monkeypatch, tiny_base):
     from kfp import local
 
     from pipelines.dldc_pipeline import dldc_pipeline
@@ -74,7 +69,7 @@ def test_pipeline_runs_under_kfp_local_and_logs_to_mlflow(tmp_path, mlflow_uri, 
         "indomain.folds=2",
         "indomain.epochs=1",
         "synth.scenes=[farmland, forest]",  # 10 images per scene: one in val (trials) and one in test
-        *[f"base.{key}={value}" for key, value in TINY_BASE.items()],
+        *[f"base.{key}={value}" for key, value in tiny_base.items()],
         "finetune.resolution=16",
         "finetune.rank=4",
         "finetune.steps=2",
