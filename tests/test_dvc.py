@@ -13,33 +13,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from stage_graph import dvc_stages  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-# The demo chain's shapes at toy size: every stage runs, in seconds.
-TINY_BASE = {
-    "n_images": 100,  # 10 per scene: the scene check needs test-split images
-    "resolution": 16,
-    "vae_channels": [8, 8],
-    "unet_channels": [8, 16],
-    "unet_cross_attention": [True, True],
-    "attention_head_dim": 4,
-    "text_width": 16,
-    "text_layers": 1,
-    "text_heads": 2,
-    "norm_groups": 4,
-    "vae_steps": 2,
-    "vae_batch": 4,
-    "vae_crop": 8,
-    "text_steps": 2,
-    "text_batch": 4,
-    "steps": 3,
-    "batch_size": 4,
-    "warmup_steps": 1,
-    "check_images_per_scene": 1,
-    "check_steps": 1,
-}
 
 
 @pytest.mark.slow
-def test_dvc_repro_runs_then_is_up_to_date(tmp_path, mlflow_uri):
+def test_dvc_repro_runs_then_is_up_to_date(tmp_path, mlflow_uri, tiny_base):
     work = tmp_path / "clone"
     work.mkdir()
     for name in ("dvc.yaml", "params.yaml"):
@@ -49,7 +26,7 @@ def test_dvc_repro_runs_then_is_up_to_date(tmp_path, mlflow_uri):
     params["synth"].update(n_images=100, size=32)  # 10 per scene: generation needs test-split images
     params["indomain"].update(architecture="indomain-test", folds=2, epochs=1, batch_size=32)
     params["caption"].update(rounds=1)
-    params["base"].update(TINY_BASE)
+    params["base"].update(tiny_base)
     params["finetune"].update(resolution=16, rank=4, steps=2, batch_size=4, checkpoint_every=1, sample_steps=1)
     params["generate"].update(steps=1, batch_size=8, prompts_per_image=1)
     params["select"].update(grid=[0.0, 0.3], trial_steps=2, trial_generate_steps=1, trial_prompts_per_image=1)

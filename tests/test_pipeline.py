@@ -14,7 +14,6 @@ from dldc.tracking import ROLE_TAG
 
 sys.path.insert(0, str(Path(__file__).parent))
 from stage_graph import KFP_ONLY, REPO, dvc_edges, dvc_stages, kfp_edges, kfp_tasks, stage_of  # noqa: E402
-from test_dvc import TINY_BASE  # noqa: E402
 
 
 def test_dldc_never_imports_kfp():
@@ -48,7 +47,7 @@ def test_pipeline_compiles_to_ir_yaml_with_the_stage_graph_of_dvc_yaml(tmp_path)
 
 
 @pytest.mark.slow
-def test_pipeline_runs_under_kfp_local_and_logs_to_mlflow(tmp_path, mlflow_uri, monkeypatch):
+def test_pipeline_runs_under_kfp_local_and_logs_to_mlflow(tmp_path, mlflow_uri, monkeypatch, tiny_base):
     from kfp import local
 
     from pipelines.dldc_pipeline import dldc_pipeline
@@ -63,7 +62,7 @@ def test_pipeline_runs_under_kfp_local_and_logs_to_mlflow(tmp_path, mlflow_uri, 
         "indomain.folds=2",
         "indomain.epochs=1",
         "synth.scenes=[farmland, forest]",  # 10 images per scene: one in val (trials) and one in test
-        *[f"base.{key}={value}" for key, value in TINY_BASE.items()],
+        *[f"base.{key}={value}" for key, value in tiny_base.items()],
         "finetune.resolution=16",
         "finetune.rank=4",
         "finetune.steps=2",
