@@ -954,6 +954,58 @@ class SegmentConfig(_Section):
         return self
 
 
+class ReportConfig(_Section):
+    """The cleaning report: one self-contained HTML folder (``dldc report``, :mod:`dldc.report`).
+
+    Only ``manifest``, ``scores`` and ``selection`` are required. The other inputs are optional: a
+    path that does not exist (the demo paths when that stage has not run) leaves its section out, and
+    the report says so; ``null`` turns a section off.
+
+    Attributes:
+        manifest: the manifest the selection ranked (``dldc caption``'s, with the final captions).
+        scores: its IEL scores (``dldc caption``'s ``scores.parquet``).
+        selection: ``dldc select``'s folder (``selection.json``, ``dropped.parquet``).
+        captions: ``dldc caption``'s folder (``captions.parquet``, ``caption.json``): EGL before/after.
+        ingest: ``dldc ingest``'s folder (``rejects.parquet``, ``ingest.json``): rejects by reason.
+        evaluation: ``dldc evaluate``'s folder (``results.json``): the metric tables and protocols.
+        generations: ``dldc generate``'s folder (``generations.parquet``, ``images/``): sample grids.
+        out: the report folder (``index.html``, ``thumbs/``), replaced as a whole.
+        thumb_size: longest side of a thumbnail in pixels.
+        thumb_format: ``jpeg`` (small) or ``png`` (lossless).
+        thumb_quality: JPEG quality.
+        lowest_dropped: per scene, the lowest-scoring dropped pairs shown.
+        around_cut: per scene, pairs shown on each side of the cut.
+        best_kept: per scene, the best kept pairs shown.
+        egl_examples: per scene, repaired captions shown before/after (the biggest gains first).
+        reject_examples: per ingest reject reason, examples shown.
+        generation_prompts: prompts in the sample grid (the same prompt and seed for every arm).
+        histogram_bins: bins of each scene's score histogram.
+        score_column: the scorer cosine the histograms show (``null``: the first scorer of the scores).
+        max_pixels: decompression-bomb guard when reading a dataset image for its thumbnail.
+    """
+
+    manifest: str = "data/captions/manifest.parquet"
+    scores: str = "data/captions/scores.parquet"
+    selection: str = "data/select"
+    captions: str | None = "data/captions"
+    ingest: str | None = "data/ingest"
+    evaluation: str | None = "data/evaluate"
+    generations: str | None = "data/generate"
+    out: str = "data/report"
+    thumb_size: int = Field(128, ge=16, le=1024)
+    thumb_format: Literal["jpeg", "png"] = "jpeg"
+    thumb_quality: int = Field(85, ge=1, le=95)
+    lowest_dropped: int = Field(6, ge=0)
+    around_cut: int = Field(3, ge=0)
+    best_kept: int = Field(4, ge=0)
+    egl_examples: int = Field(6, ge=0)
+    reject_examples: int = Field(4, ge=0)
+    generation_prompts: int = Field(6, ge=0)
+    histogram_bins: int = Field(30, ge=2, le=200)
+    score_column: str | None = None
+    max_pixels: int = Field(64_000_000, ge=1)
+
+
 class DldcConfig(_Section):
     """The whole configuration, one section per stage."""
 
@@ -973,6 +1025,7 @@ class DldcConfig(_Section):
     generate: GenerateConfig = GenerateConfig()
     select: SelectConfig = SelectConfig()
     segment: SegmentConfig = SegmentConfig()
+    report: ReportConfig = ReportConfig()
 
 
 # Profiles are data shipped with the package: dldc/profiles/<name>.yaml holds the overrides a

@@ -304,6 +304,29 @@ def run_select(cfg: DldcConfig, mode: str | None = None, progress: bool = True) 
     return result
 
 
+def run_report(cfg: DldcConfig, single_file: str | Path | None = None) -> Any:
+    """Build the cleaning report into ``cfg.report.out`` and log the folder to MLflow (artifact ``report/``).
+
+    ``single_file``: also write the page with its thumbnails inlined there (one HTML file, for Kubeflow).
+    """
+    from dldc.io import atomic_path
+    from dldc.report import build_report
+    from dldc.report import single_file as inline_page
+
+    with stage_run(cfg.tracking, "report", cfg.report.model_dump(mode="json")) as run:
+        result = build_report(cfg.report)
+        summary = result.summary
+        if single_file is not None:
+            with atomic_path(single_file) as tmp:
+                tmp.write_text(inline_page(result.out), encoding="utf-8")
+        run.finish(result.out, {key: summary[key] for key in (
+            "scenes", "pairs", "dropped", "egl_replaced", "rejected", "sample_prompts", "metric_rows", "thumbnails",
+            "thumbnail_failures", "bytes", "seconds")})  # fmt: skip
+        # The folder as a whole is the artifact: index.html opens from MLflow's artifact store with its thumbnails.
+        run.log_artifacts(result.out, artifact_path="report")
+    return result
+
+
 def run_segment(cfg: DldcConfig, progress: bool = True) -> dict[str, Any]:
     """Train and score the segmenter for every arm and protocol; log metrics, curves, tables and plots."""
     from dldc.segment.experiment import PER_CLASS_FILE, RESULTS_FILE, SUMMARY_FILE, TABLE_FILE, run_segment

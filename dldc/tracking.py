@@ -94,6 +94,11 @@ class StageRun:
         if self._mlflow is not None:
             self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
+    def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
+        """Log every file under ``folder`` (a whole output folder, such as the report's)."""
+        if self._mlflow is not None:
+            self._mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+
     def log_dataset(self, frame: Any, source: str | Path, name: str, context: str) -> None:
         """Record a table (a pandas DataFrame) as this run's dataset input."""
         if self._mlflow is None:
