@@ -1,6 +1,6 @@
 """The dldc Kubeflow pipeline: synth → ingest → train-scorer → score (fanned out) → gather → caption →
 build-base → select-trial (fanned out over ratios) → select → finetune (raw, clean, global) → generate →
-evaluate → promote, and segment (downstream segmentation) after evaluate.
+evaluate → promote and report (the cleaning report), and segment (downstream segmentation) after evaluate.
 
 Compile with `python -m pipelines compile --out dldc.pipeline.yaml`, or run locally with
 `kfp.local` (see tests/test_pipeline.py). Later stages attach after `gather_scores`.
@@ -19,6 +19,7 @@ from components.generate import generate
 from components.images import GPU_NODE_SELECTOR, GPU_RESOURCE
 from components.ingest import ingest
 from components.promote import promote
+from components.report import report
 from components.score import gather_scores, plan_parts, score_part
 from components.segment import segment
 from components.select import select, select_trial
@@ -175,6 +176,16 @@ def dldc_pipeline(
         settings=settings,
         run_group=group,
     ).set_display_name("promote")
+    # The cleaning report: ratios and cuts per scene with thumbnails, EGL repairs, rejects, sample grids, metrics.
+    report(
+        manifest=ingest_task.outputs["manifest"],
+        captions=caption_task.outputs["captions"],
+        selection=select_task.outputs["selection"],
+        generations=generate_task.outputs["generations"],
+        evaluation=evaluate_task.outputs["evaluation"],
+        settings=settings,
+        run_group=group,
+    ).set_display_name("report")
     # Downstream proof: a segmenter trained on real SynthRS masks vs. + synthetic images of each arm
     # (both mask protocols, same budget); after `evaluate` so the cheap metrics come first.
     _on_gpu(
