@@ -42,6 +42,19 @@ def make_manifest(base: Path, n_images: int = 40, size: int = 32) -> Path:
     return result.manifest
 
 
+def random_scores(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """A ``scores.parquet`` table for ``frame`` (a manifest): one scorer ``indomain`` with uniform random cosines."""
+    from dldc.iel.fuse import scene_percentile
+
+    rng = np.random.default_rng(seed)
+    scores = frame[["pair_id", "image_id", "scene", "split"]].copy()
+    scores["indomain"] = rng.uniform(-0.2, 0.8, len(scores))
+    scores["indomain_clipscore"] = 100 * scores["indomain"].clip(lower=0)
+    scores["fused"] = scene_percentile(scores["indomain"], scores["scene"])
+    scores["scene_percentile"] = scores["fused"]
+    return scores
+
+
 def train_tiny_scorer(manifest: Path, out: Path, folds: int = 2, epochs: int = 2) -> Path:
     """A tiny cross-fitted in-domain scorer (``indomain-test`` architecture, 32 px)."""
     cfg = IndomainConfig(

@@ -8,7 +8,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -16,13 +15,12 @@ from click.testing import CliRunner
 from dldc.cli import main
 from dldc.config import ReportConfig, load_config
 from dldc.data.manifest import read_manifest, write_manifest
-from dldc.iel.fuse import scene_percentile
 from dldc.report import INDEX_FILE, SUMMARY_FILE, build_report, single_file
 from dldc.select.selection import select_ratios
 
 sys.path.insert(0, str(Path(__file__).parent))
 from browser import chromium_binary, environment_note, load_page  # noqa: E402
-from eval_fixtures import make_manifest, write_generations  # noqa: E402
+from eval_fixtures import make_manifest, random_scores, write_generations  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 INJECTED = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2"> "quoted" & more'
@@ -38,13 +36,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     frame.loc[frame.index[0], "caption"] = INJECTED
     manifest = work / "captions" / "manifest.parquet"
     write_manifest(manifest, frame.to_dict("records"), dataclasses.replace(meta, root="../data/synthrs"))
-    rng = np.random.default_rng(0)
-    scores = frame[["pair_id", "image_id", "scene", "split"]].copy()
-    scores["indomain"] = rng.uniform(-0.2, 0.8, len(scores))
-    scores["indomain_clipscore"] = 100 * scores["indomain"].clip(lower=0)
-    scores["fused"] = scene_percentile(scores["indomain"], scores["scene"])
-    scores["scene_percentile"] = scores["fused"]
-    scores.to_parquet(work / "captions" / "scores.parquet")
+    random_scores(frame).to_parquet(work / "captions" / "scores.parquet")
     cfg = load_config(None, updates={"select.scores": str(work / "captions" / "scores.parquet"),
                                      "select.manifest": str(manifest), "select.out": str(work / "select"),
                                      "select.mode": "proxy", "select.min_scene_pairs": 4, "select.plots": False,

@@ -17,7 +17,7 @@ from dldc.select.objective import choose, loop_curves, proxy_curves
 from dldc.select.ranking import keep_mask, n_dropped, rank_within_scene
 
 sys.path.insert(0, str(Path(__file__).parent))
-from eval_fixtures import make_manifest, train_tiny_scorer  # noqa: E402
+from eval_fixtures import make_manifest, random_scores, train_tiny_scorer  # noqa: E402
 
 
 def test_ranking_and_cut_per_scene_known_answer() -> None:
@@ -155,13 +155,7 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     work = tmp_path_factory.mktemp("select")
     manifest = make_manifest(work / "data", n_images=20, size=16)
     frame, _ = read_manifest(manifest)
-    rng = np.random.default_rng(0)
-    scores = frame[["pair_id", "image_id", "scene", "split"]].copy()
-    scores["indomain"] = rng.uniform(-0.2, 0.8, len(scores))
-    scores["indomain_clipscore"] = 100 * scores["indomain"].clip(lower=0)
-    scores["fused"] = scene_percentile(scores["indomain"], scores["scene"])
-    scores["scene_percentile"] = scores["fused"]
-    scores.to_parquet(work / "scores.parquet")
+    random_scores(frame).to_parquet(work / "scores.parquet")
     scorer = train_tiny_scorer(manifest, work / "scorer", folds=2, epochs=1)
     return {
         "work": str(work),
