@@ -18,17 +18,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from dldc.device import autocast, resolve_device, resolve_precision
 from dldc.iel.base import Scorer, file_digest
-from dldc.iel.factory import (
-    SPEC_FORMS,
-    ScorerSpec,
-    WeightsNotFoundError,
-    autocast,
-    create_scorer,
-    parse_spec,
-    resolve_device,
-    resolve_precision,
-)
+from dldc.iel.factory import SPEC_FORMS, ScorerSpec, WeightsNotFoundError, create_scorer, parse_spec
 
 # --import-mode=importlib does not put tests/ on sys.path; the shared tiny-model helpers live there.
 sys.path.insert(0, str(Path(__file__).parent))

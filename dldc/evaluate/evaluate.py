@@ -212,8 +212,8 @@ def evaluate_generations(
 
     distances: list[_Distance] = []
     if cfg.fid:
+        from dldc.device import resolve_device
         from dldc.evaluate.inception import InceptionFeatures
-        from dldc.iel.factory import resolve_device
 
         inception = InceptionFeatures(cfg.inception_weights, resolve_device(cfg.device))
         distances.append(_Distance("FID", "KID", "inception", "inception", inception))

@@ -81,16 +81,17 @@ from tqdm.auto import tqdm
 from dldc.config import IndomainConfig
 from dldc.data.images import load_rgb
 from dldc.data.manifest import dataset_root, read_manifest
+from dldc.device import resolve_device
 from dldc.iel.base import l2_normalise
 from dldc.iel.scene_text import SceneCaptionModel, content_tokens
 from dldc.io import atomic_dir, file_sha256, output_lock, remove_stale_temps, write_json, write_safetensors
+from dldc.schedule import lr_at
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
 FOLDS_FILE = "folds.parquet"
 REPORT_FILE = "indomain.json"
 SCORER_NAME = "indomain"
-MIN_LR_RATIO = 0.1  # cosine decay ends at lr * MIN_LR_RATIO (nanoGPT's min_lr = lr / 10)
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learned temperature at 100
 
 _log = logging.getLogger(__name__)
@@ -165,13 +166,6 @@ def create_indomain_model(model_name: str, device: torch.device | str = "cpu") -
     with _quiet_open_clip():
         model = open_clip.create_model(model_name, pretrained=None, load_weights=False, device=device)
     return model
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → ``cuda`` when available, else ``cpu``; anything else is passed to torch."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def image_size_of(model_cfg: dict[str, Any]) -> int:
@@ -415,15 +409,6 @@ def fold_seed(seed: int, fold: int) -> int:
     return stable_hash(f"fold{fold}", seed) % (2**31)
 
 
-def _lr_at(step: int, total: int, cfg: IndomainConfig) -> float:
-    """Linear warmup to ``cfg.lr``, then cosine decay to ``cfg.lr * MIN_LR_RATIO`` (nanoGPT)."""
-    warmup = min(cfg.warmup_steps, total // 2)  # a short run still gets its cosine phase
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return cfg.lr * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def _optimizer(model: torch.nn.Module, cfg: IndomainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (open_clip / nanoGPT practice)."""
     no_decay_names = {"positional_embedding", "logit_scale"}
@@ -628,7 +613,8 @@ def train_fold(
             caption_ids, positive = batch_texts(data, images, chosen)
             pixels = augment(data.pixels[images], generator) if cfg.augment == "dihedral" else data.pixels[images]
             for group in optimizer.param_groups:
-                group["lr"] = _lr_at(step, total_steps, cfg)
+                # The floor is reached at step total_steps, one past the last (dldc.schedule.lr_at).
+                group["lr"] = lr_at(step, total_steps, cfg.lr, cfg.warmup_steps, decay_end=total_steps)
             image_features = F.normalize(model.encode_image(normalise_pixels(pixels.to(device), mean, std)), dim=-1)
             text_features = F.normalize(encode_tokens(model, data.tokens[caption_ids].to(device)), dim=-1)
             loss = contrastive_loss(image_features, text_features, model.logit_scale, positive.to(device))

@@ -32,8 +32,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from dldc.device import PRECISIONS, autocast
 from dldc.iel.base import column_name, file_digest, l2_normalise
-from dldc.iel.factory import PRECISIONS, WeightsNotFoundError, autocast
+from dldc.iel.factory import WeightsNotFoundError
 
 log = logging.getLogger(__name__)
 
