@@ -413,7 +413,7 @@ def export_scorer(
 ) -> None:
     """Export a scorer to ONNX (fp32/fp16/int8), refuse it unless it ranks pairs like its source."""
     from dldc.export.exporter import ExportRefusedError
-    from dldc.export.runtime import ExportInvalidError
+    from dldc.iel.onnx_scorer import ExportInvalidError
     from dldc.stages import run_export_scorer
 
     cfg = obj.config(

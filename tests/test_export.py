@@ -35,10 +35,11 @@ from dldc.export.parity import (
     wilson_interval,
 )
 from dldc.export.registry import fetch_export
-from dldc.export.runtime import ExportInvalidError, OnnxCrossFitScorer, OnnxScorer, choose_providers, load_onnx
 from dldc.iel.base import CrossFitScorer, Scorer
 from dldc.iel.engine import score_manifest
 from dldc.iel.factory import create_scorer, parse_spec
+from dldc.iel.onnx_providers import choose_providers
+from dldc.iel.onnx_scorer import ExportInvalidError, OnnxCrossFitScorer, OnnxScorer, load_onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from iel_fixtures import CAPTIONS, build_open_clip_model, save_hf_clip, write_open_clip_config  # noqa: E402

@@ -16,7 +16,7 @@ Spec forms:
 * ``hf:HUB_ID[@REVISION]`` or ``hf:DIR`` — a Hugging Face CLIP/SigLIP model;
 * ``indomain:DIR`` — the cross-fitted in-domain model (:mod:`dldc.iel.indomain`);
 * ``onnx:DIR`` — any of the above exported by ``dldc export-scorer`` and run with ONNX Runtime
-  (TensorRT, CUDA or CPU provider; :mod:`dldc.export.runtime`).
+  (TensorRT, CUDA or CPU provider; :mod:`dldc.iel.onnx_scorer`).
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def create_scorer(
 
         return load_indomain(parsed.target)
     if parsed.backend == "onnx":
-        from dldc.export.runtime import load_onnx  # precision is the export's; device picks the provider
+        from dldc.iel.onnx_scorer import load_onnx  # precision is the export's; device picks the provider
 
         return load_onnx(parsed.target, device=device)
 
