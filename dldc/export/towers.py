@@ -13,7 +13,7 @@ on the host exactly as the torch scorers do, so an fp16 graph never normalises i
 Text sequence length
     open_clip's CLIP text tower is causal and pools at the end-of-text token (``argmax`` of the
     token ids). The torch scorer therefore encodes only up to the batch's longest caption
-    (:func:`~dldc.iel.open_clip_scorer._encode_text_trimmed`), and so does the ONNX graph: its
+    (:func:`~dldc.iel.open_clip_scorer.encode_text_trimmed`), and so does the ONNX graph: its
     ``tokens`` input has a dynamic sequence axis (2..context) and the runtime trims the padded
     ``(N, 77)`` ids to the batch's longest before the call. Trimming is exact (the tests check
     it against the padded computation), keeps parity with the torch scorer *and* its speed
@@ -106,7 +106,7 @@ class OpenClipImageTower(torch.nn.Module):
 class OpenClipTextTower(torch.nn.Module):
     """``tokens (N, S)`` → text features, S = the batch's longest caption (causal, argmax-pooled towers).
 
-    The same computation as :func:`dldc.iel.open_clip_scorer._encode_text_trimmed` with the length
+    The same computation as :func:`dldc.iel.open_clip_scorer.encode_text_trimmed` with the length
     taken from the input's shape (so the exported graph has a dynamic sequence axis).
     """
 
@@ -203,7 +203,7 @@ def towers_of(scorer: Scorer, crossfit_source: Any | None = None) -> TowerPair:
 
 def _open_clip_towers(scorer: Any, crossfit_source: Any | None, pixels: torch.Tensor, image_shape) -> TowerPair:
     from dldc.iel.indomain import IndomainPreprocess
-    from dldc.iel.open_clip_scorer import _can_trim_padding
+    from dldc.iel.open_clip_scorer import can_trim_padding
 
     model = scorer.model
     context = int(scorer.context_length)
@@ -211,7 +211,7 @@ def _open_clip_towers(scorer: Any, crossfit_source: Any | None, pixels: torch.Te
     with torch.no_grad():
         embed_dim = int(model.encode_image(pixels[:1]).shape[-1])
     batch = ("batch", 1, MAX_BATCH)
-    if _can_trim_padding(model):
+    if can_trim_padding(model):
         longest = int((tokens != 0).sum(dim=1).max())
         text = Tower(
             OpenClipTextTower(model).eval(),
@@ -258,7 +258,7 @@ def _hf_towers(scorer: Any, pixels: torch.Tensor, image_shape) -> TowerPair:
     encoded = scorer.tokenizer(
         EXAMPLE_TEXTS, padding=scorer.text_padding, truncation=True, max_length=context, return_tensors="pt"
     )
-    accepted = set(getattr(scorer, "_text_inputs", {"input_ids", "attention_mask"}))
+    accepted = set(getattr(scorer, "text_input_names", {"input_ids", "attention_mask"}))
     names = ["input_ids"] + (["attention_mask"] if "attention_mask" in accepted and "attention_mask" in encoded else [])
     dynamic_sequence = scorer.text_padding == "longest"
     axes: dict[int, tuple[str, int, int]] = {0: batch}
