@@ -417,3 +417,19 @@ def test_export_config_is_in_the_resolved_configuration():
     assert ExportConfig().precision == "fp32"  # the default export, on a CPU too: int8 is opt-in
     bad = CliRunner().invoke(main, ["-S", "export.precision=int4", "config", "show"])
     assert bad.exit_code == 1 and "export.precision" in bad.output
+
+
+def test_iel_never_imports_export():
+    # dldc.export writes exports and imports dldc.iel; dldc.iel runs them (onnx:DIR) without it.
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "dldc" / "iel"
+    offending = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            if any(n == "dldc.export" or n.startswith("dldc.export.") for n in names):
+                offending.append(f"{path.name}:{node.lineno}")
+    assert offending == []

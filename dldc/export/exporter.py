@@ -290,7 +290,7 @@ def _export_crossfit(source: Any, folder: Path, cfg: ExportConfig) -> tuple[Towe
         towers.append(names)
     shutil.rmtree(staging)
 
-    from dldc.iel.indomain import FOLDS_FILE
+    from dldc.iel.indomain_arch import FOLDS_FILE
 
     shutil.copy2(Path(source.path) / FOLDS_FILE, folder / FOLDS_FILE)
     extra: dict[str, Any] = {"folds": source.n_folds, "seed": source.seed, "folds_file": FOLDS_FILE}

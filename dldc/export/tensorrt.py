@@ -36,7 +36,6 @@ from dldc.io import atomic_path
 log = logging.getLogger(__name__)
 
 
-
 def require_tensorrt() -> Any:
     """Import ``tensorrt`` or explain how to get it.
 

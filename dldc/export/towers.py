@@ -202,7 +202,7 @@ def towers_of(scorer: Scorer, crossfit_source: Any | None = None) -> TowerPair:
 
 
 def _open_clip_towers(scorer: Any, crossfit_source: Any | None, pixels: torch.Tensor, image_shape) -> TowerPair:
-    from dldc.iel.indomain import IndomainPreprocess
+    from dldc.iel.indomain_arch import IndomainPreprocess
     from dldc.iel.open_clip_scorer import can_trim_padding
 
     model = scorer.model

@@ -96,7 +96,7 @@ def load_processing(folder: str | Path, record: dict[str, Any], text_sequence: s
         config = {k: tuple(v) if isinstance(v, list) else v for k, v in image["config"].items()}
         preprocess = image_transform_v2(PreprocessCfg(**config), is_train=False)
     elif image["kind"] == "indomain":
-        from dldc.iel.indomain import IndomainPreprocess
+        from dldc.iel.indomain_arch import IndomainPreprocess
 
         preprocess = IndomainPreprocess(int(image["size"]), tuple(image["mean"]), tuple(image["std"]))
     elif image["kind"] == "hf":

@@ -139,7 +139,7 @@ class OnnxCrossFitScorer:
     Attributes:
         scorer_id, name, n_folds: as the source's, the id in the ``onnx-<precision>:…`` form.
         has_scene_head: whether the folds carry the source's caption–scene model.
-        folds: ``{image_id: fold}``; unseen ids fall back to :func:`dldc.iel.indomain.hash_fold`.
+        folds: ``{image_id: fold}``; unseen ids fall back to :func:`dldc.iel.folds.hash_fold`.
     """
 
     def __init__(self, folder: Path, meta: dict[str, Any], device: str, threads: int):
@@ -163,7 +163,7 @@ class OnnxCrossFitScorer:
 
     def fold_of(self, image_id: str) -> int:
         """The fold an image was held out in (as the source scorer decides)."""
-        from dldc.iel.indomain import hash_fold
+        from dldc.iel.folds import hash_fold
 
         fold = self.folds.get(image_id)
         return int(fold) if fold is not None else hash_fold(image_id, self.n_folds, self.seed)

@@ -229,7 +229,7 @@ def pretrain_text_encoder(
     Returns:
         The loss per step.
     """
-    from dldc.iel.indomain import contrastive_loss
+    from dldc.iel.indomain_train import contrastive_loss
 
     generator = torch.Generator().manual_seed(cfg.seed + 2)
     embed = cfg.text_width
