@@ -570,6 +570,34 @@ def select(
     )
 
 
+@main.command("export-dataset")
+@click.option("--original", type=click.Path(dir_okay=False), help="The ingest manifest [export_dataset.original].")
+@click.option("--cleaned", type=click.Path(dir_okay=False), help="Kept pairs [export_dataset.cleaned].")
+@click.option("--dropped", type=click.Path(dir_okay=False), help="dropped.parquet [export_dataset.dropped].")
+@click.option("--scores", type=click.Path(dir_okay=False), help="IEL scores [export_dataset.scores].")
+@click.option("--captions", type=click.Path(dir_okay=False), help="EGL's captions.parquet [export_dataset.captions].")
+@click.option("--rejects", type=click.Path(dir_okay=False), help="Ingest's rejects.parquet [export_dataset.rejects].")
+@click.option("--format", "fmt", type=click.Choice(["source", "karpathy", "folder"]),
+              help="Format to write [export_dataset.format: the source's].")  # fmt: skip
+@click.option("--out", type=click.Path(file_okay=False), help="Export folder [export_dataset.out].")
+@click.pass_obj
+def export_dataset(obj: _Context, fmt: str | None, **paths: str | None) -> None:
+    """Write the cleaned dataset in its source's format (repaired captions in place) with provenance.parquet."""
+    from dldc.stages import run_export_dataset
+
+    cfg = obj.config(**{f"export_dataset.{key}": value for key, value in {**paths, "format": fmt}.items()})
+    try:
+        report = run_export_dataset(cfg)
+    except (ValueError, FileNotFoundError, OSError, KeyError) as err:
+        raise click.ClickException(str(err)) from None
+    counts = report["counts"]
+    click.echo(
+        f"wrote {cfg.export_dataset.out}/{report['annotations']} ({report['format']}): {counts['kept']} pairs kept "
+        f"({counts['repaired_kept']} with repaired captions) on {counts['images']} images; {counts['dropped']} "
+        f"dropped, {counts['rejected']} rejected at ingest: see provenance.parquet"
+    )
+
+
 @main.command("select-trial")
 @click.option("--ratio", type=float, required=True, help="Ratio dropped from every scene (one point of select.grid).")
 @click.option("--out", type=click.Path(file_okay=False), help="Trial folder [<select.trials>/r<RATIO>].")

@@ -61,14 +61,12 @@ from dldc.evaluate.metrics import (
     kernel_metric,
     prompt_metrics,
 )
-from dldc.evaluate.results import (  # noqa: F401  (SUMMARY_FILE, summary: the stage runner's names)
-    SUMMARY_FILE,
+from dldc.evaluate.results import (
     EvaluationResult,
     arm_info,
     fingerprint,
     protocol_warnings,
     records,
-    summary,
     write_evaluation,
 )
 from dldc.io import file_sha256
