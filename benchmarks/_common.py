@@ -164,7 +164,7 @@ def cached_synthrs_ingest(
     """SynthRS made by ``write_synthrs(root, **synth)``, then ingested with ``ingest_cfg``: two chained
     :func:`cached_step` s (the ingest's digest covers the SynthRS step's), as ``{"synthrs", "ingest"}``."""
     from dldc.data.ingest import ingest
-    from dldc.data.synth import write_synthrs
+    from dldc.data.synthrs import write_synthrs
 
     steps = {
         "synthrs": cached_step(

@@ -78,7 +78,8 @@ from _common import cached_step, cached_synthrs_ingest, provenance, write_result
 
 from dldc.config import CaptionConfig, IndomainConfig, IngestConfig, ScoreConfig  # noqa: E402
 from dldc.data.manifest import image_id_for  # noqa: E402
-from dldc.data.synth import CELLS, LAND_COVER  # noqa: E402
+from dldc.data.synthrs import LAND_COVER  # noqa: E402
+from dldc.data.vocabulary import CELLS  # noqa: E402
 from dldc.egl.loop import caption_manifest  # noqa: E402
 from dldc.iel.engine import score_manifest  # noqa: E402
 from dldc.iel.factory import create_scorer  # noqa: E402

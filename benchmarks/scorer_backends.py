@@ -241,7 +241,7 @@ def cpu_section(args: argparse.Namespace, tmp: Path, manifest: Path, calib: Any,
 def indomain_section(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """The demo's trained in-domain scorer: fp32 and int8 exports gated on its whole manifest, and speeds."""
     from dldc.data.ingest import ingest
-    from dldc.data.synth import write_synthrs
+    from dldc.data.synthrs import write_synthrs
     from dldc.iel.indomain import load_indomain, train_indomain
 
     demo = load_config(Path(__file__).resolve().parents[1] / "params.yaml")

@@ -147,7 +147,7 @@ def main() -> None:
     if not args.skip_synthrs:
         root, synthrs = args.synthrs, None
         if root is None:
-            from dldc.data.synth import write_synthrs
+            from dldc.data.synthrs import write_synthrs
 
             root, synth = args.work / "synthrs", {"n_images": 400, "size": 64, "seed": 0}
             synthrs = cached_step(root, {"step": "synthrs", "synth": synth}, lambda out: write_synthrs(out, **synth))

@@ -56,7 +56,7 @@ from _common import cached_step, cached_synthrs_ingest, provenance, reuse_note, 
 
 from dldc.config import load_config  # noqa: E402
 from dldc.data.manifest import image_id_for  # noqa: E402
-from dldc.data.synth import NOISE_KINDS  # noqa: E402
+from dldc.data.synthrs import NOISE_KINDS  # noqa: E402
 
 TOLERANCES = (0.5, 1.0, 2.0)
 NOISE_BY_SCENE = {

@@ -14,14 +14,9 @@ def build_base(
     run_group: str,
 ):
     """Train the demo's tiny Stable Diffusion into `base_model`; `scorer` (in-domain) checks its scenes."""
-    import json
-    import os
+    from dldc.run import run_stage
 
-    from dldc.cli import run_cli
-
-    run_cli(["build-base", "--out", base_model.path, "--check-scorer", scorer.path], settings, run_group)
-    with open(os.path.join(base_model.path, "base.json"), encoding="utf-8") as handle:
-        report = json.load(handle)
-    summary.log_metric("denoiser_final_loss", report["denoiser"]["final_loss"])
-    if "scene_check" in report:
-        summary.log_metric("scene_accuracy", report["scene_check"]["generated"]["accuracy"])
+    metrics = run_stage(["build-base", "--out", base_model.path, "--check-scorer", scorer.path], settings, run_group,
+                        metrics_from=base_model.path)
+    for name, value in metrics.items():
+        summary.log_metric(name, value)

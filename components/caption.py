@@ -18,13 +18,12 @@ def caption(
     run_group: str,
 ):
     """Repair low-scoring captions of `manifest` (round 0: `scores`) with `backends`, judged by the in-domain model."""
-    import json
     import os
 
-    from dldc.cli import run_cli
+    from dldc.run import run_stage
 
     specs = [arg for spec in backends for arg in ("--backend", spec)]
-    run_cli(
+    metrics = run_stage(
         [
             "caption",
             "--manifest",
@@ -42,9 +41,7 @@ def caption(
         # The embedding store travels with the output, so a retried task reuses it.
         [*settings, f"caption.cache={os.path.join(captions.path, 'embeddings')}"],
         run_group,
+        metrics_from=captions.path,
     )
-    with open(os.path.join(captions.path, "caption.json"), encoding="utf-8") as handle:
-        report = json.load(handle)
-    for name in ("pairs", "low_at_start", "replaced", "still_low", "candidates"):
-        summary.log_metric(name, report[name])
-    summary.log_metric("mean_fused_last_round", report["rounds"][-1]["mean_fused"])
+    for name, value in metrics.items():
+        summary.log_metric(name, value)

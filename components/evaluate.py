@@ -16,17 +16,16 @@ def evaluate(
     run_group: str,
 ):
     """Evaluate the arms in `generations` against the manifest's test images; the in-domain scorer is `scorer`."""
-    import json
     import os
 
-    from dldc.cli import run_cli
+    from dldc.run import run_stage
 
     # The in-domain scorer lives in this pipeline's artifact, not at the params.yaml path.
     scorer_settings = [
         f"evaluate.feature_scorers.indomain=indomain:{scorer.path}",
         f"evaluate.clip_scorers.indomain=indomain:{scorer.path}",
     ]
-    run_cli(
+    metrics = run_stage(
         [
             "evaluate",
             "--generations",
@@ -38,10 +37,7 @@ def evaluate(
         ],
         [*settings, *scorer_settings],
         run_group,
+        metrics_from=evaluation.path,
     )
-    with open(os.path.join(evaluation.path, "evaluate.json"), encoding="utf-8") as handle:
-        report = json.load(handle)
-    for arm, values in report["arms"].items():
-        for metric, value in values.items():
-            if value is not None:
-                summary.log_metric(f"{arm}.{metric}", value)
+    for name, value in metrics.items():
+        summary.log_metric(name, value)

@@ -25,9 +25,9 @@ def export_scorer(
         os.makedirs(exported.path, exist_ok=True)
         return
 
-    from dldc.cli import run_cli
+    from dldc.run import run_stage
 
-    run_cli(
+    run_stage(
         [
             "export-scorer",
             "--scorer",

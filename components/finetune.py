@@ -25,15 +25,13 @@ def finetune(
     `manifest_file` is the manifest's path inside the `manifest` artifact (`select` writes
     `cleaned_manifest.parquet` and `global/cleaned_manifest.parquet`).
     """
-    import json
     import os
 
-    from dldc.cli import run_cli
+    from dldc.run import run_stage
 
     chosen = base_model.path if base_model is not None else base
     args = ["finetune", "--manifest", os.path.join(manifest.path, manifest_file), "--out", adapter.path]
-    run_cli([*args, *(["--base", chosen] if chosen else [])], settings, run_group)
-    with open(os.path.join(adapter.path, "finetune.json"), encoding="utf-8") as handle:
-        report = json.load(handle)
-    summary.log_metric("final_loss", report["final_loss"])
-    summary.log_metric("images_per_s", report["throughput"]["images_per_s"] or 0.0)
+    command = [*args, *(["--base", chosen] if chosen else [])]
+    metrics = run_stage(command, settings, run_group, metrics_from=adapter.path)
+    for name, value in metrics.items():
+        summary.log_metric(name, value)

@@ -22,15 +22,15 @@ def generate(
     global_adapter: dsl.Input[dsl.Model] = None,
 ):
     """Images for the test prompts: arm `base`, plus `raw` / `clean` / `global` for the adapters given; same seeds."""
-    import json
     import os
 
-    from dldc.cli import arm_flags, run_cli
+    from dldc.run import arm_args, run_stage
 
     chosen = base_model.path if base_model is not None else base
-    arms = arm_flags({"raw": raw_adapter, "clean": clean_adapter, "global": global_adapter})
+    adapters = {"raw": raw_adapter, "clean": clean_adapter, "global": global_adapter}
+    arms = arm_args({arm: artifact.path if artifact is not None else None for arm, artifact in adapters.items()})
     args = ["generate", "--manifest", os.path.join(manifest.path, "manifest.parquet"), "--out", generations.path]
-    run_cli([*args, *arms, *(["--base", chosen] if chosen else [])], settings, run_group)
-    with open(os.path.join(generations.path, "generate.json"), encoding="utf-8") as handle:
-        report = json.load(handle)
-    summary.log_metric("images", report["images"])
+    command = [*args, *arms, *(["--base", chosen] if chosen else [])]
+    metrics = run_stage(command, settings, run_group, metrics_from=generations.path)
+    for name, value in metrics.items():
+        summary.log_metric(name, value)

@@ -15,13 +15,9 @@ def ingest(
     run_group: str,
 ):
     """Check every pair of `dataset`; write manifest.parquet, rejects.parquet, ingest.json into `manifest`."""
-    import json
-    import os
+    from dldc.run import run_stage
 
-    from dldc.cli import run_cli
-
-    run_cli(["ingest", "--format", dataset_format, "--root", dataset.path, "--out", manifest.path], settings, run_group)
-    with open(os.path.join(manifest.path, "ingest.json"), encoding="utf-8") as report:
-        numbers = json.load(report)["counts"]
-    for name in ("input_pairs", "kept_pairs", "rejected_pairs", "kept_images", "scenes"):
-        counts.log_metric(name, numbers[name])
+    command = ["ingest", "--format", dataset_format, "--root", dataset.path, "--out", manifest.path]
+    metrics = run_stage(command, settings, run_group, metrics_from=manifest.path)
+    for name, value in metrics.items():
+        counts.log_metric(name, value)

@@ -15,9 +15,9 @@ def promote(
     run_group: str,
 ):
     """Register `adapter` (the `candidate_arm` of `evaluation`) in MLflow and decide on the champion alias."""
-    from dldc.cli import run_cli
+    from dldc.run import run_stage
 
-    run_cli(
+    run_stage(
         [
             "promote",
             "--evaluation",

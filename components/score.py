@@ -31,11 +31,11 @@ def score_part(
     """
     import os
 
-    from dldc.cli import run_cli
+    from dldc.run import run_stage
 
     own = f"onnx:{exported.path}" if os.path.isfile(os.path.join(exported.path, "export.json")) else None
     specs = [arg for spec in [own or f"indomain:{scorer.path}", *extra_scorers] for arg in ("--scorer", spec)]
-    run_cli(
+    run_stage(
         [
             "score",
             "--manifest",
@@ -60,13 +60,9 @@ def gather_scores(
     run_group: str,
 ):
     """Fuse the parts' raw scores per scene into one scores.parquet."""
-    import json
-    import os
+    from dldc.run import run_stage
 
-    from dldc.cli import run_cli
-
-    run_cli(["gather-scores", *[p.path for p in parts], "--out", scores.path], settings, run_group)
-    with open(os.path.join(scores.path, "score.json"), encoding="utf-8") as handle:
-        report = json.load(handle)
-    summary.log_metric("pairs", report["pairs"])
-    summary.log_metric("disagreeing_pairs", report["disagreeing_pairs"])
+    command = ["gather-scores", *[p.path for p in parts], "--out", scores.path]
+    metrics = run_stage(command, settings, run_group, metrics_from=scores.path)
+    for name, value in metrics.items():
+        summary.log_metric(name, value)

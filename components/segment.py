@@ -26,18 +26,13 @@ def segment(
     global_adapter: dsl.Input[dsl.Model] = None,
 ):
     """Train the segmenter for every arm and protocol on `dataset`; the results table goes to `evaluation`."""
-    import json
-    import os
-
-    from dldc.cli import arm_flags, run_cli
+    from dldc.run import arm_args, run_stage
 
     chosen = base_model.path if base_model is not None else base
-    arms = arm_flags({"raw": raw_adapter, "clean": clean_adapter, "global": global_adapter})
+    adapters = {"raw": raw_adapter, "clean": clean_adapter, "global": global_adapter}
+    arms = arm_args({arm: artifact.path if artifact is not None else None for arm, artifact in adapters.items()})
     args = ["segment", "--dataset", dataset_layout, "--root", dataset.path, "--out", evaluation.path]
-    run_cli([*args, *arms, *(["--base", chosen] if chosen else [])], settings, run_group)
-    with open(os.path.join(evaluation.path, "segment.json"), encoding="utf-8") as handle:
-        report = json.load(handle)
-    for run, values in report.items():
-        for metric, value in values.items():
-            if value is not None:
-                summary.log_metric(f"{run}.{metric}", value)
+    command = [*args, *arms, *(["--base", chosen] if chosen else [])]
+    metrics = run_stage(command, settings, run_group, metrics_from=evaluation.path)
+    for name, value in metrics.items():
+        summary.log_metric(name, value)

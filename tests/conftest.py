@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 import pytest
 
@@ -29,3 +32,35 @@ def rsicd_root() -> Path:
 def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One SQLite MLflow store for the session (creating one costs seconds)."""
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def tiny_base() -> Mapping[str, Any]:
+    """The ``base`` section (``dldc build-base``) at toy size: the demo chain's shapes, every stage in seconds.
+
+    Read-only; tests that need other values spread it into a new dict.
+    """
+    return MappingProxyType(
+        {
+            "n_images": 100,  # 10 per scene: the scene check needs test-split images
+            "resolution": 16,
+            "vae_channels": [8, 8],
+            "unet_channels": [8, 16],
+            "unet_cross_attention": [True, True],
+            "attention_head_dim": 4,
+            "text_width": 16,
+            "text_layers": 1,
+            "text_heads": 2,
+            "norm_groups": 4,
+            "vae_steps": 2,
+            "vae_batch": 4,
+            "vae_crop": 8,
+            "text_steps": 2,
+            "text_batch": 4,
+            "steps": 3,
+            "batch_size": 4,
+            "warmup_steps": 1,
+            "check_images_per_scene": 1,
+            "check_steps": 1,
+        }
+    )

@@ -20,7 +20,7 @@ from dldc.config import IndomainConfig, IngestConfig
 from dldc.data.images import load_rgb
 from dldc.data.ingest import ingest
 from dldc.data.manifest import dataset_root, read_manifest
-from dldc.data.synth import write_synthrs
+from dldc.data.synthrs import write_synthrs
 from dldc.iel.indomain import train_indomain
 
 SCENES = ("beach", "farmland", "forest", "residential")

@@ -15,7 +15,7 @@ def _tree_digest(root):
     }
 
 
-@pytest.mark.parametrize("command", [[], ["synth"], ["ingest"], ["config", "show"], ["pipeline", "compile"]])
+@pytest.mark.parametrize("command", [[], ["synth"], ["ingest"], ["config", "show"], ["config", "profiles"]])
 def test_every_command_has_help(command):
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0 and "Usage:" in result.output

@@ -107,3 +107,24 @@ def test_config_init_writes_a_whole_profile(tmp_path, caplog):
     assert again.exit_code != 0 and "--force" in again.output
     unknown = CliRunner().invoke(main, ["config", "init", "--profile", "nope", "--out", str(tmp_path / "x.yaml")])
     assert unknown.exit_code != 0 and "unknown profile" in unknown.output
+
+
+def test_profiles_are_data_files_listed_by_a_command(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import dldc.config as config
+    from dldc.cli import main
+
+    listed = CliRunner().invoke(main, ["config", "profiles"])
+    assert listed.exit_code == 0 and [line.split("\t")[0] for line in listed.output.splitlines()] == ["demo", "paper"]
+    # A new file is a new profile; names are file names, never paths.
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "demo.yaml").write_text("{}\n")
+    (profiles / "small.yaml").write_text("# small runs\nsynth:\n  n_images: 40\n")
+    monkeypatch.setattr(config, "PROFILES_DIR", profiles)
+    assert config.list_profiles() == {"demo": "", "small": "small runs"}
+    assert load_config(None, overrides=["profile=small"]).synth.n_images == 40
+    for name in ("paper", "../profiles/small", "small.yaml"):
+        with pytest.raises(ConfigError, match="unknown profile"):
+            load_config(None, overrides=[f"profile={name}"])

@@ -355,26 +355,6 @@ def test_wheel_ships_no_generic_top_level_packages() -> None:
     assert packages and {p.split(".")[0] for p in packages} == {"dldc"}
 
 
-def test_pipeline_compile_without_a_checkout_fails_in_one_line(tmp_path: Path, monkeypatch) -> None:
-    """As in the image: no pipelines/ beside the installed package nor in the working directory."""
-    import importlib.util
-
-    from click.testing import CliRunner
-
-    from dldc import cli
-
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "dldc" / "cli.py"))
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "pipelines" else find_spec(name, *a)
-    )
-    monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(cli.main, ["pipeline", "compile", "--out", str(tmp_path / "p.yaml")])
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code != 0 and len(lines) == 1 and "source checkout" in lines[0], result.output
-    assert not (tmp_path / "p.yaml").exists()
-
-
 # --------------------------------------------------------------------------
 # the in-image test runs the compiled component's own command line
 # --------------------------------------------------------------------------
@@ -399,7 +379,7 @@ def test_image_test_runs_the_command_line_from_the_compiled_pipeline(tmp_path: P
     tag = "registry.example/dldc:test-cpu"
     out = tmp_path / "dldc.pipeline.yaml"
     env = {**os.environ, "DLDC_IMAGE": tag, "DLDC_GPU_IMAGE": tag}
-    subprocess.run([sys.executable, "-m", "dldc", "pipeline", "compile", "--out", str(out)], cwd=tmp_path, env=env,
+    subprocess.run([sys.executable, "-m", "pipelines", "compile", "--out", str(out)], cwd=REPO_ROOT, env=env,
                    check=True, capture_output=True)  # fmt: skip
     compiled_image, argv = image.compiled_component_argv(out, image.COMPONENT, image.COMPONENT_INPUTS, "/w/kfp")
     spec = yaml.safe_load(out.read_text())
@@ -412,7 +392,7 @@ def test_image_test_runs_the_command_line_from_the_compiled_pipeline(tmp_path: P
     executor_input = json.loads(argv[filled[0]])
     assert executor_input["inputs"]["parameterValues"] == image.COMPONENT_INPUTS
     assert executor_input["outputs"]["artifacts"]["dataset"]["artifacts"][0]["uri"] == "/w/kfp/dataset"
-    assert "kfp.dsl.executor_main" in " ".join(argv) and "run_cli" in " ".join(argv)
+    assert "kfp.dsl.executor_main" in " ".join(argv) and "run_stage" in " ".join(argv)
     # The component body needs nothing but dldc in the image (components/ is not installed there).
     body = next(a for a in argv if "def synth(" in a)
     assert "import components" not in body and "from components" not in body

@@ -3,57 +3,20 @@
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+sys.path.insert(0, str(Path(__file__).parent))
+from stage_graph import dvc_stages  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-STAGES = (
-    "synth",
-    "ingest",
-    "train_scorer",
-    "score",
-    "caption",
-    "build_base",
-    "select_trial@0.0",
-    "select_trial@0.3",
-    "select",
-    "finetune@raw",
-    "finetune@clean",
-    "finetune@global",
-    "generate",
-    "evaluate",
-    "promote",
-    "segment",
-)
-# The demo chain's shapes at toy size: every stage runs, in seconds.
-TINY_BASE = {
-    "n_images": 100,  # 10 per scene: the scene check needs test-split images
-    "resolution": 16,
-    "vae_channels": [8, 8],
-    "unet_channels": [8, 16],
-    "unet_cross_attention": [True, True],
-    "attention_head_dim": 4,
-    "text_width": 16,
-    "text_layers": 1,
-    "text_heads": 2,
-    "norm_groups": 4,
-    "vae_steps": 2,
-    "vae_batch": 4,
-    "vae_crop": 8,
-    "text_steps": 2,
-    "text_batch": 4,
-    "steps": 3,
-    "batch_size": 4,
-    "warmup_steps": 1,
-    "check_images_per_scene": 1,
-    "check_steps": 1,
-}
 
 
 @pytest.mark.slow
-def test_dvc_repro_runs_then_is_up_to_date(tmp_path, mlflow_uri):
+def test_dvc_repro_runs_then_is_up_to_date(tmp_path, mlflow_uri, tiny_base):
     work = tmp_path / "clone"
     work.mkdir()
     for name in ("dvc.yaml", "params.yaml"):
@@ -63,7 +26,7 @@ def test_dvc_repro_runs_then_is_up_to_date(tmp_path, mlflow_uri):
     params["synth"].update(n_images=100, size=32)  # 10 per scene: generation needs test-split images
     params["indomain"].update(architecture="indomain-test", folds=2, epochs=1, batch_size=32)
     params["caption"].update(rounds=1)
-    params["base"].update(TINY_BASE)
+    params["base"].update(tiny_base)
     params["finetune"].update(resolution=16, rank=4, steps=2, batch_size=4, checkpoint_every=1, sample_steps=1)
     params["generate"].update(steps=1, batch_size=8, prompts_per_image=1)
     params["select"].update(grid=[0.0, 0.3], trial_steps=2, trial_generate_steps=1, trial_prompts_per_image=1)
@@ -78,7 +41,8 @@ def test_dvc_repro_runs_then_is_up_to_date(tmp_path, mlflow_uri):
 
     dvc("init", "--no-scm", "-q")
     first = dvc("repro")
-    for stage in STAGES:
+    stages = dvc_stages(work / "dvc.yaml", params)
+    for stage in stages:
         assert f"Running stage '{stage}'" in first
     assert (work / "data" / "ingest" / "manifest.parquet").is_file()
     assert (work / "data" / "scores" / "scores.parquet").is_file()
@@ -90,12 +54,20 @@ def test_dvc_repro_runs_then_is_up_to_date(tmp_path, mlflow_uri):
     selection = yaml.safe_load((work / "data" / "select" / "selection.json").read_text())
     assert selection["mode"] == "loop" and set(selection["trials"]) == {"0", "0.3"}
     assert (work / "data" / "select" / "trials" / "r0.3" / "trial.json").is_file()
+    exported = json.loads((work / "data" / "cleaned" / "export.json").read_text())
+    assert exported["format"] == "karpathy" and exported["counts"]["kept"] == selection["pairs"]["kept"]
     finetuned = yaml.safe_load((work / "data" / "finetune" / "clean" / "finetune.json").read_text())
     assert finetuned["manifest"] == "data/select/cleaned_manifest.parquet"
     assert "up to date" in dvc("repro")
     assert "up to date" in dvc("status")
     lock = yaml.safe_load((work / "dvc.lock").read_text())
-    assert set(lock["stages"]) == set(STAGES)
+    assert set(lock["stages"]) == set(stages)
+    # Every stage's figures are flat numbers: what `dvc metrics show` and `dvc exp show` list.
+    shown = json.loads(dvc("metrics", "show", "--json"))
+    (figures,) = [entry["data"] for entry in shown.values()]
+    for path, entry in figures.items():
+        assert path.endswith("metrics.json") and entry["data"], path
+        assert all(isinstance(v, (int, float)) for v in entry["data"].values()), path
     # A changed score setting re-runs `score` (and `caption`, which reads the score settings); the
     # embedding store spares re-encoding, and outputs that come out the same stop the chain there.
     params["score"]["batch_size"] = 7

@@ -10,17 +10,13 @@ import pytest
 from PIL import Image
 
 from dldc.config import CaptionConfig, ConfigError, load_config
+from dldc.data.class_tables import load_class_table
+from dldc.data.mask_text import describe_mask, label_regions, render_description
+from dldc.data.vocabulary import scene_words
 from dldc.egl.base import Attempt, Captioner, CaptionRequest
 from dldc.egl.factory import CaptionerContext, create_captioner, parse_captioner_spec
-from dldc.egl.mask2text import (
-    Mask2TextCaptioner,
-    describe_mask,
-    label_regions,
-    load_class_table,
-    mask_path_for,
-    render_description,
-)
-from dldc.egl.prompts import clean_output, clip_token_counter, fit_to_budget, render_prompt, scene_words
+from dldc.egl.mask2text import Mask2TextCaptioner, mask_path_for
+from dldc.egl.prompts import clean_output, clip_token_counter, fit_to_budget, render_prompt
 from dldc.iel.factory import WeightsNotFoundError
 
 sys.path.insert(0, str(Path(__file__).parent))

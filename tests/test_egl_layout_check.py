@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from dldc.data.class_tables import load_class_table
 from dldc.data.images import PathEscapeError
 from dldc.egl.layout_check import LayoutChecker, agreement, caption_claims, cell_cover, object_vocabulary
-from dldc.egl.loop import LAYOUT, _decide, _is_low
-from dldc.egl.mask2text import load_class_table
+from dldc.egl.loop import LAYOUT, decide_replacements, is_low
 
 TABLE = load_class_table("synthrs")
 VOCAB = object_vocabulary(TABLE)
@@ -110,14 +110,15 @@ def _candidates(rows: list[tuple[str, float, float]]) -> pd.DataFrame:
 
 def test_loop_rule_a_contradicted_caption_is_low_and_agreeing_with_the_mask_comes_first() -> None:
     state = _state(good=1.0, wrong=0.0, silent=math.nan)
-    assert _is_low(state, {"lake": 0.5}).tolist() == [False, True, False]  # fused 0.9 > 0.5, but "wrong" is low
+    assert is_low(state, {"lake": 0.5}).tolist() == [False, True, False]  # fused 0.9 > 0.5, but "wrong" is low
     rows = _candidates([
         ("good", 0.99, 0.0),    # scores higher but the mask contradicts it: never replaces an agreeing caption
         ("wrong", 0.40, 1.0),   # scores lower, agrees with the mask: replaces the contradicted caption
         ("silent", 0.95, 1.0),  # no layout either way before: the usual score rule
     ])  # fmt: skip
-    updated, decided, improved = _decide(state, rows, min_gain=0.0)
+    updated, decided, improved = decide_replacements(state, rows, min_gain=0.0)
     assert improved == 2 and decided["accepted"].tolist() == [False, True, True]
     assert updated.set_index("pair_id")[LAYOUT].to_dict() == {"good": 1.0, "wrong": 1.0, "silent": 1.0}
-    _, decided, _ = _decide(state, rows, min_gain=0.1)  # 0.95 - 0.9 < 0.1; the mask's evidence needs no gain
+    # 0.95 - 0.9 < 0.1; the mask's evidence needs no gain
+    _, decided, _ = decide_replacements(state, rows, min_gain=0.1)
     assert decided["accepted"].tolist() == [False, True, False]

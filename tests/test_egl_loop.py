@@ -10,7 +10,7 @@ from dldc.cli import main
 from dldc.config import CaptionConfig, IndomainConfig, IngestConfig, ScoreConfig
 from dldc.data.ingest import ingest
 from dldc.data.manifest import MANIFEST_SCHEMA, read_manifest
-from dldc.data.synth import write_synthrs
+from dldc.data.synthrs import write_synthrs
 from dldc.egl.base import Proposal
 from dldc.egl.loop import ReferenceFusion, caption_manifest, signal_columns
 from dldc.egl.mask2text import Mask2TextCaptioner

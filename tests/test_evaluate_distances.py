@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from dldc.evaluate.bootstrap import percentile_interval
 from dldc.evaluate.distances import (
     frechet_distance,
     frechet_distance_from_stats,
     kernel_distance,
     mmd2_unbiased,
-    percentile_interval,
 )
 
 

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from dldc.cli import main
 from dldc.config import ExportConfig, IndomainConfig, IngestConfig, ScoreConfig
 from dldc.data.ingest import ingest
-from dldc.data.synth import write_synthrs
+from dldc.data.synthrs import write_synthrs
 from dldc.export.exporter import ExportRefusedError, export_scorer
 from dldc.export.parity import (
     Gates,

@@ -32,7 +32,7 @@ def _providers() -> list[str]:
 def manifest(tmp_path_factory) -> str:
     from dldc.config import IngestConfig
     from dldc.data.ingest import ingest
-    from dldc.data.synth import write_synthrs
+    from dldc.data.synthrs import write_synthrs
 
     base = tmp_path_factory.mktemp("synth")
     write_synthrs(base / "synthrs", n_images=40, size=32, seed=0, progress=False)

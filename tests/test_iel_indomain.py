@@ -20,7 +20,7 @@ from dldc.config import IndomainConfig, IngestConfig, ScoreConfig
 from dldc.data.images import load_rgb
 from dldc.data.ingest import ingest
 from dldc.data.manifest import dataset_root, read_manifest, write_manifest
-from dldc.data.synth import write_synthrs
+from dldc.data.synthrs import write_synthrs
 from dldc.iel.base import CrossFitScorer, Scorer
 from dldc.iel.engine import gather_scores, score_manifest
 from dldc.iel.indomain import (

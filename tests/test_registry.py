@@ -20,13 +20,15 @@ from dldc.stages import run_promote
 
 FD, CLIP = "FD-indomain", "CLIPScore-indomain"
 CRITERIA = [PromoteCriterion(metric=FD), PromoteCriterion(metric=CLIP)]
+# What an evaluation records for each metric (its `higher_is_better`).
+DIRECTIONS = {FD: False, CLIP: True, "FID": False}
 
 
 # --------------------------------------------------------------------------- decide (no MLflow)
 
 
 def test_first_candidate_is_promoted_and_says_so():
-    promoted, results, reason = decide({FD: 3.0, CLIP: 20.0}, None, CRITERIA)
+    promoted, results, reason = decide({FD: 3.0, CLIP: 20.0}, None, CRITERIA, DIRECTIONS)
     assert promoted and "no current champion" in reason and "first candidate" in reason
     assert all(r.passed and r.note == "no champion" for r in results)
 
@@ -34,28 +36,31 @@ def test_first_candidate_is_promoted_and_says_so():
 def test_directions_and_margins():
     champion = {FD: 10.0, CLIP: 20.0, "FID": 50.0}
     # Lower FD and higher CLIP are better.
-    assert decide({FD: 9.0, CLIP: 21.0}, champion, CRITERIA)[0]
-    assert not decide({FD: 11.0, CLIP: 21.0}, champion, CRITERIA)[0]
-    assert not decide({FD: 9.0, CLIP: 19.0}, champion, CRITERIA)[0]
+    assert decide({FD: 9.0, CLIP: 21.0}, champion, CRITERIA, DIRECTIONS)[0]
+    assert not decide({FD: 11.0, CLIP: 21.0}, champion, CRITERIA, DIRECTIONS)[0]
+    assert not decide({FD: 9.0, CLIP: 19.0}, champion, CRITERIA, DIRECTIONS)[0]
     # Ties do not promote.
-    promoted, results, reason = decide({FD: 10.0, CLIP: 21.0}, champion, CRITERIA)
+    promoted, results, reason = decide({FD: 10.0, CLIP: 21.0}, champion, CRITERIA, DIRECTIONS)
     assert not promoted and not results[0].passed and "FD-indomain" in reason and "FAILED" in reason
     # Relative margin: 10% of 50 = 5 FID points; absolute margin: 1 CLIP point.
     criteria = [PromoteCriterion(metric="FID", margin=0.1), PromoteCriterion(metric=CLIP, margin=1.0, relative=False)]
-    assert not decide({"FID": 46.0, CLIP: 22.0}, champion, criteria)[0]  # FID only 4 better
-    assert not decide({"FID": 44.0, CLIP: 21.0}, champion, criteria)[0]  # CLIP only 1 better (needs more)
-    promoted, results, _ = decide({"FID": 44.0, CLIP: 21.5}, champion, criteria)
+    assert not decide({"FID": 46.0, CLIP: 22.0}, champion, criteria, DIRECTIONS)[0]  # FID only 4 better
+    assert not decide({"FID": 44.0, CLIP: 21.0}, champion, criteria, DIRECTIONS)[0]  # CLIP only 1 better (needs more)
+    promoted, results, _ = decide({"FID": 44.0, CLIP: 21.5}, champion, criteria, DIRECTIONS)
     assert promoted
     assert results[0].required_improvement == pytest.approx(5.0) and results[0].improvement == pytest.approx(6.0)
-    # An explicit direction overrides the name-based one.
-    assert decide({"custom": 1.0}, {"custom": 2.0}, [PromoteCriterion(metric="custom", direction="lower")])[0]
-    assert not decide({"custom": 1.0}, {"custom": 2.0}, [PromoteCriterion(metric="custom")])[0]
+    # An explicit direction overrides the recorded one; `auto` needs one recorded.
+    custom = {"custom": True}
+    assert decide({"custom": 1.0}, {"custom": 2.0}, [PromoteCriterion(metric="custom", direction="lower")], custom)[0]
+    assert not decide({"custom": 1.0}, {"custom": 2.0}, [PromoteCriterion(metric="custom")], custom)[0]
+    with pytest.raises(ValueError, match="no direction for metric 'custom'"):
+        decide({"custom": 1.0}, {"custom": 2.0}, [PromoteCriterion(metric="custom")], {})
 
 
 def test_missing_values_fail_with_a_note():
-    promoted, results, _ = decide({FD: float("nan"), CLIP: 30.0}, {FD: 1.0, CLIP: 20.0}, CRITERIA)
+    promoted, results, _ = decide({FD: float("nan"), CLIP: 30.0}, {FD: 1.0, CLIP: 20.0}, CRITERIA, DIRECTIONS)
     assert not promoted and results[0].note == "the candidate has no finite value"
-    promoted, results, _ = decide({FD: 1.0, CLIP: 30.0}, {CLIP: 20.0}, CRITERIA)
+    promoted, results, _ = decide({FD: 1.0, CLIP: 30.0}, {CLIP: 20.0}, CRITERIA, DIRECTIONS)
     assert not promoted and results[0].note == "the champion has no finite value"
 
 
@@ -93,7 +98,7 @@ def make_adapter(folder: Path, value: float) -> Path:
 def fake_evaluation(folder: Path, arms: dict[str, dict], fingerprint: str = "protocol-a") -> Path:
     """A minimal `dldc evaluate` results.json: per arm its adapter and overall metrics."""
     metrics = [
-        {"scene": "all", "arm": arm, "metric": name, "value": value}
+        {"scene": "all", "arm": arm, "metric": name, "value": value, "higher_is_better": DIRECTIONS[name]}
         for arm, info in arms.items()
         for name, value in info["metrics"].items()
     ]

@@ -82,6 +82,10 @@ def test_proxy_objective_tracks_the_noise_rate_of_each_scene() -> None:
     assert 0.2 <= picks.global_ratio <= 0.4  # one ratio for all: between the scenes' noise rates
 
 
+# What the trials' evaluations record for each metric (its `higher_is_better`).
+DIRECTIONS = {"CLIPScore-x": True, "FD-x": False}
+
+
 def test_loop_objective_from_per_ratio_metric_tables() -> None:
     # Scene a is best at r=0.2 on both metrics; scene b at r=0 by CLIP score, at 0.4 by FD: the weights decide.
     trials = {
@@ -92,16 +96,16 @@ def test_loop_objective_from_per_ratio_metric_tables() -> None:
         0.4: {"all": {"CLIPScore-x": 21.0, "FD-x": 4.5}, "a": {"CLIPScore-x": 12.0, "FD-x": 7.0},
               "b": {"CLIPScore-x": 29.6, "FD-x": 1.0}},
     }  # fmt: skip
-    loop = loop_curves(trials, {"CLIPScore-x": 1.0, "FD-x": 1.0})  # no replicates: min-max scaling
+    loop = loop_curves(trials, {"CLIPScore-x": 1.0, "FD-x": 1.0}, DIRECTIONS)  # no replicates: min-max scaling
     curves, overall = loop.curves, loop.overall
     assert curves["a"] == {0.0: 0.0, 0.2: 1.0, 0.4: pytest.approx(0.5 * 0.4 + 0.5 * 0.5)}
     assert overall[0.2] == 1.0 and loop.margins == {} and loop.scaling["a"] == "min-max"
     picks = choose(curves, overall, {"a": 50, "b": 50}, 10)
     assert picks.ratios == {"a": 0.2, "b": 0.4} and picks.global_ratio == 0.2
-    clip_only = loop_curves(trials, {"CLIPScore-x": 1.0}).curves
+    clip_only = loop_curves(trials, {"CLIPScore-x": 1.0}, DIRECTIONS).curves
     assert choose(clip_only, overall, {"a": 50, "b": 50}, 10).ratios["b"] == 0.0
     missing = {0.0: {"all": {"FD-x": 1.0}, "a": {"FD-x": 1.0}}, 0.2: {"all": {"FD-x": 0.5}}}
-    assert "a" not in loop_curves(missing, {"FD-x": 1.0}).curves  # a scene without every trial has no curve
+    assert "a" not in loop_curves(missing, {"FD-x": 1.0}, DIRECTIONS).curves  # a scene without every trial has no curve
 
 
 def test_loop_objective_one_standard_error_rule_with_paired_replicates() -> None:
@@ -111,7 +115,7 @@ def test_loop_objective_one_standard_error_rule_with_paired_replicates() -> None
     values = {"flat": {0.0: 10.0, 0.2: 10.5, 0.4: 10.2}, "gains": {0.0: 10.0, 0.2: 15.0, 0.4: 16.0}}
     trials = {r: {s: {"CLIPScore-x": v[r]} for s, v in values.items()} for r in shift}
     replicates = {r: {s: {"CLIPScore-x": v[r] + shift[r] * pattern} for s, v in values.items()} for r in shift}
-    loop = loop_curves(trials, {"CLIPScore-x": 1.0}, replicates, tolerance=1.0)
+    loop = loop_curves(trials, {"CLIPScore-x": 1.0}, DIRECTIONS, replicates, tolerance=1.0)
     assert loop.curves["flat"] == pytest.approx({0.0: 0.0, 0.2: 0.5, 0.4: 0.2})  # gain over r=0 in SDs
     assert loop.curves["gains"] == pytest.approx({0.0: 0.0, 0.2: 5.0, 0.4: 6.0})
     assert loop.margins["flat"] == pytest.approx({0.0: 2.0, 0.2: 0.0, 0.4: 2.0})  # best is r=0.2 (a = -1)
@@ -122,13 +126,13 @@ def test_loop_objective_one_standard_error_rule_with_paired_replicates() -> None
     # flat: 0.5 SD better at 0.2, but within 2 paired SEs: keep everything; gains: 0.2 is within 2 of 0.4's 6
     assert picks.ratios == {"flat": 0.0, "gains": 0.2}
     assert "within the margin" in picks.reasons["flat"]
-    strict = loop_curves(trials, {"CLIPScore-x": 1.0}, replicates, tolerance=0.0)
+    strict = loop_curves(trials, {"CLIPScore-x": 1.0}, DIRECTIONS, replicates, tolerance=0.0)
     assert choose(strict.curves, overall, {"flat": 50, "gains": 50}, 10, strict.margins).ratios == {
         "flat": 0.2, "gains": 0.4}
     # A metric measured ten times more noisily counts ten times less.
     noisy = {r: {s: {"CLIPScore-x": 10 * (rep["CLIPScore-x"] - values[s][r]) + values[s][r]}
                  for s, rep in per.items()} for r, per in replicates.items()}
-    assert loop_curves(trials, {"CLIPScore-x": 1.0}, noisy).curves["gains"][0.4] == pytest.approx(0.6)
+    assert loop_curves(trials, {"CLIPScore-x": 1.0}, DIRECTIONS, noisy).curves["gains"][0.4] == pytest.approx(0.6)
 
 
 def test_select_config_checks() -> None:

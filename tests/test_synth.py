@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dldc.data import synth
-from dldc.data.synth import (
-    CELLS,
+from dldc.data.class_tables import load_class_table
+from dldc.data.synthrs import (
     GENERIC_CAPTIONS,
     LAND_COVER,
     MIN_CAPTIONS_PER_SCENE,
@@ -25,6 +24,8 @@ from dldc.data.synth import (
     render_scene,
     write_synthrs,
 )
+from dldc.data.synthrs import writer as synthrs_writer
+from dldc.data.vocabulary import CELLS
 
 # Words that only a caption of that scene would use (other_scene noise must carry them).
 SCENE_WORDS = {
@@ -382,7 +383,7 @@ def test_failure_leaves_previous_output_and_no_temp_dir(tmp_path: Path, monkeypa
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(synth, "_save_mask", broken)
+    monkeypatch.setattr(synthrs_writer, "save_mask", broken)
     with pytest.raises(OSError, match="disk full"):
         write_synthrs(out, n_images=10, size=16, seed=1, progress=False)
     assert _hashes(out) == before
@@ -432,3 +433,9 @@ def test_render_scene_and_captions_validate_their_arguments() -> None:
         render_scene("lake", 15, rng)
     with pytest.raises(ValueError, match="valid scenes"):
         clean_captions("volcano", {}, 5, rng)
+
+
+def test_land_cover_is_the_shipped_class_table() -> None:
+    """The generator draws with the table EGL and segment read masks with: one source, no copy."""
+    table = load_class_table("synthrs")
+    assert tuple((c.value, c.name, c.color) for c in table.classes) == LAND_COVER

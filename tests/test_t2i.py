@@ -7,7 +7,9 @@ loaded back through the same code as a hub id (``dldc.t2i.models``); nothing is 
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -110,34 +112,18 @@ def test_clip_tokenizer_matches_open_clip(tmp_path: Path) -> None:
     assert len(ours) == 49408 and ours.model_max_length == 77 and ours.pad_token == "<|endoftext|>"
 
 
-def test_build_base_saves_a_loadable_pipeline_and_checks_scenes(manifest: Path, workdir: Path, tmp_path: Path) -> None:
+def test_build_base_saves_a_loadable_pipeline_and_checks_scenes(
+    manifest: Path, workdir: Path, tmp_path: Path, tiny_base: Mapping[str, Any]
+) -> None:
     from dldc.t2i.base import build_base
 
     scorer = train_tiny_scorer(manifest, workdir / "scorer", folds=2, epochs=1)
     cfg = BaseConfig(
+        # The shared toy base, with a first UNet block without cross-attention.
+        **{**tiny_base, "unet_cross_attention": [False, True], "text_batch": 8},
         out=str(tmp_path / "model"),
         data=str(tmp_path / "data"),
-        n_images=100,
-        resolution=16,
-        vae_channels=[8, 8],
-        unet_channels=[8, 16],
-        unet_cross_attention=[False, True],
-        attention_head_dim=4,
-        text_width=16,
-        text_layers=1,
-        text_heads=2,
-        norm_groups=4,
-        vae_steps=2,
-        vae_batch=4,
-        vae_crop=8,
-        text_steps=2,
-        text_batch=8,
-        steps=3,
-        batch_size=4,
-        warmup_steps=1,
         check_scorer=str(scorer),
-        check_images_per_scene=1,
-        check_steps=1,
         device="cpu",
     )
     report = build_base(cfg, progress=False)
@@ -286,6 +272,25 @@ def test_generate_contract_seeds_and_resume(base: str, manifest: Path, workdir: 
     # Changed settings for one arm: only that arm is redone.
     changed = generate_images(cfg.model_copy(update={"guidance_scale": 2.0}), progress=False)
     assert changed.report["arms"]["base"]["generated"] == len(prompts)
+
+
+# diffusers' expected_slice check of `dldc generate`: the bottom-right 3x3 pixels (RGB) of the first image
+# (by gen_id) from the 8 px dummy base (seed 0), at 16 px, 2 DPM-Solver++ steps, guidance 7.5, on the CPU.
+# The same with 1, 2 and 4 torch threads. Another seed moves it by ~100 levels, guidance 4 by ~20, DDIM or
+# Euler sampling by 6-10: more than the tolerance of 2 levels, which only absorbs float noise across CPUs.
+EXPECTED_CORNER = [
+    [[135, 141, 190], [152, 124, 164], [147, 45, 151]],
+    [[86, 54, 215], [111, 180, 139], [146, 125, 147]],
+    [[96, 103, 145], [127, 97, 138], [138, 140, 131]],
+]
+
+
+def test_generate_expected_slice(base: str, manifest: Path, tmp_path: Path) -> None:
+    cfg = GenerateConfig(base=base, arms={"base": ""}, manifest=str(manifest), out=str(tmp_path), prompts_per_image=1,
+                         steps=2, guidance_scale=7.5, resolution=16, batch_size=1, device="cpu")  # fmt: skip
+    table = pd.read_parquet(generate_images(cfg, progress=False).table).sort_values("gen_id")
+    corner = _pixels(tmp_path / table["path"].iloc[0])[-3:, -3:, :]
+    assert np.abs(corner - np.array(EXPECTED_CORNER)).max() <= 2, corner.tolist()
 
 
 def test_generate_refuses_a_missing_adapter(base: str, manifest: Path, tmp_path: Path) -> None:

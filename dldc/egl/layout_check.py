@@ -7,7 +7,7 @@ covers at least ``min_share`` of a named cell's labelled pixels; a bare side ("o
 the top") names its three cells, and any of them will do. A caption's *agreement* is the share of
 its claims that hold, ``NaN`` when it makes none (nothing to check: "an aerial image").
 
-Objects are the words of the class table (:mod:`dldc.egl.mask2text`): each class's ``words``,
+Objects are the words of the class table (:mod:`dldc.data.class_tables`): each class's ``words``,
 ``singular`` and ``aliases`` (SynthRS: "sea", "lake", "river" → water; "park" → grass). The object
 of a place is the nearest object word before it in the same sentence; for a route ("from the A to
 the B") it is the sentence's first object word, the thing that runs. A negated object ("no
@@ -45,8 +45,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dldc.data.class_tables import ClassTable, load_class_table
 from dldc.data.images import resolve_inside
-from dldc.egl.mask2text import CELLS, ClassTable, load_class_table, mask_path_for
+from dldc.data.vocabulary import CELLS
+from dldc.egl.mask2text import mask_path_for
 
 __all__ = ["Claim", "LayoutChecker", "agreement", "caption_claims", "cell_cover", "object_vocabulary"]
 

@@ -298,7 +298,7 @@ def _caption_manifest(
         state[LAYOUT] = checker(list(frame["image"]), list(state["caption"]))
     thresholds = scene_thresholds(state["fused"], state["scene"], cfg.threshold, cfg.threshold_by_scene)
     state = state.assign(candidate_id=state["pair_id"] + "@r0", backend=ORIGINAL, model="", round=0, source=ORIGINAL)
-    low_at_start = _is_low(state, thresholds)
+    low_at_start = is_low(state, thresholds)
     lineage = [
         state.assign(
             prompt_id="", temperature=0.0, seed=0, raw=state["caption"], status=ORIGINAL, detail="",
@@ -317,7 +317,7 @@ def _caption_manifest(
     rounds = [_round_summary(0, state, thresholds, targets=int(low_at_start.sum()))]
     stop = f"ran all {cfg.rounds} rounds"
     for round_index in range(1, cfg.rounds + 1):
-        low = _is_low(state, thresholds)
+        low = is_low(state, thresholds)
         if not low.any():
             stop = "no pair below its scene threshold"
             break
@@ -336,7 +336,7 @@ def _caption_manifest(
         if checker is not None:
             images = rows["pair_id"].map(frame.set_index("pair_id")["image"])
             rows[LAYOUT] = checker(list(images), list(rows["caption"].where(rows["status"] == "scored")))
-        state, rows, improved = _decide(state, rows, cfg.min_gain)
+        state, rows, improved = decide_replacements(state, rows, cfg.min_gain)
         for pid, text in zip(rows["pair_id"], rows["caption"]):
             if isinstance(text, str) and text:
                 tried[pid].add(normalise_text(text))
@@ -366,7 +366,8 @@ def _contradicted(table: pd.DataFrame) -> pd.Series:
     return (table[LAYOUT] < 1.0 - 1e-9).fillna(False)
 
 
-def _is_low(state: pd.DataFrame, thresholds: dict[str, float]) -> pd.Series:
+def is_low(state: pd.DataFrame, thresholds: dict[str, float]) -> pd.Series:
+    """Pairs to repair: fused score below their scene's threshold, or a caption the mask contradicts."""
     limit = state["scene"].map(thresholds).astype(float)
     return (state["fused"] < limit).fillna(False) | _contradicted(state)
 
@@ -376,7 +377,7 @@ def _round_summary(round_index: int, state: pd.DataFrame, thresholds: dict[str, 
         "round": round_index,
         "targets": targets,
         "mean_fused": round(float(state["fused"].mean()), 6),
-        "low_after": int(_is_low(state, thresholds).sum()),
+        "low_after": int(is_low(state, thresholds).sum()),
         "replaced_so_far": int((state["backend"] != ORIGINAL).sum()),
     }
 
@@ -576,7 +577,9 @@ def _score(
     return rows
 
 
-def _decide(state: pd.DataFrame, rows: pd.DataFrame, min_gain: float) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+def decide_replacements(
+    state: pd.DataFrame, rows: pd.DataFrame, min_gain: float
+) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """Keep, per pair, the best scored candidate if it beats the current caption by ``min_gain``.
 
     With a layout check, agreeing with the mask comes first: a candidate the mask does not
@@ -696,7 +699,7 @@ def _write_outputs(
         iel.model_copy(update={"manifest": str(manifest_path), "out": str(out)}), scorers=scorers, progress=progress
     )
     replaced = output[output["caption_source"] != ORIGINAL]
-    still_low = _is_low(state, thresholds)
+    still_low = is_low(state, thresholds)
     report = {
         "manifest": str(cfg.manifest),
         "round0_scores": round0_source,

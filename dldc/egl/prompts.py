@@ -23,10 +23,9 @@ import functools
 import re
 from collections.abc import Callable, Mapping
 
-TokenCounter = Callable[[str], int]
+from dldc.data.vocabulary import scene_words
 
-_PLACEHOLDER = re.compile(r"{(\w*)}")
-ALLOWED_FIELDS = ("scene", "caption")
+TokenCounter = Callable[[str], int]
 
 # Special tokens of the chat templates we load (Qwen, LLaVA, InternVL, Llama, Gemma, BLIP-2).
 _SPECIAL_TOKENS = re.compile(
@@ -45,39 +44,6 @@ _MARKDOWN = re.compile(r"\*\*|__|`+|^#+\s*|^\s*(?:[-*•]|\d+[.)])\s+", re.MULTI
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _REPEATED_WORD = re.compile(r"\b(\w+)(?:\s+\1\b){2,}", re.IGNORECASE)
 _CLAUSE_BREAKS = re.compile(r"[,;:]\s|\s(?:and|with|while|where|which)\s")
-
-
-def check_template(prompt_id: str, template: str) -> None:
-    """Raise ``ValueError`` unless ``template`` only uses the ``{scene}`` and ``{caption}`` fields.
-
-    Example:
-        >>> check_template("v1", "Describe the {scene}.")
-        >>> check_template("v1", "Describe {place}.")
-        Traceback (most recent call last):
-        ...
-        ValueError: prompt 'v1' uses unknown field(s) ['place']; allowed: {scene}, {caption} (write {{ }} for braces)
-    """
-    unknown = sorted(
-        {name for name in _PLACEHOLDER.findall(template.replace("{{", "").replace("}}", ""))} - set(ALLOWED_FIELDS)
-    )
-    if unknown:
-        raise ValueError(
-            f"prompt {prompt_id!r} uses unknown field(s) {unknown}; allowed: {{scene}}, {{caption}} "
-            "(write {{ }} for braces)"
-        )
-
-
-def scene_words(scene: str) -> str:
-    """A scene label as words: ``DenseResidential`` → ``dense residential``, ``storage_tanks`` → ``storage tanks``.
-
-    Example:
-        >>> scene_words("DenseResidential"), scene_words("storage_tanks"), scene_words("unknown")
-        ('dense residential', 'storage tanks', '')
-    """
-    if scene.lower() == "unknown":
-        return ""
-    spaced = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", scene)
-    return " ".join(re.sub(r"[_\-]+", " ", spaced).lower().split())
 
 
 def render_prompt(template: str, scene: str, caption: str) -> str:

@@ -301,19 +301,3 @@ def _mmd2_subsets(
         within_y = (k_yy.sum(dim=(1, 2)) - k_yy.diagonal(dim1=1, dim2=2).sum(dim=1)) / off_diagonal
         values.append((within_x + within_y - 2.0 * k_xy.mean(dim=(1, 2))).numpy())
     return np.concatenate(values)
-
-
-def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """The central ``level`` percentile interval of bootstrap replicates (NaN when there are none).
-
-    Example:
-        >>> percentile_interval(np.arange(101.0), 0.5)
-        (25.0, 75.0)
-    """
-    values = np.asarray(replicates, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return float("nan"), float("nan")
-    tail = (1.0 - level) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(low), float(high)

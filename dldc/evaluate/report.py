@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from dldc.evaluate.metrics import ALL_SCENES
+
 DASH = "–"
-ALL_SCENES = "all"
 
 
 def format_value(value: float | None) -> str:

@@ -10,8 +10,9 @@ Flow (:func:`promote`):
    the champion's adapter evaluated as an arm of this very evaluation (best: same draws), else
    the metrics tagged on its version when their protocol fingerprint equals this evaluation's;
 4. :func:`decide`: the candidate must beat the champion on every ``promote.criteria`` metric by
-   its margin (direction per metric: lower FID/KID/FD/KD, higher CLIP scores). A first candidate
-   with no champion is promoted, and the decision says so;
+   its margin, in the direction the evaluation records for the metric (its ``higher_is_better``:
+   lower FID/KID/FD/KD, higher CLIP scores). A first candidate with no champion is promoted, and
+   the decision says so;
 5. record the decision: ``decision.json`` and ``promotion.*`` tags on the candidate version
    (and the alias, when promoted).
 
@@ -20,6 +21,7 @@ Example:
     >>> promoted, results, reason = decide(
     ...     {"FID": 40.0, "CLIPScore-clip": 27.0}, {"FID": 50.0, "CLIPScore-clip": 26.0},
     ...     [PromoteCriterion(metric="FID", margin=0.1), PromoteCriterion(metric="CLIPScore-clip")],
+    ...     {"FID": False, "CLIPScore-clip": True},
     ... )
     >>> promoted, [r.passed for r in results]
     (True, [True, True])
@@ -29,12 +31,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from dldc.config import DldcConfig, PromoteCriterion
-from dldc.evaluate.evaluate import ALL_SCENES, higher_is_better, read_evaluation
+from dldc.evaluate import ALL_SCENES, metric_directions, read_evaluation
 from dldc.io import write_json
 from dldc.registry.data_version import data_version, manifest_from_adapter
 from dldc.registry.models import (
@@ -80,14 +83,22 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _direction(criterion: PromoteCriterion) -> str:
+def _direction(criterion: PromoteCriterion, directions: Mapping[str, bool]) -> str:
     if criterion.direction != "auto":
         return criterion.direction
-    return "higher" if higher_is_better(criterion.metric) else "lower"
+    if criterion.metric not in directions:
+        raise ValueError(
+            f"no direction for metric {criterion.metric!r}: the evaluation does not record it; "
+            "set the criterion's direction (lower or higher)"
+        )
+    return "higher" if directions[criterion.metric] else "lower"
 
 
 def decide(
-    candidate: dict[str, float], champion: dict[str, float] | None, criteria: list[PromoteCriterion]
+    candidate: dict[str, float],
+    champion: dict[str, float] | None,
+    criteria: list[PromoteCriterion],
+    directions: Mapping[str, bool],
 ) -> tuple[bool, list[CriterionResult], str]:
     """Whether a candidate beats the champion on every criterion by its margin.
 
@@ -95,14 +106,19 @@ def decide(
         candidate: the candidate's metric values.
         champion: the champion's values under the same protocol, or ``None`` without a champion.
         criteria: metrics, margins and directions.
+        directions: ``{metric: higher_is_better}`` as the evaluation records them
+            (:func:`~dldc.evaluate.metric_directions`), for the criteria whose direction is ``auto``.
 
     Returns:
         ``(promoted, per-criterion results, reason)``. Ties do not promote (``margin = 0`` means
         strictly better). A missing or non-finite value fails its criterion, with a note.
+
+    Raises:
+        ValueError: an ``auto`` criterion's metric has no recorded direction.
     """
     results = []
     for criterion in criteria:
-        direction = _direction(criterion)
+        direction = _direction(criterion, directions)
         mine = _finite(candidate.get(criterion.metric))
         theirs = None if champion is None else _finite(champion.get(criterion.metric))
         if mine is None:
@@ -251,7 +267,8 @@ def promote(cfg: DldcConfig, run: Any) -> dict[str, Any]:
             )
             decision.update(promoted=False, outcome="not_comparable", reason=reason)
         else:
-            promoted, criteria, reason = decide(metrics, champion_metrics, section.criteria)
+            directions = metric_directions(results["metrics"])
+            promoted, criteria, reason = decide(metrics, champion_metrics, section.criteria, directions)
             outcome = "promoted" if promoted else "rejected"
             decision.update(promoted=promoted, outcome=outcome, reason=reason, criteria=[asdict(c) for c in criteria])
             if promoted:

@@ -22,8 +22,8 @@ Layouts (:data:`LAYOUTS`; ``folder`` takes its own glob and mask rule from the c
     unannotated (#000000) pixels are ignored.
 
 Class tables
-    The mask2text tables (:func:`dldc.egl.mask2text.load_class_table`): shipped names from
-    ``dldc/segment/classes`` or ``dldc/egl/classes``, or a JSON path. Classes marked ``ignore``
+    :func:`dldc.data.class_tables.load_class_table`: a table shipped in ``dldc/data/classes``
+    (``synthrs``, ``dubai-seg``, ``loveda``, ``isprs``, ``deepglobe``) or a JSON path. Classes marked ``ignore``
     (and stray unknown colours, up to 0.5% of a mask) become :attr:`LabelSpace.ignore_index`;
     the other classes are numbered ``0..C-1`` in table order.
 
@@ -56,11 +56,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dldc.data.class_tables import ClassTable
 from dldc.data.images import PathEscapeError, load_rgb, resolve_inside
-from dldc.egl.mask2text import TABLE_DIR as EGL_TABLE_DIR
-from dldc.egl.mask2text import ClassTable, load_class_table
 
-TABLE_DIR = Path(__file__).resolve().parent / "classes"
 IGNORE_INDEX = 255
 SPLITS = ("train", "val", "test")
 
@@ -102,14 +100,6 @@ LAYOUTS: dict[str, Layout] = {
     "vaihingen": Layout("top/top_mosaic_09cm_area*.tif", r"top/(.+)\.tif", r"gts_for_participants/\1.tif", "isprs"),
     "deepglobe": Layout("*/*_sat.jpg", r"(.+)_sat\.jpg", r"\1_mask.png", "deepglobe", binarize=True),
 }
-
-
-def load_table(name_or_path: str) -> ClassTable:
-    """A class table: this package's shipped tables first, then mask2text's, then a JSON path."""
-    for folder in (TABLE_DIR, EGL_TABLE_DIR):
-        if (folder / f"{name_or_path}.json").is_file():
-            return load_class_table(str(folder / f"{name_or_path}.json"))
-    return load_class_table(name_or_path)
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,9 @@ import pandas as pd
 import pyarrow as pa
 
 from dldc.config import SegmentConfig
+from dldc.data.class_tables import load_class_table
 from dldc.io import atomic_path, output_lock, png_intact, remove_stale_temps, write_json, write_parquet
-from dldc.segment.datasets import LAYOUTS, SPLITS, LabelSpace, Layout, PatchSet, list_pairs, load_patches, load_table
+from dldc.segment.datasets import LAYOUTS, SPLITS, LabelSpace, Layout, PatchSet, list_pairs, load_patches
 from dldc.segment.datasets import split_tiles as make_split
 from dldc.segment.metrics import bootstrap_intervals, scores
 from dldc.segment.synthetic import (
@@ -87,7 +88,7 @@ def load_splits(cfg: SegmentConfig) -> tuple[LabelSpace, dict[str, PatchSet], di
         ``(label space, {split: patches}, {tile: split}, rejects)``.
     """
     layout = layout_of(cfg)
-    space = LabelSpace.from_table(load_table(layout.table), cfg.ignore_index)
+    space = LabelSpace.from_table(load_class_table(layout.table), cfg.ignore_index)
     listing = list_pairs(cfg.root, layout, cfg.split_by)
     if not listing.pairs:
         raise FileNotFoundError(f"no image of {cfg.root} has a mask ({len(listing.rejects)} rejected); see rejects")

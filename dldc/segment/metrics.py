@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from dldc.evaluate.bootstrap import percentile_interval
+
 
 def confusion_matrix(
     target: np.ndarray, predicted: np.ndarray, num_classes: int, ignore_index: int = 255
@@ -95,5 +97,4 @@ def bootstrap_intervals(
         result = scores(drawn)
         for metric in metrics:
             values[metric].append(result[metric])
-    tail = (1 - ci) / 2 * 100
-    return {m: [float(np.nanpercentile(v, tail)), float(np.nanpercentile(v, 100 - tail))] for m, v in values.items()}
+    return {m: list(percentile_interval(np.array(v), ci)) for m, v in values.items()}

@@ -3,7 +3,7 @@
 Prompts (:func:`layout_prompts`)
     ``cfg.synthetic_per_arm`` real *training* patches are drawn with ``cfg.seed`` (all of them
     when ``null``); each patch's mask is described by mask2text
-    (:func:`dldc.egl.mask2text.describe_mask` / ``render_description``, variant
+    (:func:`dldc.data.mask_text.describe_mask` / ``render_description``, variant
     ``cfg.prompt_variant``), and the description is the prompt. Prompt ``k`` uses the seed
     :func:`dldc.t2i.generate.prompt_seed` of ``cfg.seed`` and the patch's identity, so every arm
     renders the same prompts with the same seeds and arms differ only by their weights.
@@ -42,7 +42,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from dldc.config import SegmentConfig
-from dldc.egl.mask2text import describe_mask, render_description
+from dldc.data.mask_text import describe_mask, render_description
 from dldc.io import atomic_path, file_sha256, write_json, write_parquet
 from dldc.segment.datasets import LabelSpace, PatchSet
 

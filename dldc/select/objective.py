@@ -18,8 +18,9 @@ i.e. to keeping more data):
 
 ``loop`` (DLDC's dual loop, :func:`loop_curves`)
     One short fine-tune per ratio (every scene cleaned at that ratio), evaluated per scene on
-    held-out prompts. Per scene, each objective metric ``m`` (direction ``±1``: distances ``FD-*``/
-    ``KD-*``/``FID``/``KID`` lower is better, scores higher) is measured as its gain over the
+    held-out prompts. Per scene, each objective metric ``m`` (direction ``±1``, as the trials'
+    evaluations record it: distances ``FD-*``/``KD-*``/``FID``/``KID`` lower is better, scores
+    higher) is measured as its gain over the
     smallest ratio of the grid, in units of its bootstrap standard deviation ``s_m`` (the root mean
     square over the grid of each trial's bootstrap SD), and weighted with ``select.objective``::
 
@@ -123,6 +124,7 @@ class LoopCurves:
 def loop_curves(
     trials: Mapping[float, Mapping[str, Mapping[str, float]]],
     weights: Mapping[str, float],
+    directions: Mapping[str, bool],
     replicates: Mapping[float, Mapping[str, Mapping[str, np.ndarray]]] | None = None,
     tolerance: float = 1.0,
 ) -> LoopCurves:
@@ -131,21 +133,22 @@ def loop_curves(
     Args:
         trials: ``{ratio: {scene: {metric: value}}}``; scene ``all`` is the whole held-out split.
         weights: ``{metric: weight}`` (``select.objective``).
+        directions: ``{metric: higher_is_better}`` as the trials' evaluations record them
+            (:func:`dldc.select.trial.trial_directions`).
         replicates: ``{ratio: {scene: {metric: bootstrap values}}}`` with the same draws in every trial
             (:func:`dldc.select.trial.trial_replicates`); without them a scene is min-max scaled.
         tolerance: allowed shortfall from the best, in paired standard errors (``select.tolerance``).
 
     Raises:
         ValueError: no positive weight.
+        KeyError: a weighted metric that varies over the grid has no direction.
 
     Example:
         >>> trials = {0.0: {"all": {"FD-x": 4.0, "CLIPScore-x": 10.0}},
         ...           0.2: {"all": {"FD-x": 2.0, "CLIPScore-x": 10.0}}}
-        >>> loop_curves(trials, {"FD-x": 1.0, "CLIPScore-x": 1.0}).overall
+        >>> loop_curves(trials, {"FD-x": 1.0, "CLIPScore-x": 1.0}, {"FD-x": False, "CLIPScore-x": True}).overall
         {0.0: 0.0, 0.2: 0.5}
     """
-    from dldc.evaluate.evaluate import higher_is_better  # lazily: it imports torch
-
     total = sum(weights.values())
     if total <= 0:
         raise ValueError("select.objective needs at least one positive weight")
@@ -162,7 +165,9 @@ def loop_curves(
             values = np.array([trials[r][scene].get(metric, math.nan) for r in ratios], dtype=float)
             if weight == 0 or np.isnan(values).any() or np.ptp(values) == 0:
                 continue
-            direction = 1.0 if higher_is_better(metric) else -1.0
+            if metric not in directions:
+                raise KeyError(f"no direction recorded for objective metric {metric!r}")
+            direction = 1.0 if directions[metric] else -1.0
             if reps is None:
                 scaled = (values - values.min()) / np.ptp(values)
                 score += weight * (scaled if direction > 0 else 1.0 - scaled) / total

@@ -41,7 +41,7 @@ from dldc.io import file_sha256, write_json, write_parquet
 from dldc.select.objective import ALL_SCENES, choose, loop_curves, proxy_curves
 from dldc.select.plots import draw_plots
 from dldc.select.ranking import keep_mask, load_ranked, scene_sizes, write_cleaned_manifest
-from dldc.select.trial import read_trials, trial_replicates
+from dldc.select.trial import read_trials, trial_directions, trial_replicates
 
 SELECTION_FILE = "selection.json"
 CLEANED_FILE = "cleaned_manifest.parquet"
@@ -114,7 +114,8 @@ def select_ratios(cfg: DldcConfig, mode: str | None = None, progress: bool = Tru
             )
         tables = {r: t["metrics"] for r, t in trials.items()}
         replicates = {r: trial_replicates(t["path"]) for r, t in trials.items()}
-        loop = loop_curves(tables, section.objective, replicates, section.tolerance)
+        directions = trial_directions([t["path"] for t in trials.values()])
+        loop = loop_curves(tables, section.objective, directions, replicates, section.tolerance)
         curves, overall, margins = loop.curves, loop.overall, loop.margins
         for r, table in tables.items():
             for scene, values in table.items():

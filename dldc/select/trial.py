@@ -239,6 +239,18 @@ def read_trials(folder: str | Path, grid: list[float]) -> dict[float, dict[str, 
     return {r: next(found[f] for f in found if abs(r - f) < 1e-9) for r in grid}
 
 
+def trial_directions(paths: Sequence[str | Path]) -> dict[str, bool]:
+    """``{metric: higher_is_better}`` as the evaluations of finished trials record them.
+
+    Raises:
+        FileNotFoundError: a trial has no evaluation.
+        ValueError: two trials record a metric in opposite directions.
+    """
+    from dldc.evaluate import metric_directions, read_evaluation  # lazily: it imports torch
+
+    return metric_directions(row for path in paths for row in read_evaluation(Path(path) / "evaluate")["metrics"])
+
+
 def trial_replicates(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
     """The bootstrap replicates of a finished trial's per-scene metrics: ``{scene: {metric: values}}``.
 

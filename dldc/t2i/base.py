@@ -128,7 +128,7 @@ def _caption_index(pair_id: str) -> int:
 
 def _synthrs_manifest(cfg: BaseConfig, progress: bool) -> Path:
     from dldc.data.ingest import ingest
-    from dldc.data.synth import write_synthrs
+    from dldc.data.synthrs import write_synthrs
 
     root = Path(cfg.data) / "synthrs"
     manifest = Path(cfg.data) / "ingest" / "manifest.parquet"
