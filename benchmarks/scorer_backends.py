@@ -53,7 +53,7 @@ from _common import rsicd_subset_manifest, write_result  # noqa: E402
 from dldc.config import ExportConfig, ScoreConfig, load_config  # noqa: E402
 from dldc.export.exporter import export_scorer  # noqa: E402
 from dldc.export.parity import Gates, calibration_set, dropped, embed, gate_failures, parity_figures  # noqa: E402
-from dldc.export.runtime import load_onnx  # noqa: E402
+from dldc.iel.onnx_scorer import load_onnx  # noqa: E402
 from dldc.iel.open_clip_scorer import load_open_clip  # noqa: E402
 
 # Permissive gates for the benchmark's own exports: every variant is measured, and whether it

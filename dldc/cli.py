@@ -7,7 +7,6 @@ wins over the profile defaults (see :mod:`dldc.config`).
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import click
 import yaml
 
 from dldc.config import DEFAULT_PARAMS_FILE, ConfigError, DldcConfig, load_config
+from dldc.messages import configure_logging, one_line_error
 
 
 class _Context:
@@ -31,58 +31,6 @@ class _Context:
             return load_config(self.params_file, self.overrides, given)
         except ConfigError as err:
             raise click.ClickException(str(err)) from None
-
-
-# Libraries that configure their own loggers or chatter at INFO (MLflow's "Creating initial
-# MLflow database tables" on every stage): shown only with -v.
-_LIBRARY_LOGGERS = ("mlflow", "alembic", "urllib3", "httpx", "filelock", "huggingface_hub", "onnxruntime")
-
-
-def configure_logging(verbosity: int) -> None:
-    """Set up logging once for the process: dldc's own messages on stderr through rich.
-
-    ``verbosity`` 0 shows dldc's INFO messages (resuming, provider choice) and warnings of
-    other libraries' loggers; 1 (``-v``) adds dldc's DEBUG, libraries' INFO and Python
-    warnings; -1 (``-q``) shows warnings and errors only. Python ``warnings`` from libraries
-    (MLflow's schema hints, deprecations) are nothing a user can act on, so they are hidden
-    unless ``-v``.
-    """
-    import os
-
-    from rich.console import Console
-    from rich.logging import RichHandler
-
-    # MLflow installs its own handler when it is imported (lazily, after this runs); keep ours.
-    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
-    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False, markup=False)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO if verbosity > 0 else logging.WARNING)
-    logging.getLogger("dldc").setLevel({-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG))
-    for name in _LIBRARY_LOGGERS:
-        library = logging.getLogger(name)
-        library.setLevel(logging.INFO if verbosity > 0 else logging.WARNING)
-        library.handlers[:] = []  # MLflow adds its own stream handler; one format for everything
-        library.propagate = True
-    logging.captureWarnings(True)
-    logging.getLogger("py.warnings").setLevel(logging.WARNING if verbosity > 0 else logging.ERROR)
-
-
-def one_line_error(err: BaseException) -> str:
-    """A message for an error that reached the command line, without a traceback.
-
-    Example:
-        >>> one_line_error(OSError(28, "No space left on device", "/data/scores/part-0003.parquet"))
-        'No space left on device: /data/scores/part-0003.parquet'
-        >>> one_line_error(ValueError("manifest has 0 pairs"))
-        'manifest has 0 pairs'
-    """
-    if isinstance(err, OSError) and err.strerror:
-        where = f": {err.filename}" if err.filename else ""
-        also = f" -> {err.filename2}" if getattr(err, "filename2", None) else ""
-        return f"{err.strerror}{where}{also}"
-    return str(err) or type(err).__name__
 
 
 class _Group(click.Group):
@@ -413,7 +361,7 @@ def export_scorer(
 ) -> None:
     """Export a scorer to ONNX (fp32/fp16/int8), refuse it unless it ranks pairs like its source."""
     from dldc.export.exporter import ExportRefusedError
-    from dldc.export.runtime import ExportInvalidError
+    from dldc.iel.onnx_scorer import ExportInvalidError
     from dldc.stages import run_export_scorer
 
     cfg = obj.config(
@@ -567,6 +515,34 @@ def select(
     click.echo(
         f"{chosen['mode']}: global ratio {chosen['global_ratio']:g}{fallbacks}; per scene: {ratios}; kept "
         f"{chosen['pairs']['kept']} of {chosen['pairs']['total']} pairs; wrote {result.out}"
+    )
+
+
+@main.command("export-dataset")
+@click.option("--original", type=click.Path(dir_okay=False), help="The ingest manifest [export_dataset.original].")
+@click.option("--cleaned", type=click.Path(dir_okay=False), help="Kept pairs [export_dataset.cleaned].")
+@click.option("--dropped", type=click.Path(dir_okay=False), help="dropped.parquet [export_dataset.dropped].")
+@click.option("--scores", type=click.Path(dir_okay=False), help="IEL scores [export_dataset.scores].")
+@click.option("--captions", type=click.Path(dir_okay=False), help="EGL's captions.parquet [export_dataset.captions].")
+@click.option("--rejects", type=click.Path(dir_okay=False), help="Ingest's rejects.parquet [export_dataset.rejects].")
+@click.option("--format", "fmt", type=click.Choice(["source", "karpathy", "folder"]),
+              help="Format to write [export_dataset.format: the source's].")  # fmt: skip
+@click.option("--out", type=click.Path(file_okay=False), help="Export folder [export_dataset.out].")
+@click.pass_obj
+def export_dataset(obj: _Context, fmt: str | None, **paths: str | None) -> None:
+    """Write the cleaned dataset in its source's format (repaired captions in place) with provenance.parquet."""
+    from dldc.stages import run_export_dataset
+
+    cfg = obj.config(**{f"export_dataset.{key}": value for key, value in {**paths, "format": fmt}.items()})
+    try:
+        report = run_export_dataset(cfg)
+    except (ValueError, FileNotFoundError, OSError, KeyError) as err:
+        raise click.ClickException(str(err)) from None
+    counts = report["counts"]
+    click.echo(
+        f"wrote {cfg.export_dataset.out}/{report['annotations']} ({report['format']}): {counts['kept']} pairs kept "
+        f"({counts['repaired_kept']} with repaired captions) on {counts['images']} images; {counts['dropped']} "
+        f"dropped, {counts['rejected']} rejected at ingest: see provenance.parquet"
     )
 
 

@@ -768,6 +768,32 @@ class GenerateConfig(_Section):
         return self
 
 
+class ExportDatasetConfig(_Section):
+    """The cleaned dataset in its source's format, with provenance (``dldc export-dataset``, :mod:`dldc.data.export`).
+
+    Attributes:
+        original: the ingest manifest (every pair with its original caption).
+        cleaned: the kept pairs with their final captions (``dldc select``'s cleaned manifest).
+        dropped: the selection's ``dropped.parquet`` (why each dropped pair went); ``null``: none.
+        scores: the scores the selection ranked by, copied into the provenance table; ``null``: none.
+        captions: EGL's ``captions.parquet`` (each repaired caption's round); ``null``: none.
+        rejects: ingest's ``rejects.parquet`` (pairs rejected before cleaning); ``null``: none.
+        format: ``source`` (the format ingest read), ``karpathy`` or ``folder``.
+        images: ``link`` (hard links to the source's images, copies where links fail) or ``copy``.
+        out: the export folder (annotations, images, ``provenance.parquet``, ``export.json``).
+    """
+
+    original: str = "data/ingest/manifest.parquet"
+    cleaned: str = "data/select/cleaned_manifest.parquet"
+    dropped: str | None = "data/select/dropped.parquet"
+    scores: str | None = "data/captions/scores.parquet"
+    captions: str | None = "data/captions/captions.parquet"
+    rejects: str | None = "data/ingest/rejects.parquet"
+    format: Literal["source", "karpathy", "folder"] = "source"
+    images: Literal["link", "copy"] = "link"
+    out: str = "data/cleaned"
+
+
 class SelectConfig(_Section):
     """Per-scene cleaning-ratio selection, the dual loop's decision (``dldc select``, :mod:`dldc.select`).
 
@@ -1024,6 +1050,7 @@ class DldcConfig(_Section):
     finetune: FinetuneConfig = FinetuneConfig()
     generate: GenerateConfig = GenerateConfig()
     select: SelectConfig = SelectConfig()
+    export_dataset: ExportDatasetConfig = ExportDatasetConfig()
     segment: SegmentConfig = SegmentConfig()
     report: ReportConfig = ReportConfig()
 

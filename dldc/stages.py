@@ -136,7 +136,7 @@ def run_gather_scores(cfg: DldcConfig, parts: list[str]) -> ScoreResult:
 
 def run_evaluate(cfg: DldcConfig, progress: bool = True) -> Any:
     """Evaluate ``cfg.evaluate.generations`` against the real test images; log every overall metric."""
-    from dldc.evaluate.evaluate import SUMMARY_FILE, evaluate_generations, summary
+    from dldc.evaluate import SUMMARY_FILE, evaluate_generations, summary
 
     with stage_run(cfg.tracking, "evaluate", cfg.evaluate.model_dump(mode="json")) as run:
         result = evaluate_generations(cfg=cfg.evaluate, progress=progress)
@@ -325,6 +325,24 @@ def run_report(cfg: DldcConfig, single_file: str | Path | None = None) -> Any:
         # The folder as a whole is the artifact: index.html opens from MLflow's artifact store with its thumbnails.
         run.log_artifacts(result.out, artifact_path="report")
     return result
+
+
+def run_export_dataset(cfg: DldcConfig) -> dict[str, Any]:
+    """Write the cleaned dataset in its source's format into ``cfg.export_dataset.out``; log counts and provenance."""
+    from dldc.data.export import PROVENANCE_FILE, REPORT_FILE, export_dataset
+    from dldc.io import output_lock
+
+    section = cfg.export_dataset
+    with stage_run(cfg.tracking, "export_dataset", section.model_dump(mode="json")) as run:
+        with output_lock(section.out):
+            report = export_dataset(
+                section.original, section.cleaned, section.out, dropped=section.dropped, scores=section.scores,
+                captions=section.captions, rejects=section.rejects, fmt=section.format, images=section.images,
+            )  # fmt: skip
+        run.finish(section.out, report["counts"])
+        for name in (REPORT_FILE, PROVENANCE_FILE, report["annotations"]):
+            run.log_artifact(Path(section.out) / name, artifact_path="dataset")
+    return report
 
 
 def run_segment(cfg: DldcConfig, progress: bool = True) -> dict[str, Any]:

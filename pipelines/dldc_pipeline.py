@@ -1,6 +1,7 @@
 """The dldc Kubeflow pipeline: synth → ingest → train-scorer → score (fanned out) → gather → caption →
-build-base → select-trial (fanned out over ratios) → select → finetune (raw, clean, global) → generate →
-evaluate → promote and report (the cleaning report), and segment (downstream segmentation) after evaluate.
+build-base → select-trial (fanned out over ratios) → select → export-dataset (the cleaned set) and finetune
+(raw, clean, global) → generate → evaluate → promote and report (the cleaning report), and segment
+(downstream segmentation) after evaluate.
 
 Compile with `python -m pipelines compile --out dldc.pipeline.yaml`, or run locally with
 `kfp.local` (see tests/test_pipeline.py). Later stages attach after `gather_scores`.
@@ -13,6 +14,7 @@ from kfp import compiler, dsl, kubernetes
 from components.build_base import build_base
 from components.caption import caption
 from components.evaluate import evaluate
+from components.export_dataset import export_dataset
 from components.export_scorer import export_scorer
 from components.finetune import finetune
 from components.generate import generate
@@ -133,6 +135,14 @@ def dldc_pipeline(
         settings=settings,
         run_group=group,
     ).set_display_name("select")
+    # The cleaned dataset itself, in the format it came in, with every pair's provenance.
+    export_dataset(
+        manifest=ingest_task.outputs["manifest"],
+        captions=caption_task.outputs["captions"],
+        selection=select_task.outputs["selection"],
+        settings=settings,
+        run_group=group,
+    ).set_display_name("export-dataset")
     # The three arms of the comparison, same seeds: raw (no cleaning), clean (per-scene r*), global (one r).
     adapters = {}
     for arm, source, manifest_file in (

@@ -54,6 +54,8 @@ def test_dvc_repro_runs_then_is_up_to_date(tmp_path, mlflow_uri, tiny_base):
     selection = yaml.safe_load((work / "data" / "select" / "selection.json").read_text())
     assert selection["mode"] == "loop" and set(selection["trials"]) == {"0", "0.3"}
     assert (work / "data" / "select" / "trials" / "r0.3" / "trial.json").is_file()
+    exported = json.loads((work / "data" / "cleaned" / "export.json").read_text())
+    assert exported["format"] == "karpathy" and exported["counts"]["kept"] == selection["pairs"]["kept"]
     finetuned = yaml.safe_load((work / "data" / "finetune" / "clean" / "finetune.json").read_text())
     assert finetuned["manifest"] == "data/select/cleaned_manifest.parquet"
     assert "up to date" in dvc("repro")

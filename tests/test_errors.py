@@ -137,7 +137,7 @@ def test_a_later_success_deletes_the_failed_attempts_under_the_parent(mlflow_uri
 
 LOGGING_PROBE = """
 import logging, warnings
-from dldc.cli import configure_logging
+from dldc.messages import configure_logging
 configure_logging({verbosity})
 logging.getLogger("dldc.iel.engine").info("resuming from shard 3")
 logging.getLogger("dldc.iel.engine").debug("shard 3 digest ok")

@@ -35,10 +35,11 @@ from dldc.export.parity import (
     wilson_interval,
 )
 from dldc.export.registry import fetch_export
-from dldc.export.runtime import ExportInvalidError, OnnxCrossFitScorer, OnnxScorer, choose_providers, load_onnx
 from dldc.iel.base import CrossFitScorer, Scorer
 from dldc.iel.engine import score_manifest
 from dldc.iel.factory import create_scorer, parse_spec
+from dldc.iel.onnx_providers import choose_providers
+from dldc.iel.onnx_scorer import ExportInvalidError, OnnxCrossFitScorer, OnnxScorer, load_onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from iel_fixtures import CAPTIONS, build_open_clip_model, save_hf_clip, write_open_clip_config  # noqa: E402
@@ -416,3 +417,19 @@ def test_export_config_is_in_the_resolved_configuration():
     assert ExportConfig().precision == "fp32"  # the default export, on a CPU too: int8 is opt-in
     bad = CliRunner().invoke(main, ["-S", "export.precision=int4", "config", "show"])
     assert bad.exit_code == 1 and "export.precision" in bad.output
+
+
+def test_iel_never_imports_export():
+    # dldc.export writes exports and imports dldc.iel; dldc.iel runs them (onnx:DIR) without it.
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "dldc" / "iel"
+    offending = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            if any(n == "dldc.export" or n.startswith("dldc.export.") for n in names):
+                offending.append(f"{path.name}:{node.lineno}")
+    assert offending == []

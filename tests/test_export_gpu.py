@@ -63,7 +63,7 @@ def exports(manifest, tmp_path_factory):
 
 def test_cuda_provider_runs_fp16_within_the_gate(exports, monkeypatch):
     from dldc.export.parity import parity_figures
-    from dldc.export.runtime import load_onnx
+    from dldc.iel.onnx_scorer import load_onnx
 
     monkeypatch.setenv("DLDC_DISABLE_TENSORRT", "1")
     source, calib, folders = exports
@@ -75,7 +75,7 @@ def test_cuda_provider_runs_fp16_within_the_gate(exports, monkeypatch):
 
 def test_tensorrt_provider_builds_and_caches_engines(exports, tmp_path, monkeypatch):
     from dldc.export.parity import parity_figures
-    from dldc.export.runtime import load_onnx
+    from dldc.iel.onnx_scorer import load_onnx
 
     if "TensorrtExecutionProvider" not in _providers():
         pytest.skip("this onnxruntime has no TensorRT provider")

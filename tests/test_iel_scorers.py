@@ -18,17 +18,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from dldc.device import autocast, resolve_device, resolve_precision
 from dldc.iel.base import Scorer, file_digest
-from dldc.iel.factory import (
-    SPEC_FORMS,
-    ScorerSpec,
-    WeightsNotFoundError,
-    autocast,
-    create_scorer,
-    parse_spec,
-    resolve_device,
-    resolve_precision,
-)
+from dldc.iel.factory import SPEC_FORMS, ScorerSpec, WeightsNotFoundError, create_scorer, parse_spec
 
 # --import-mode=importlib does not put tests/ on sys.path; the shared tiny-model helpers live there.
 sys.path.insert(0, str(Path(__file__).parent))
@@ -385,10 +377,10 @@ def test_device_and_precision_resolution() -> None:
 def test_trimmed_text_encoding_equals_full_padding(oc: types.SimpleNamespace) -> None:
     import open_clip
 
-    from dldc.iel.open_clip_scorer import _can_trim_padding
+    from dldc.iel.open_clip_scorer import can_trim_padding
 
     scorer = create_scorer(f"open_clip:{oc.config}:{oc.plain}", device="cpu")
-    assert _can_trim_padding(scorer.model)
+    assert can_trim_padding(scorer.model)
     texts = ["a", "two planes near a terminal", " ".join(["runway"] * 120), "a lake in the center surrounded by trees"]
     tokens = open_clip.get_tokenizer("tiny-clip")(texts)
     with torch.no_grad():

@@ -157,7 +157,9 @@ def read_karpathy(
     if image_dir is None:
         image_dir = "images" if (root / "images").is_dir() else ""
     scene_of, scene_details = _scene_lookup(root, scenes, scene_source)
-    dataset = SourceDataset(format="karpathy", images=[], details={"annotations": ann_path.name, **scene_details})
+    named = ann_path.relative_to(root).as_posix() if ann_path.is_relative_to(root) else ann_path.name
+    details = {"annotations": named, "image_dir": image_dir, **scene_details}
+    dataset = SourceDataset(format="karpathy", images=[], details=details)
     splits_assigned = 0
     for index, entry in enumerate(document["images"]):
         where = f"{ann_path.name} images[{index}]"

@@ -29,14 +29,12 @@ from typing import Any
 import torch
 
 from dldc.data.images import load_rgb
+from dldc.device import DTYPES, resolve_device, resolve_precision
 from dldc.egl.base import Attempt, CaptionRequest, Proposal
 from dldc.egl.prompts import render_prompt
-from dldc.iel.factory import WeightsNotFoundError, resolve_device, resolve_precision
+from dldc.iel.factory import WeightsNotFoundError
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 
 def _load_error(source: str, err: Exception) -> Exception:
     """A missing or unreadable model, explained (offline machines cannot download)."""
@@ -95,7 +93,7 @@ class HFCaptioner:
         try:
             self.processor = AutoProcessor.from_pretrained(source, **options)
             self.model = AutoModelForImageTextToText.from_pretrained(
-                source, dtype=_DTYPES[self.precision], **options
+                source, dtype=DTYPES[self.precision], **options
             ).to(self.device)
         except (OSError, ValueError, KeyError) as err:
             raise _load_error(source, err) from err

@@ -61,14 +61,12 @@ from dldc.evaluate.metrics import (
     kernel_metric,
     prompt_metrics,
 )
-from dldc.evaluate.results import (  # noqa: F401  (SUMMARY_FILE, summary: the stage runner's names)
-    SUMMARY_FILE,
+from dldc.evaluate.results import (
     EvaluationResult,
     arm_info,
     fingerprint,
     protocol_warnings,
     records,
-    summary,
     write_evaluation,
 )
 from dldc.io import file_sha256
@@ -227,8 +225,8 @@ def _extractors(cfg: EvaluateConfig) -> tuple[list[_Distance], list[_Prompts]]:
 
     distances: list[_Distance] = []
     if cfg.fid:
+        from dldc.device import resolve_device
         from dldc.evaluate.inception import InceptionFeatures
-        from dldc.iel.factory import resolve_device
 
         inception = InceptionFeatures(cfg.inception_weights, resolve_device(cfg.device))
         distances.append(

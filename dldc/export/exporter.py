@@ -24,12 +24,13 @@ Export folder::
       folds.parquet          (in-domain) the held-out fold of each image
       fold-<k>.scene.safetensors  (in-domain with a scene head) copied as is
 
-``onnx:<out>`` then scores with it (:mod:`dldc.export.runtime`).
+``onnx:<out>`` then scores with it (:mod:`dldc.iel.onnx_scorer`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import time
@@ -43,9 +44,9 @@ import torch
 from dldc.config import ExportConfig
 from dldc.export.onnx_export import EXPORTER, convert_precision, export_tower, swap_weights
 from dldc.export.parity import CalibrationSet, Gates, calibration_set, gate_failures, parity_figures
-from dldc.export.runtime import EXPORT_FILE, FORMAT_VERSION, content_digest, open_export, read_export_meta, verify_files
 from dldc.export.towers import TowerPair, towers_of
 from dldc.iel.base import CrossFitScorer, Scorer, file_digest
+from dldc.iel.onnx_scorer import EXPORT_FILE, FORMAT_VERSION, open_export, read_export_meta, verify_files
 from dldc.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,12 @@ def gates_of(cfg: ExportConfig) -> Gates:
         max_flip_rate=cfg.max_flip_rate,
         drop_ratio=cfg.drop_ratio,
     )
+
+
+def content_digest(files: dict[str, str], processing: dict[str, Any]) -> str:
+    """12 hex digits over the graphs' and pre-processing files' checksums and the pre-processing record."""
+    digest = hashlib.sha256(json.dumps({"files": files, "processing": processing}, sort_keys=True).encode())
+    return digest.hexdigest()[:12]
 
 
 def export_scorer(
@@ -283,7 +290,7 @@ def _export_crossfit(source: Any, folder: Path, cfg: ExportConfig) -> tuple[Towe
         towers.append(names)
     shutil.rmtree(staging)
 
-    from dldc.iel.indomain import FOLDS_FILE
+    from dldc.iel.indomain_arch import FOLDS_FILE
 
     shutil.copy2(Path(source.path) / FOLDS_FILE, folder / FOLDS_FILE)
     extra: dict[str, Any] = {"folds": source.n_folds, "seed": source.seed, "folds_file": FOLDS_FILE}

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dldc.config import TrackingConfig
-from dldc.export.runtime import read_export_meta, verify_files
+from dldc.iel.onnx_scorer import read_export_meta, verify_files
 from dldc.io import atomic_dir
 
 ARTIFACT_PATH = "scorer"

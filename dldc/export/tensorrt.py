@@ -5,7 +5,8 @@ persistent engine + timing cache keyed by GPU model and TensorRT version (an eng
 valid on the GPU model and TensorRT version that built it):
 
 * ONNX Runtime's ``TensorrtExecutionProvider`` — what ``onnx:DIR`` prefers on GPU nodes;
-  :func:`ort_trt_options` gives it its cache folders and profiles.
+  :func:`dldc.iel.onnx_providers.ort_trt_options` gives it its cache folders and profiles (the
+  scorer side: :mod:`dldc.iel` runs exports, this package writes them).
 * the TensorRT Python API directly — :func:`build_engine` + :class:`TensorRTTower` (used by the
   GPU benchmark and GPU tests to measure TensorRT without ONNX Runtime in between).
 
@@ -26,18 +27,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import re
 from pathlib import Path
 from typing import Any
 
+from dldc.iel.onnx_providers import WORKSPACE_BYTES, cache_dir, major_version
 from dldc.io import atomic_path
 
 log = logging.getLogger(__name__)
-
-CACHE_ENV = "DLDC_TRT_CACHE"
-DEFAULT_CACHE = Path.home() / ".cache" / "dldc" / "tensorrt"
-WORKSPACE_BYTES = 4 << 30
 
 
 def require_tensorrt() -> Any:
@@ -54,69 +50,6 @@ def require_tensorrt() -> Any:
             "tensorrt 11). On CPU-only machines use the ONNX Runtime CPU provider (onnx:DIR does by itself)."
         ) from err
     return tensorrt
-
-
-def tensorrt_version() -> str | None:
-    """The installed TensorRT version, or ``None``."""
-    try:
-        import tensorrt
-    except ImportError:
-        return None
-    return str(tensorrt.__version__)
-
-
-def major_version(version: str | None) -> int:
-    """``"11.4.0.106"`` → 11 (0 when unknown)."""
-    return int(version.split(".", 1)[0]) if version and version.split(".", 1)[0].isdigit() else 0
-
-
-def cache_dir(device_id: int = 0, root: str | Path | None = None) -> Path:
-    """The engine/timing cache folder for this GPU model and TensorRT version.
-
-    ``<root>/<gpu model>-trt<version>/`` with ``root`` = ``$DLDC_TRT_CACHE`` or ``~/.cache/dldc/tensorrt``.
-    """
-    import torch
-
-    gpu = torch.cuda.get_device_name(device_id) if torch.cuda.is_available() else "no-gpu"
-    key = re.sub(r"[^A-Za-z0-9.]+", "-", f"{gpu}-trt{tensorrt_version() or 'unknown'}").strip("-")
-    base = Path(root or os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
-    folder = base / key
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def shape_string(profile: dict[str, dict[str, list[int]]], which: str) -> str:
-    """ORT's profile syntax: ``{"pixels": {"min": [1, 3, 224, 224]}}`` → ``pixels:1x3x224x224``."""
-    return ",".join(f"{name}:{'x'.join(str(d) for d in shapes[which])}" for name, shapes in profile.items())
-
-
-def ort_trt_options(precision: str, profiles: dict[str, dict[str, list[int]]], device_id: int = 0) -> dict[str, Any]:
-    """Options for ONNX Runtime's TensorRT provider: engine + timing cache, optimisation profile.
-
-    Args:
-        precision: the graph's precision (``fp16`` enables FP16 on TensorRT < 11, where the
-            builder flag still exists; TensorRT 11 takes precision from the graph).
-        profiles: per input ``{"min": shape, "opt": shape, "max": shape}``.
-        device_id: the GPU.
-
-    Returns:
-        The provider options (strings and booleans, as ONNX Runtime takes them).
-    """
-    folder = str(cache_dir(device_id))
-    options: dict[str, Any] = {
-        "trt_engine_cache_enable": True,
-        "trt_engine_cache_path": folder,
-        "trt_timing_cache_enable": True,
-        "trt_timing_cache_path": folder,
-        "trt_max_workspace_size": WORKSPACE_BYTES,
-    }
-    if profiles:
-        options["trt_profile_min_shapes"] = shape_string(profiles, "min")
-        options["trt_profile_opt_shapes"] = shape_string(profiles, "opt")
-        options["trt_profile_max_shapes"] = shape_string(profiles, "max")
-    if precision == "fp16" and 0 < major_version(tensorrt_version()) < 11:
-        options["trt_fp16_enable"] = True
-    return options
 
 
 def build_engine(

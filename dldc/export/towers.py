@@ -13,7 +13,7 @@ on the host exactly as the torch scorers do, so an fp16 graph never normalises i
 Text sequence length
     open_clip's CLIP text tower is causal and pools at the end-of-text token (``argmax`` of the
     token ids). The torch scorer therefore encodes only up to the batch's longest caption
-    (:func:`~dldc.iel.open_clip_scorer._encode_text_trimmed`), and so does the ONNX graph: its
+    (:func:`~dldc.iel.open_clip_scorer.encode_text_trimmed`), and so does the ONNX graph: its
     ``tokens`` input has a dynamic sequence axis (2..context) and the runtime trims the padded
     ``(N, 77)`` ids to the batch's longest before the call. Trimming is exact (the tests check
     it against the padded computation), keeps parity with the torch scorer *and* its speed
@@ -23,8 +23,9 @@ Text sequence length
     as :class:`~dldc.iel.hf_scorer.HFScorer` does.
 
 Pre-processing is *recorded*, not pickled: ``export.json`` names its kind and parameters (and the
-Hugging Face processor files are saved beside the graphs), and :func:`load_processing` rebuilds
-the very same transform and tokenizer from them. The parity gate runs each side with its own
+Hugging Face processor files are saved beside the graphs), and
+:func:`dldc.iel.onnx_processing.load_processing` rebuilds the very same transform and tokenizer
+from them. The parity gate runs each side with its own
 pre-processing, so a mismatch would fail the export.
 """
 
@@ -37,14 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
 from dldc.iel.base import Scorer
+from dldc.iel.onnx_processing import HF_PROCESSOR_DIR, OPEN_CLIP_CONFIG_FILE
 
-OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
-HF_PROCESSOR_DIR = "hf_processor"
 # Texts of different lengths, so the traced graph cannot specialise on one sequence length.
 EXAMPLE_TEXTS = ["a river", "many buildings and some green trees are near a river"]
 MAX_BATCH = 4096
@@ -78,7 +77,7 @@ class TowerPair:
         embed_dim: embedding width.
         context_length: the text tower's token budget.
         text_sequence: ``dynamic`` (trimmed to the batch's longest) or ``fixed`` (always ``context_length``).
-        processing: the JSON record of the pre-processing (see :func:`load_processing`).
+        processing: the JSON record of the pre-processing (see :func:`dldc.iel.onnx_processing.load_processing`).
         save_processing: writes the files that record refers to into an export folder.
     """
 
@@ -107,7 +106,7 @@ class OpenClipImageTower(torch.nn.Module):
 class OpenClipTextTower(torch.nn.Module):
     """``tokens (N, S)`` → text features, S = the batch's longest caption (causal, argmax-pooled towers).
 
-    The same computation as :func:`dldc.iel.open_clip_scorer._encode_text_trimmed` with the length
+    The same computation as :func:`dldc.iel.open_clip_scorer.encode_text_trimmed` with the length
     taken from the input's shape (so the exported graph has a dynamic sequence axis).
     """
 
@@ -203,8 +202,8 @@ def towers_of(scorer: Scorer, crossfit_source: Any | None = None) -> TowerPair:
 
 
 def _open_clip_towers(scorer: Any, crossfit_source: Any | None, pixels: torch.Tensor, image_shape) -> TowerPair:
-    from dldc.iel.indomain import IndomainPreprocess
-    from dldc.iel.open_clip_scorer import _can_trim_padding
+    from dldc.iel.indomain_arch import IndomainPreprocess
+    from dldc.iel.open_clip_scorer import can_trim_padding
 
     model = scorer.model
     context = int(scorer.context_length)
@@ -212,7 +211,7 @@ def _open_clip_towers(scorer: Any, crossfit_source: Any | None, pixels: torch.Te
     with torch.no_grad():
         embed_dim = int(model.encode_image(pixels[:1]).shape[-1])
     batch = ("batch", 1, MAX_BATCH)
-    if _can_trim_padding(model):
+    if can_trim_padding(model):
         longest = int((tokens != 0).sum(dim=1).max())
         text = Tower(
             OpenClipTextTower(model).eval(),
@@ -259,7 +258,7 @@ def _hf_towers(scorer: Any, pixels: torch.Tensor, image_shape) -> TowerPair:
     encoded = scorer.tokenizer(
         EXAMPLE_TEXTS, padding=scorer.text_padding, truncation=True, max_length=context, return_tensors="pt"
     )
-    accepted = set(getattr(scorer, "_text_inputs", {"input_ids", "attention_mask"}))
+    accepted = set(getattr(scorer, "text_input_names", {"input_ids", "attention_mask"}))
     names = ["input_ids"] + (["attention_mask"] if "attention_mask" in accepted and "attention_mask" in encoded else [])
     dynamic_sequence = scorer.text_padding == "longest"
     axes: dict[int, tuple[str, int, int]] = {0: batch}
@@ -298,107 +297,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     return value
-
-
-# --------------------------------------------------------------------------- the runtime side
-
-
-class OpenClipTextInputs:
-    """Texts → ``{"tokens": int64 (N, S)}`` with an open_clip tokenizer, trimmed when the graph allows.
-
-    Args:
-        tokenizer: the open_clip tokenizer.
-        context_length: the token budget (texts are truncated to it, as in torch).
-        trim: cut the padding after the batch's longest text (``text_sequence == "dynamic"``).
-    """
-
-    def __init__(self, tokenizer: Any, context_length: int, trim: bool):
-        self.tokenizer = tokenizer
-        self.context_length = context_length
-        self.trim = trim
-
-    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
-        tokens = self.tokenizer(list(texts), context_length=self.context_length)
-        if self.trim:
-            tokens = tokens[:, : max(2, int((tokens != 0).sum(dim=1).max()))]
-        return {"tokens": tokens.numpy().astype(np.int64)}
-
-    def token_counts(self, texts: list[str]) -> list[int]:
-        from dldc.iel.open_clip_scorer import count_tokens
-
-        return [count_tokens(self.tokenizer, text) for text in texts]
-
-
-class HFTextInputs:
-    """Texts → the Hugging Face tokenizer's ``input_ids`` (+ ``attention_mask``), as :class:`HFScorer` pads them."""
-
-    def __init__(self, tokenizer: Any, padding: str, context_length: int, inputs: list[str]):
-        self.tokenizer = tokenizer
-        self.padding = padding
-        self.context_length = context_length
-        self.inputs = inputs
-
-    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
-        encoded = self.tokenizer(
-            list(texts), padding=self.padding, truncation=True, max_length=self.context_length, return_tensors="np"
-        )
-        return {name: np.asarray(encoded[name], dtype=np.int64) for name in self.inputs}
-
-    def token_counts(self, texts: list[str]) -> list[int]:
-        if not texts:
-            return []
-        encoded = self.tokenizer(list(texts), truncation=False, padding=False, verbose=False)
-        return [len(ids) for ids in encoded["input_ids"]]
-
-
-def load_processing(folder: str | Path, record: dict[str, Any], text_sequence: str) -> tuple[Any, Any]:
-    """Rebuild ``(preprocess, text_inputs)`` from an export folder's pre-processing record.
-
-    Args:
-        folder: the export folder.
-        record: ``export.json``'s ``processing`` entry.
-        text_sequence: ``dynamic`` or ``fixed`` (whether the text graph accepts trimmed ids).
-
-    Returns:
-        A picklable PIL → ``(3, H, W)`` transform, and an :class:`OpenClipTextInputs` or
-        :class:`HFTextInputs`.
-
-    Raises:
-        ValueError: an unknown kind of pre-processing.
-    """
-    folder = Path(folder)
-    image, text = record["image"], record["text"]
-    if image["kind"] == "open_clip":
-        from open_clip.transform import PreprocessCfg, image_transform_v2
-
-        config = {k: tuple(v) if isinstance(v, list) else v for k, v in image["config"].items()}
-        preprocess = image_transform_v2(PreprocessCfg(**config), is_train=False)
-    elif image["kind"] == "indomain":
-        from dldc.iel.indomain import IndomainPreprocess
-
-        preprocess = IndomainPreprocess(int(image["size"]), tuple(image["mean"]), tuple(image["std"]))
-    elif image["kind"] == "hf":
-        from transformers import AutoImageProcessor
-
-        from dldc.iel.hf_scorer import HFImagePreprocess
-
-        preprocess = HFImagePreprocess(AutoImageProcessor.from_pretrained(folder / image["processor"]))
-    else:
-        raise ValueError(f"unknown image pre-processing {image['kind']!r} in {folder}")
-
-    if text["kind"] == "open_clip":
-        import open_clip
-
-        tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}", context_length=int(text["context_length"]))
-        text_inputs: Any = OpenClipTextInputs(tokenizer, int(text["context_length"]), text_sequence == "dynamic")
-    elif text["kind"] == "hf":
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(folder / text["processor"])
-        text_inputs = HFTextInputs(tokenizer, text["padding"], int(text["context_length"]), list(text["inputs"]))
-    else:
-        raise ValueError(f"unknown text pre-processing {text['kind']!r} in {folder}")
-    return preprocess, text_inputs
 
 
 def copy_processing_files(source: Path, target: Path) -> None:

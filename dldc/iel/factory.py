@@ -16,25 +16,22 @@ Spec forms:
 * ``hf:HUB_ID[@REVISION]`` or ``hf:DIR`` — a Hugging Face CLIP/SigLIP model;
 * ``indomain:DIR`` — the cross-fitted in-domain model (:mod:`dldc.iel.indomain`);
 * ``onnx:DIR`` — any of the above exported by ``dldc export-scorer`` and run with ONNX Runtime
-  (TensorRT, CUDA or CPU provider; :mod:`dldc.export.runtime`).
+  (TensorRT, CUDA or CPU provider; :mod:`dldc.iel.onnx_scorer`).
 """
 
 from __future__ import annotations
 
-import logging
 import os
-from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
+from dldc.device import resolve_device, resolve_precision
+
 if TYPE_CHECKING:
     from dldc.iel.base import CrossFitScorer, Scorer
 
-log = logging.getLogger(__name__)
-
 BACKENDS = ("open_clip", "hf", "indomain", "onnx")
-PRECISIONS = ("fp32", "fp16", "bf16")
 SPEC_FORMS = (
     "open_clip:ARCH_OR_CONFIG_JSON (random weights), "
     "open_clip:ARCH_OR_CONFIG_JSON:TAG (e.g. open_clip:ViT-B-32:openai), "
@@ -43,8 +40,6 @@ SPEC_FORMS = (
     "indomain:DIR, "
     "onnx:DIR (an export of dldc export-scorer)"
 )
-
-_AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -107,68 +102,6 @@ def parse_spec(spec: str) -> ScorerSpec:
     return ScorerSpec(backend, rest)
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` → CUDA when available, else CPU; anything else is checked and passed through.
-
-    Args:
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` or a :class:`torch.device`.
-
-    Returns:
-        The device to run on.
-
-    Raises:
-        ValueError: CUDA was asked for but is not available.
-    """
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available (use 'auto' or 'cpu')")
-    return resolved
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` → bf16 on CUDA when supported, else fp16; fp32 on CPU.
-
-    Half precision is only used through CUDA autocast, so a half precision asked for on the CPU
-    falls back to fp32 (with a warning) rather than running slow, lossy CPU half kernels.
-
-    Args:
-        precision: ``auto``, ``fp32``, ``fp16`` or ``bf16``.
-        device: the device the model runs on.
-
-    Returns:
-        The precision actually used: one of :data:`PRECISIONS`.
-
-    Raises:
-        ValueError: unknown precision.
-    """
-    if precision not in (*PRECISIONS, "auto"):
-        raise ValueError(f"unknown precision {precision!r}; use one of {(*PRECISIONS, 'auto')}")
-    if device.type != "cuda":
-        if precision in _AMP_DTYPES:
-            log.warning("precision %s is only used on CUDA; running fp32 on %s", precision, device)
-        return "fp32"
-    if precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return precision
-
-
-def autocast(device: torch.device, precision: str) -> AbstractContextManager:
-    """The autocast context for encoding: mixed precision on CUDA only, else a no-op.
-
-    Args:
-        device: the model's device.
-        precision: one of :data:`PRECISIONS`.
-
-    Returns:
-        A context manager to wrap the forward pass in.
-    """
-    if device.type == "cuda" and precision in _AMP_DTYPES:
-        return torch.autocast(device_type="cuda", dtype=_AMP_DTYPES[precision])
-    return nullcontext()
-
-
 def create_scorer(
     spec: str,
     device: str | torch.device = "auto",
@@ -181,7 +114,7 @@ def create_scorer(
         spec: e.g. ``open_clip:ViT-L-14:/models/RemoteCLIP-ViT-L-14.pt`` or ``hf:DIR``.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda``… (ignored by ``indomain``, whose
             loader decides; for ``onnx`` it picks the ONNX Runtime execution provider).
-        precision: ``auto``, ``fp32``, ``fp16`` or ``bf16`` (see :func:`resolve_precision`; an ``onnx``
+        precision: ``auto``, ``fp32``, ``fp16`` or ``bf16`` (see :func:`dldc.device.resolve_precision`; an ``onnx``
             export runs at the precision it was exported with).
         trust_remote_code: let ``hf`` models run code from their repository (off by default).
 
@@ -199,7 +132,7 @@ def create_scorer(
 
         return load_indomain(parsed.target)
     if parsed.backend == "onnx":
-        from dldc.export.runtime import load_onnx  # precision is the export's; device picks the provider
+        from dldc.iel.onnx_scorer import load_onnx  # precision is the export's; device picks the provider
 
         return load_onnx(parsed.target, device=device)
 

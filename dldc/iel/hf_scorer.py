@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from dldc.device import PRECISIONS, autocast
 from dldc.iel.base import column_name, file_digest, l2_normalise
-from dldc.iel.factory import PRECISIONS, WeightsNotFoundError, autocast
+from dldc.iel.factory import WeightsNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class HFScorer:
         tokenizer: its tokenizer.
         preprocess: an :class:`HFImagePreprocess` (picklable).
         text_padding: ``max_length`` for SigLIP-style models, else ``longest``.
+        text_input_names: the keyword arguments ``get_text_features`` accepts (``attention_mask``
+            is passed only when it is one of them).
     """
 
     def __init__(
@@ -101,7 +104,7 @@ class HFScorer:
         self.embed_dim = int(width or text_config.hidden_size)
         self.text_padding = "max_length" if config.model_type in MAX_LENGTH_PADDING_TYPES else "longest"
         # Pass only the tokenizer outputs the text tower accepts (e.g. no token_type_ids).
-        self._text_inputs = set(inspect.signature(model.get_text_features).parameters)
+        self.text_input_names = set(inspect.signature(model.get_text_features).parameters)
 
     def __repr__(self) -> str:
         return f"HFScorer({self.scorer_id!r}, device={self.device}, precision={self.precision})"
@@ -125,7 +128,7 @@ class HFScorer:
             max_length=self.context_length,
             return_tensors="pt",
         )
-        inputs = {k: v.to(self.device) for k, v in encoded.items() if k in self._text_inputs}
+        inputs = {k: v.to(self.device) for k, v in encoded.items() if k in self.text_input_names}
         with torch.inference_mode(), autocast(self.device, self.precision):
             output = self.model.get_text_features(**inputs)
         return l2_normalise(features_tensor(output, "text"))

@@ -32,8 +32,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from dldc.device import PRECISIONS, autocast
 from dldc.iel.base import column_name, file_digest, l2_normalise
-from dldc.iel.factory import PRECISIONS, WeightsNotFoundError, autocast
+from dldc.iel.factory import WeightsNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,8 @@ class OpenClipScorer:
             return torch.empty(0, self.embed_dim)
         tokens = self.tokenizer(list(texts), context_length=self.context_length).to(self.device)
         with torch.inference_mode(), autocast(self.device, self.precision):
-            if _can_trim_padding(self.model):
-                features = _encode_text_trimmed(self.model, tokens)
+            if can_trim_padding(self.model):
+                features = encode_text_trimmed(self.model, tokens)
             else:
                 features = self.model.encode_text(tokens)
         return l2_normalise(features)
@@ -116,9 +117,12 @@ class OpenClipScorer:
         return [count_tokens(self.tokenizer, text) for text in texts]
 
 
-def _can_trim_padding(model: torch.nn.Module) -> bool:
-    # Standard CLIP text towers: causal attention and pooling at the end-of-text token, so the
-    # positions after the longest caption in a batch cannot change any output.
+def can_trim_padding(model: torch.nn.Module) -> bool:
+    """Whether :func:`encode_text_trimmed` is exact for ``model`` (the export traces it then).
+
+    Standard CLIP text towers: causal attention and pooling at the end-of-text token, so the
+    positions after the longest caption in a batch cannot change any output.
+    """
     return (
         getattr(model, "text_pool_type", None) == "argmax"
         and getattr(model, "attn_mask", None) is not None
@@ -127,7 +131,7 @@ def _can_trim_padding(model: torch.nn.Module) -> bool:
     )
 
 
-def _encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+def encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     """``model.encode_text`` on the tokens up to the batch's longest caption, not all 77.
 
     Captions are ~15 tokens against CLIP's 77-token context, so this cuts the text tower's

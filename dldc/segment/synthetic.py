@@ -129,7 +129,7 @@ class DiffusersRenderer:
     """
 
     def __init__(self, cfg: SegmentConfig):
-        from dldc.t2i.train_utils import resolve_device, resolve_precision
+        from dldc.device import resolve_device, resolve_precision
 
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
@@ -139,7 +139,7 @@ class DiffusersRenderer:
 
     def _pipeline(self) -> Any:
         if self._pipe is None:
-            from dldc.t2i.finetune import DTYPES
+            from dldc.device import DTYPES
             from dldc.t2i.models import load_pipeline
 
             cfg = self.cfg

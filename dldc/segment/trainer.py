@@ -50,7 +50,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from dldc.config import SegmentConfig
-from dldc.iel.factory import resolve_device
+from dldc.device import resolve_device, set_threads
 from dldc.io import (
     atomic_path,
     checksum_ok,
@@ -196,8 +196,7 @@ def train_segmenter(
     device = resolve_device(cfg.device)
     weights = class_weights(train.labels, num_classes, cfg.ignore_index, cfg.class_weighting)  # real pixels only
     loss_weight = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model = create_segmenter(cfg.model, num_classes, cfg.widths).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

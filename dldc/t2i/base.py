@@ -53,10 +53,12 @@ from tqdm.auto import tqdm
 
 from dldc.config import BaseConfig, IngestConfig
 from dldc.data.manifest import read_manifest, write_manifest
+from dldc.device import resolve_device, set_threads
 from dldc.io import atomic_dir, write_json
+from dldc.schedule import lr_at
 from dldc.t2i.data import PairData, encode_latents, load_pairs, to_model_range, tokenize
 from dldc.t2i.models import TinySpec, assemble_pipeline, tiny_components
-from dldc.t2i.train_utils import lr_at, min_snr_weights, resolve_device, set_threads
+from dldc.t2i.train_utils import min_snr_weights
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +229,7 @@ def pretrain_text_encoder(
     Returns:
         The loss per step.
     """
-    from dldc.iel.indomain import contrastive_loss
+    from dldc.iel.indomain_train import contrastive_loss
 
     generator = torch.Generator().manual_seed(cfg.seed + 2)
     embed = cfg.text_width

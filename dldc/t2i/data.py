@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from dldc.data.images import load_rgb, resolve_inside
 from dldc.data.manifest import dataset_root, read_manifest
-from dldc.iel.indomain import image_to_uint8
+from dldc.iel.indomain_arch import image_to_uint8
 
 
 @dataclass

@@ -40,7 +40,6 @@ Example (a few steps on a dummy base and a tiny manifest)::
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -59,6 +58,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dldc.config import FinetuneConfig
+from dldc.device import DTYPES, autocast, resolve_device, resolve_precision, set_threads
 from dldc.io import (
     TEMP_PATTERNS,
     atomic_path,
@@ -70,9 +70,10 @@ from dldc.io import (
     write_json,
 )
 from dldc.io import finished_report as io_finished_report
+from dldc.schedule import lr_at
 from dldc.t2i.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from dldc.t2i.data import encode_latents, load_pairs, tokenize
-from dldc.t2i.train_utils import lr_at, min_snr_weights, resolve_device, resolve_precision, set_threads
+from dldc.t2i.train_utils import min_snr_weights
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,6 @@ ADAPTER_FILE = "pytorch_lora_weights.safetensors"
 REPORT_FILE = "finetune.json"
 SAMPLES_FILE = "samples.png"
 CHECKPOINT_DIR = "checkpoints"
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Settings that do not change the trained numbers (a run may resume with other values).
 _NOT_IN_FINGERPRINT = {
     "out",
@@ -364,7 +364,7 @@ def _finetune(
     # --- the loop ----------------------------------------------------------------------------
     unet.train()
     text_encoder.train(cfg.text_encoder_lora)
-    amp = torch.autocast(device.type, dtype=weight_dtype) if precision != "fp32" else contextlib.nullcontext()
+    amp = autocast(device, precision)  # precision is fp32 off CUDA (resolve_precision)
     n_timesteps = scheduler.config.num_train_timesteps
     loop_start = time.perf_counter()
     bar = tqdm(range(start_step, cfg.steps), desc="finetune", disable=not progress, initial=start_step, total=cfg.steps)

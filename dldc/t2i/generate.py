@@ -75,9 +75,9 @@ from tqdm.auto import tqdm
 
 from dldc.config import GenerateConfig
 from dldc.data.manifest import read_manifest
+from dldc.device import DTYPES, resolve_device, resolve_precision, set_threads
 from dldc.io import atomic_path, file_sha256, output_lock, png_intact, remove_stale_temps, write_json, write_parquet
-from dldc.t2i.finetune import ADAPTER_FILE, DTYPES, base_digest
-from dldc.t2i.train_utils import resolve_device, resolve_precision, set_threads
+from dldc.t2i.finetune import ADAPTER_FILE, base_digest
 
 GENERATIONS_FILE = "generations.parquet"
 REPORT_FILE = "generate.json"

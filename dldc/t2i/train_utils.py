@@ -1,30 +1,14 @@
-"""Small pieces the T2I training loops share: learning-rate schedule, Min-SNR weights, threads.
+"""Min-SNR loss weights, shared by the T2I training loops.
 
-Example:
-    >>> round(lr_at(0, 100, 1e-3, warmup=10), 6), round(lr_at(99, 100, 1e-3, warmup=10), 6)
-    (0.0001, 0.0001)
+The learning-rate schedule is :func:`dldc.schedule.lr_at`; device, precision and thread helpers
+are in :mod:`dldc.device`.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from dldc.iel.factory import resolve_device, resolve_precision
-
-__all__ = ["lr_at", "min_snr_weights", "resolve_device", "resolve_precision", "set_threads"]
-
-MIN_LR_RATIO = 0.1  # cosine decay ends at lr / 10 (nanoGPT's min_lr)
-
-
-def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
-    """Linear warmup to ``lr`` over ``warmup`` steps, then cosine decay to ``lr * MIN_LR_RATIO``."""
-    warmup = min(warmup, total // 2)
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup - 1)
-    return lr * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+__all__ = ["min_snr_weights"]
 
 
 def min_snr_weights(
@@ -46,8 +30,3 @@ def min_snr_weights(
         return clipped / snr
     raise ValueError(f"Min-SNR weighting supports epsilon and v_prediction, not {prediction_type!r}")
 
-
-def set_threads(threads: int) -> None:
-    """Use ``threads`` CPU threads for torch (0 keeps torch's default)."""
-    if threads > 0:
-        torch.set_num_threads(threads)

@@ -1,9 +1,9 @@
 """The ``onnx:DIR`` scorer backend: an exported scorer run with ONNX Runtime.
 
-:func:`load_onnx` opens a folder written by ``dldc export-scorer`` (:mod:`dldc.export.exporter`)
-and returns an :class:`OnnxScorer` (or, for the in-domain model, an :class:`OnnxCrossFitScorer`
-of K fold scorers): the same :class:`~dldc.iel.base.Scorer` protocol as the torch backends, so
-the engine, the embedding store and fusion use it unchanged. It refuses a folder whose files no
+:func:`load_onnx` opens a folder written by ``dldc export-scorer`` and returns an
+:class:`OnnxScorer` (or, for the in-domain model, an :class:`OnnxCrossFitScorer` of K fold
+scorers): the same :class:`~dldc.iel.base.Scorer` protocol as the torch backends, so the engine,
+the embedding store and fusion use it unchanged. It refuses a folder whose files no
 longer match the checksums in ``export.json`` or whose parity gate did not pass.
 
 Identity: ``scorer_id`` is ``onnx-<precision>:<12 hex digest of the graphs and pre-processing>:<source
@@ -11,10 +11,10 @@ scorer id>`` — never the torch id, so embedding caches and shard keys keep the
 ``name`` is the source scorer's column name: switching ``score.scorers`` from ``indomain:data/scorer``
 to ``onnx:data/scorer-onnx`` keeps the ``indomain`` columns that later stages read.
 
-Execution providers, in order of preference (:func:`choose_providers`):
+Execution providers, in order of preference (:func:`dldc.iel.onnx_providers.choose_providers`):
 
 1. ``TensorrtExecutionProvider`` — engines built by ONNX Runtime with dynamic-batch optimisation
-   profiles, cached on disk per GPU model and TensorRT version (:func:`dldc.export.tensorrt.ort_trt_options`);
+   profiles, cached on disk per GPU model and TensorRT version (:func:`dldc.iel.onnx_providers.ort_trt_options`);
 2. ``CUDAExecutionProvider``;
 3. ``CPUExecutionProvider``.
 
@@ -26,27 +26,22 @@ runs, and why the preferred ones do not, is logged at INFO when the scorer loads
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from dldc.export.towers import load_processing
 from dldc.iel.base import file_digest, l2_normalise
+from dldc.iel.onnx_processing import load_processing
+from dldc.iel.onnx_providers import GPU_PROVIDERS, PREFERENCE, choose_providers, make_session
 
 log = logging.getLogger(__name__)
 
 EXPORT_FILE = "export.json"
 FORMAT_VERSION = 1
-PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-GPU_PROVIDERS = PREFERENCE[:2]
-# Set to skip the TensorRT provider (e.g. when engine builds take too long for a quick run).
-DISABLE_TENSORRT_ENV = "DLDC_DISABLE_TENSORRT"
 
 
 class ExportInvalidError(ValueError):
@@ -144,7 +139,7 @@ class OnnxCrossFitScorer:
     Attributes:
         scorer_id, name, n_folds: as the source's, the id in the ``onnx-<precision>:…`` form.
         has_scene_head: whether the folds carry the source's caption–scene model.
-        folds: ``{image_id: fold}``; unseen ids fall back to :func:`dldc.iel.indomain.hash_fold`.
+        folds: ``{image_id: fold}``; unseen ids fall back to :func:`dldc.iel.folds.hash_fold`.
     """
 
     def __init__(self, folder: Path, meta: dict[str, Any], device: str, threads: int):
@@ -168,7 +163,7 @@ class OnnxCrossFitScorer:
 
     def fold_of(self, image_id: str) -> int:
         """The fold an image was held out in (as the source scorer decides)."""
-        from dldc.iel.indomain import hash_fold
+        from dldc.iel.folds import hash_fold
 
         fold = self.folds.get(image_id)
         return int(fold) if fold is not None else hash_fold(image_id, self.n_folds, self.seed)
@@ -263,95 +258,6 @@ def verify_files(folder: Path, meta: dict[str, Any]) -> None:
             f"{folder}: files differ from the verified export: {', '.join(bad)}. An exported scorer is only "
             "usable as it passed its parity gate; re-run `dldc export-scorer`."
         )
-
-
-def content_digest(files: dict[str, str], processing: dict[str, Any]) -> str:
-    """12 hex digits over the graphs' and pre-processing files' checksums and the pre-processing record."""
-    digest = hashlib.sha256(json.dumps({"files": files, "processing": processing}, sort_keys=True).encode())
-    return digest.hexdigest()[:12]
-
-
-def choose_providers(
-    device: str, precision: str, available: list[str] | None = None, profiles: dict[str, Any] | None = None
-) -> tuple[list[Any], str]:
-    """The execution providers to ask ONNX Runtime for, best first, and why.
-
-    Args:
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        precision: the graph's precision (int8 graphs run on the CPU provider).
-        available: ``onnxruntime.get_available_providers()`` (tests pass their own).
-        profiles: TensorRT optimisation-profile shapes (:func:`dldc.export.tensorrt.ort_trt_options`).
-
-    Returns:
-        ``(providers, note)``: the list for ``InferenceSession(providers=...)`` and a sentence
-        explaining the choice.
-
-    Raises:
-        ValueError: ``cuda`` asked for but this onnxruntime has no GPU provider.
-
-    Example:
-        >>> choose_providers("auto", "fp32", available=["CPUExecutionProvider"])[0]
-        ['CPUExecutionProvider']
-    """
-    import onnxruntime as ort
-
-    available = list(ort.get_available_providers() if available is None else available)
-    gpu = [p for p in GPU_PROVIDERS if p in available]
-    if device == "cpu":
-        return ["CPUExecutionProvider"], "CPU provider: device=cpu was asked for"
-    if precision == "int8":
-        if device.startswith("cuda"):
-            log.warning("int8 (dynamic quantization) graphs run on the CPU provider only; ignoring device=%s", device)
-        return ["CPUExecutionProvider"], (
-            "CPU provider: int8 dynamic-quantization graphs have no TensorRT/CUDA kernels (export fp16 for GPUs)"
-        )
-    if device.startswith("cuda") and not gpu:
-        raise ValueError(
-            f"device={device} asked for, but onnxruntime has only {available}; install onnxruntime-gpu "
-            "(`pip install -e '.[gpu]'`) or use device=cpu"
-        )
-    if not gpu:
-        return ["CPUExecutionProvider"], (
-            f"CPU provider: this onnxruntime build has no GPU provider (available: {available}; "
-            "GPU nodes install onnxruntime-gpu)"
-        )
-    if device == "auto" and not torch.cuda.is_available():
-        return ["CPUExecutionProvider"], "CPU provider: onnxruntime has GPU providers but no CUDA device is visible"
-    device_id = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
-    providers: list[Any] = []
-    notes = []
-    if "TensorrtExecutionProvider" not in gpu:
-        notes.append("no TensorRT provider in this onnxruntime build")
-    elif os.environ.get(DISABLE_TENSORRT_ENV):
-        notes.append(f"TensorRT provider off ({DISABLE_TENSORRT_ENV} is set)")
-    else:
-        from dldc.export.tensorrt import ort_trt_options
-
-        options = ort_trt_options(precision=precision, profiles=profiles or {}, device_id=device_id)
-        providers.append(("TensorrtExecutionProvider", {"device_id": device_id, **options}))
-    if "CUDAExecutionProvider" in gpu:
-        providers.append(("CUDAExecutionProvider", {"device_id": device_id}))
-    providers.append("CPUExecutionProvider")
-    return providers, "; ".join(notes)
-
-
-def make_session(path: Path, providers: list[Any], precision: str, threads: int = 0) -> Any:
-    """An ``InferenceSession`` for one graph.
-
-    fp16 graphs on the CPU provider run with ``ORT_ENABLE_EXTENDED`` optimisations: at the default
-    ``ORT_ENABLE_ALL``, onnxruntime 1.31's CPU layout transformations crash (segfault) on the fp16
-    graphs that the fp16 converter writes; GPU providers are unaffected.
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    cpu_only = all((p if isinstance(p, str) else p[0]) == "CPUExecutionProvider" for p in providers)
-    if precision == "fp16" and cpu_only:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.log_severity_level = 3  # errors only: the providers' fallbacks are reported by us
-    return ort.InferenceSession(str(path), options, providers=providers)
 
 
 def _open_towers(

@@ -1,0 +1,299 @@
+"""Write the cleaned dataset back in the format it came in, with a provenance table.
+
+The inverse of :mod:`dldc.data.readers`. From the ingest manifest (every pair, with its original
+caption) and the cleaning's outputs (the cleaned manifest ``dldc select`` keeps, with EGL's
+repaired captions in place, and the pairs it dropped), :func:`export_dataset` writes into
+``out``:
+
+``dataset_<name>.json`` (Karpathy) or ``captions.jsonl`` (folder layout)
+    The kept pairs only. A Karpathy export keeps every image entry's own fields (``imgid``,
+    ``split``, ``filename``, ``filepath``, ...) and each kept sentence's (``sentid``, ...), with a
+    repaired caption's ``raw`` and ``tokens`` replaced; images with no kept caption are left out,
+    ``sentids`` follow the kept sentences. A folder export writes one line per kept pair:
+    ``{"image", "caption", "scene", "split"}``.
+``images`` (the same relative paths as in the source), and the scene lists (``txtclasses_*``)
+    Hard links to the source's files (copies across file systems, or with ``images: copy``),
+    so that ``dldc ingest`` of ``out`` reads exactly the kept pairs.
+``provenance.parquet``
+    One row per pair of the source: ``pair_id``, ``image``, ``scene``, ``split``,
+    ``original_caption``, ``final_caption``, ``caption_source`` (``original`` or
+    ``egl:<backend>:<model>``), ``egl_round``, ``fused``, ``scene_percentile``, every scorer
+    column of the scores, ``status`` (``kept``, ``dropped``, ``rejected``) and ``reason``
+    (for a dropped pair its rank and its scene's ratio; for a rejected one the ingest reason).
+``export.json``
+    The inputs (paths and sha256), the format, and counts.
+
+Re-ingesting the export gives the kept pairs: the same images (same relative paths, so the same
+``image_id``), captions, scenes and splits. Pair ids are renumbered where an image lost a caption
+(a pair id is ``<image_id>:<caption index in the source>``); the provenance table keeps the old ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from dldc.data.images import resolve_inside
+from dldc.data.manifest import dataset_root, read_manifest
+from dldc.io import atomic_dir, file_sha256, write_json, write_parquet
+
+PROVENANCE_FILE = "provenance.parquet"
+REPORT_FILE = "export.json"
+FOLDER_CAPTIONS = "captions.jsonl"
+FORMATS = ("source", "karpathy", "folder")
+KEPT, DROPPED, REJECTED = "kept", "dropped", "rejected"
+
+
+def export_dataset(
+    original: str | Path,
+    cleaned: str | Path,
+    out: str | Path,
+    *,
+    dropped: str | Path | None = None,
+    scores: str | Path | None = None,
+    captions: str | Path | None = None,
+    rejects: str | Path | None = None,
+    fmt: str = "source",
+    images: str = "link",
+) -> dict[str, Any]:
+    """Write the kept pairs of ``cleaned`` in the source's format into ``out`` (see the module docstring).
+
+    Args:
+        original: the ingest manifest (every pair with its original caption).
+        cleaned: the cleaned manifest (``dldc select``'s ``cleaned_manifest.parquet``) or any manifest
+            of kept pairs with their final captions.
+        out: the export folder (replaced as a whole, atomically).
+        dropped: ``dropped.parquet`` of the same selection (ranks and ratios of the dropped pairs).
+        scores: the IEL scores the selection ranked by (``fused``, ``scene_percentile``, scorers).
+        captions: EGL's ``captions.parquet`` (the round each repaired caption came from).
+        rejects: ingest's ``rejects.parquet`` (pairs that never reached the manifest).
+        fmt: ``source`` (the format ingest read), ``karpathy`` or ``folder``.
+        images: ``link`` (hard links, copies where that fails) or ``copy``.
+
+    Returns:
+        The export report (also ``out/export.json``).
+
+    Raises:
+        ValueError: a bad format, or inputs that do not belong together (a kept pair that is not
+            in the original manifest, a pair both kept and dropped).
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if images not in ("link", "copy"):
+        raise ValueError(f"images must be 'link' or 'copy', got {images!r}")
+    for name, path in (("dropped", dropped), ("scores", scores), ("captions", captions), ("rejects", rejects)):
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(
+                f"export_dataset.{name}: {path} does not exist (set it to null to export without it)"
+            )
+    source, meta = read_manifest(original)
+    kept, _ = read_manifest(cleaned)
+    root = dataset_root(original, meta)
+    unknown = sorted(set(kept["pair_id"]) - set(source["pair_id"]))
+    if unknown:
+        raise ValueError(
+            f"{cleaned}: {len(unknown)} kept pairs are not in {original} (e.g. {unknown[0]}): "
+            "the cleaned manifest comes from another dataset"
+        )
+    fmt = meta.source_format if fmt == "source" else fmt
+    if fmt not in ("karpathy", "folder"):
+        raise ValueError(f"{original}: source format {meta.source_format!r} has no writer; choose karpathy or folder")
+
+    table = provenance(source, kept, dropped=dropped, scores=scores, captions=captions, rejects=rejects)
+    kept = kept.set_index("pair_id").loc[table.loc[table["status"] == KEPT, "pair_id"]].reset_index()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out) as tmp:
+        written = _write_karpathy(root, meta.extra, kept, tmp) if fmt == "karpathy" else _write_folder(kept, tmp)
+        linked = _place_images(root, sorted(set(kept["image"])), tmp, images)
+        for folder in _scene_lists(root, meta.extra, fmt):
+            shutil.copytree(folder, tmp / folder.name)
+        write_parquet(tmp / PROVENANCE_FILE, pa.Table.from_pandas(table, preserve_index=False))
+        report = {
+            "format": fmt,
+            "annotations": written,
+            "inputs": {
+                name: {"path": str(path), "sha256": file_sha256(path)}
+                for name, path in (("original", original), ("cleaned", cleaned), ("dropped", dropped),
+                                   ("scores", scores), ("captions", captions), ("rejects", rejects))
+                if path is not None
+            },  # fmt: skip
+            "counts": {
+                "pairs": int(len(table)),
+                **{status: int((table["status"] == status).sum()) for status in (KEPT, DROPPED, REJECTED)},
+                "repaired_kept": int(((table["status"] == KEPT) & (table["caption_source"] != "original")).sum()),
+                "images": int(kept["image"].nunique()),
+                "images_linked": linked,
+            },
+        }
+        write_json(tmp / REPORT_FILE, report)
+    return report
+
+
+def provenance(
+    source: pd.DataFrame,
+    kept: pd.DataFrame,
+    *,
+    dropped: str | Path | None = None,
+    scores: str | Path | None = None,
+    captions: str | Path | None = None,
+    rejects: str | Path | None = None,
+) -> pd.DataFrame:
+    """One row per pair: its original and final caption, where the final one came from, its scores, its fate.
+
+    Example:
+        >>> source = pd.DataFrame({"pair_id": ["a:0", "a:1"], "image_id": "a", "image": "a.png",
+        ...                        "caption": ["a lake", "a road"], "caption_source": "original",
+        ...                        "scene": "lake", "split": "train"})
+        >>> kept = source.iloc[:1].assign(caption="a lake with trees", caption_source="egl:mask2text:synthrs")
+        >>> provenance(source, kept)[["pair_id", "final_caption", "status", "reason"]].values.tolist()
+        [['a:0', 'a lake with trees', 'kept', ''], ['a:1', None, 'dropped', 'not in the cleaned manifest']]
+    """
+    final = kept.set_index("pair_id")
+    table = pd.DataFrame(
+        {
+            "pair_id": source["pair_id"],
+            "image": source["image"],
+            "scene": source["scene"],
+            "split": source["split"],
+            "original_caption": source["caption"],
+            "final_caption": source["pair_id"].map(final["caption"]),
+            "caption_source": source["pair_id"].map(final["caption_source"]).fillna("original"),
+        }
+    )
+    is_kept = table["pair_id"].isin(final.index)
+    table["status"] = [KEPT if k else DROPPED for k in is_kept]
+    table["reason"] = ["" if k else "not in the cleaned manifest" for k in is_kept]
+    if dropped is not None:
+        why = pd.read_parquet(dropped).set_index("pair_id")
+        both = sorted(set(why.index) & set(final.index))
+        if both:
+            raise ValueError(f"{dropped}: {len(both)} pairs are both kept and dropped (e.g. {both[0]})")
+        reasons = {
+            pair: f"rank {int(row['rank'])} of {int(row['scene_size'])} in {row['scene']}, below the cut of ratio "
+                  f"{row['ratio']:g}"
+            for pair, row in why.iterrows()
+        }  # fmt: skip
+        table.loc[table["pair_id"].isin(reasons), "reason"] = table["pair_id"].map(reasons)
+        # A dropped pair's final caption is the one its fused score was measured on (EGL's, if repaired).
+        table["final_caption"] = table["final_caption"].fillna(table["pair_id"].map(why["caption"]))
+        table["caption_source"] = table["pair_id"].map(why["caption_source"]).where(
+            table["pair_id"].isin(why.index), table["caption_source"]
+        )
+    if captions is not None:
+        lineage = pd.read_parquet(captions, columns=["pair_id", "round", "selected"])
+        rounds = lineage.loc[lineage["selected"].astype(bool)].set_index("pair_id")["round"]
+        table["egl_round"] = table["pair_id"].map(rounds).astype("Int64")
+    if scores is not None:
+        values = pd.read_parquet(scores).set_index("pair_id")
+        columns = [c for c in values.columns if pd.api.types.is_float_dtype(values[c])]
+        for column in columns:
+            table[column] = table["pair_id"].map(values[column])
+    table["final_caption"] = table["final_caption"].astype(object).where(table["final_caption"].notna(), None)
+    if rejects is not None:
+        rejected = pd.read_parquet(rejects)
+        table = pd.concat(
+            [
+                table,
+                pd.DataFrame(
+                    {
+                        "pair_id": rejected["pair_id"],
+                        "image": rejected["image"],
+                        "scene": rejected["scene"],
+                        "split": rejected["split"],
+                        "original_caption": rejected["caption"],
+                        "caption_source": "original",
+                        "status": REJECTED,
+                        "reason": rejected["reason"] + ": " + rejected["detail"].fillna(""),
+                    }
+                ),
+            ],
+            ignore_index=True,
+        )
+    return table
+
+
+def _write_karpathy(root: Path, extra: dict[str, Any], kept: pd.DataFrame, out: Path) -> str:
+    """The source's Karpathy JSON with only the kept sentences, repaired ones rewritten; returns its name."""
+    name = extra.get("annotations") or "dataset.json"
+    document = json.loads(resolve_inside(root, name).read_bytes().decode("utf-8"))
+    image_dir = extra.get("image_dir")
+    if image_dir is None:  # manifests from before ingest recorded it: the reader's own default
+        image_dir = "images" if (root / "images").is_dir() else ""
+    by_image = {image: rows for image, rows in kept.groupby("image", sort=False)}
+    entries = []
+    for entry in document["images"]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str):
+            continue
+        sub = entry.get("filepath") if isinstance(entry.get("filepath"), str) else ""
+        image = posixpath.normpath(posixpath.join(image_dir, sub, entry["filename"]).replace("\\", "/"))
+        image = image[2:] if image.startswith("./") else image
+        rows = by_image.pop(image, None)
+        if rows is None:
+            continue
+        sentences = entry.get("sentences") or []
+        chosen = []
+        for row in rows.itertuples():
+            index = int(row.pair_id.rsplit(":", 1)[1])
+            sentence = sentences[index]
+            if row.caption_source != "original":
+                sentence = {**sentence, "raw": row.caption, "tokens": _tokens(row.caption)} if isinstance(
+                    sentence, dict) else row.caption  # fmt: skip
+            chosen.append((index, sentence))
+        chosen.sort(key=lambda item: item[0])
+        entry = {**entry, "sentences": [s for _, s in chosen]}
+        if isinstance(entry.get("sentids"), list):
+            entry["sentids"] = [s["sentid"] for _, s in chosen if isinstance(s, dict) and "sentid" in s]
+        entries.append(entry)
+    if by_image:
+        missing = sorted(by_image)
+        raise ValueError(f"{name}: {len(missing)} kept images are not in the annotation file (e.g. {missing[0]})")
+    (out / name).write_text(json.dumps({**document, "images": entries}, ensure_ascii=False), encoding="utf-8")
+    return name
+
+
+def _write_folder(kept: pd.DataFrame, out: Path) -> str:
+    """``captions.jsonl``: one line per kept pair, in the manifest's order."""
+    with (out / FOLDER_CAPTIONS).open("w", encoding="utf-8") as handle:
+        for row in kept.itertuples():
+            record = {"image": row.image, "caption": row.caption, "scene": row.scene, "split": row.split}
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return FOLDER_CAPTIONS
+
+
+def _place_images(root: Path, images: list[str], out: Path, how: str) -> int:
+    """Hard-link (or copy) each image to the same relative path under ``out``; returns how many were linked."""
+    linked = 0
+    for image in images:
+        source = resolve_inside(root, image)
+        target = out / image
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if how == "link":
+            try:
+                os.link(source, target)
+                linked += 1
+                continue
+            except OSError:  # another file system, or links not allowed: copy
+                pass
+        shutil.copy2(source, target)
+    return linked
+
+
+def _scene_lists(root: Path, extra: dict[str, Any], fmt: str) -> list[Path]:
+    """The ``txtclasses_*`` folder a Karpathy source took its scenes from (the export needs it to match)."""
+    name = extra.get("scene_lists")
+    if fmt != "karpathy" or extra.get("scene_source") != "txtclasses" or not name or not (root / name).is_dir():
+        return []  # lists kept outside the dataset root (`--scenes`) go with the ingest settings, not the export
+    return [resolve_inside(root, name)]
+
+
+def _tokens(caption: str) -> list[str]:
+    """Karpathy-style tokens: lower-case words without punctuation (what RSICD's files carry)."""
+    return [word.strip(".,;:!?\"'()") for word in caption.lower().split() if word.strip(".,;:!?\"'()")]
