@@ -123,12 +123,15 @@ def test_export_is_self_describing_and_passes_the_fp32_gate(open_clip_export, to
 @pytest.mark.slow
 def test_text_graph_takes_any_batch_and_sequence_length(open_clip_export, torch_scorer):
     scorer = load_onnx(open_clip_export, device="cpu")
-    texts = ["a", CAPTIONS[1], "many buildings and green trees are around a large playground near a river"]
+    # The last: "!" inside a word is id 0 in CLIP's vocabulary, like the padding; its end-of-text must survive.
+    texts = ["a", CAPTIONS[1], "many buildings and green trees are around a large playground near a river",
+             "wow!; !; !; !; !; !; !; !; !; !; !; !; a lake !%"]  # fmt: skip
     full = torch_scorer.tokenizer(texts)  # padded to 77, as the untrimmed torch computation
     expected = torch.nn.functional.normalize(torch_scorer.model.encode_text(full).detach(), dim=-1)
     for count in (1, 3):
         trimmed = scorer.encode_texts(texts[:count])
         assert torch.allclose(trimmed, expected[:count], atol=1e-5)
+    assert torch.allclose(scorer.encode_texts(texts[-1:]), expected[-1:], atol=1e-5)
     (padded,) = scorer.text_session.run(None, {"tokens": full.numpy()})
     assert np.allclose(torch.nn.functional.normalize(torch.from_numpy(padded), dim=-1), expected, atol=1e-5)
     pixels = torch.randn(5, 3, 32, 32)

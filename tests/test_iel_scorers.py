@@ -381,10 +381,13 @@ def test_trimmed_text_encoding_equals_full_padding(oc: types.SimpleNamespace) ->
 
     scorer = create_scorer(f"open_clip:{oc.config}:{oc.plain}", device="cpu")
     assert can_trim_padding(scorer.model)
-    texts = ["a", "two planes near a terminal", " ".join(["runway"] * 120), "a lake in the center surrounded by trees"]
+    # "!" is id 0 in CLIP's vocabulary, like the padding: the trim must still keep the end-of-text token.
+    texts = ["a", "two planes near a terminal", " ".join(["runway"] * 120), "a lake in the center surrounded by trees",
+             "wow!; !; !; !; !; !; !; !; !; !; !; !; a lake !%"]  # fmt: skip
     tokens = open_clip.get_tokenizer("tiny-clip")(texts)
     with torch.no_grad():
         expected = F.normalize(oc.source.encode_text(tokens), dim=-1)
     torch.testing.assert_close(scorer.encode_texts(texts), expected, atol=ATOL, rtol=0)
     # Batch composition does not change a caption's embedding.
     torch.testing.assert_close(scorer.encode_texts(texts[:1]), expected[:1], atol=ATOL, rtol=0)
+    torch.testing.assert_close(scorer.encode_texts(texts[-1:]), expected[-1:], atol=ATOL, rtol=0)

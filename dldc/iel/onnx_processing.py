@@ -42,7 +42,9 @@ class OpenClipTextInputs:
     def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
         tokens = self.tokenizer(list(texts), context_length=self.context_length)
         if self.trim:
-            tokens = tokens[:, : max(2, int((tokens != 0).sum(dim=1).max()))]
+            from dldc.iel.open_clip_scorer import trimmed_length
+
+            tokens = tokens[:, : max(2, trimmed_length(tokens))]
         return {"tokens": tokens.numpy().astype(np.int64)}
 
     def token_counts(self, texts: list[str]) -> list[int]:

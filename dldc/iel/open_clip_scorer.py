@@ -131,6 +131,20 @@ def can_trim_padding(model: torch.nn.Module) -> bool:
     )
 
 
+def trimmed_length(tokens: torch.Tensor) -> int:
+    """Positions up to and including the batch's last end-of-text token, where argmax pooling reads.
+
+    Not the count of non-zero ids: padding is id 0, but so is ``!`` in CLIP's vocabulary, and a
+    caption with ``!`` would lose its end-of-text token. The end-of-text id is the vocabulary's
+    largest, so its position is the row's argmax.
+
+    Example:
+        >>> trimmed_length(torch.tensor([[49406, 0, 320, 49407, 0, 0], [49406, 320, 49407, 0, 0, 0]]))
+        4
+    """
+    return int(tokens.argmax(dim=1).max().item()) + 1
+
+
 def encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     """``model.encode_text`` on the tokens up to the batch's longest caption, not all 77.
 
@@ -140,7 +154,7 @@ def encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     """
     from open_clip.transformer import text_global_pool
 
-    length = int((tokens != 0).sum(dim=1).max().item()) or 1
+    length = trimmed_length(tokens)
     tokens = tokens[:, :length]
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
