@@ -128,3 +128,15 @@ def test_profiles_are_data_files_listed_by_a_command(tmp_path, monkeypatch):
     for name in ("paper", "../profiles/small", "small.yaml"):
         with pytest.raises(ConfigError, match="unknown profile"):
             load_config(None, overrides=[f"profile={name}"])
+
+
+def test_params_yaml_spells_out_every_setting():
+    """Every setting is a DVC parameter: `dvc exp run -S evaluate.fid=true` needs the key in params.yaml."""
+    import yaml
+
+    from dldc.config import flatten
+
+    settings = flatten(DldcConfig().model_dump(mode="json"))
+    written = flatten(yaml.safe_load((REPO / "params.yaml").read_text()))
+    missing = [key for key in settings if key not in written and not any(w.startswith(key + ".") for w in written)]
+    assert missing == []
