@@ -11,7 +11,7 @@ IMAGE_BASE ?=
 TORCH_INDEX_URL ?=
 IMAGE_OPTS = --variant $(IMAGE_VARIANT) $(if $(IMAGE_TAG),--tag $(IMAGE_TAG))
 
-.PHONY: setup test lint repro image image-test image-lock image-clean
+.PHONY: setup test lint repro quick image image-test image-lock image-clean
 setup:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --upgrade pip
@@ -27,6 +27,16 @@ lint:
 
 repro:
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
+
+# A first look in about two minutes on 2 cores (the `quick` profile): SynthRS -> ingest -> in-domain
+# scorer -> scores -> per-scene ratios (proxy) -> the cleaned dataset and its report, in build/quick/.
+QUICK_STAGES = synth ingest train-scorer score select export-dataset report
+quick:
+	mkdir -p build/quick
+	$(VENV)/bin/dldc config init --profile quick --out build/quick/params.yaml --force
+	cd build/quick && for stage in $(QUICK_STAGES); do \
+		HF_HUB_OFFLINE=1 $(CURDIR)/$(VENV)/bin/dldc -S tracking.enabled=false $$stage || exit 1; done
+	@echo "open build/quick/data/report/index.html; the cleaned dataset is in build/quick/data/cleaned/"
 
 # docker build where a Docker engine answers, else buildah (root; store in $DLDC_BUILDAH_ROOT).
 image:

@@ -139,7 +139,11 @@ def train_scorer(obj: _Context, manifest: str | None, out: str | None, folds: in
         report = run_train_scorer(cfg, progress=obj.progress)
     except (ValueError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
-    click.echo(f"wrote the in-domain scorer ({report.get('folds', '?')} folds) to {cfg.indomain.out}")
+    held_out = [fold["heldout"]["auroc_vs_other_scene"] for fold in report["folds"]]
+    click.echo(
+        f"wrote the in-domain scorer ({len(held_out)} folds; held-out AUROC against other-scene captions "
+        f"{min(held_out):.3f}-{max(held_out):.3f}) to {cfg.indomain.out}"
+    )
 
 
 @main.command()

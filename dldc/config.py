@@ -1065,7 +1065,7 @@ def list_profiles() -> dict[str, str]:
 
     Example:
         >>> sorted(list_profiles())
-        ['demo', 'paper']
+        ['demo', 'paper', 'quick']
     """
     profiles = {}
     for path in sorted(PROFILES_DIR.glob("*.yaml")):

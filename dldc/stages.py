@@ -9,13 +9,18 @@ numbers to MLflow.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dldc.config import DldcConfig
 from dldc.data.ingest import IngestResult, ingest
 from dldc.data.manifest import read_manifest
-from dldc.tracking import stage_run
+from dldc.tracking import stage_run, write_plot_table
+
+# Curves `dvc plots show` draws (dvc.yaml `plots:`), in the stage's output folder.
+LOSS_PLOT = "loss.csv"  # finetune: training loss per step
+CURVES_PLOT = "curves.csv"  # select: the objective J(r) per scene and overall
 
 if TYPE_CHECKING:
     from dldc.egl.loop import CaptionResult
@@ -239,6 +244,10 @@ def run_finetune(cfg: DldcConfig, progress: bool = True, stop_after: int | None 
             section.out,
             {"final_loss": report["final_loss"], "lora_parameters": report["lora_parameters"], **report["throughput"]},
         )
+        losses = report["losses"]  # thinned to <= 200 points: each the mean of `stride` steps
+        stride = math.ceil(report["steps"] / max(len(losses), 1))
+        curve = [{"step": i * stride + 1, "loss": value} for i, value in enumerate(losses)]
+        write_plot_table(Path(section.out) / LOSS_PLOT, curve)
         run.set_tags({"base": section.base, "manifest_sha256": report["manifest_sha256"],
                       "fingerprint": report["fingerprint"]})
         out = Path(section.out)
@@ -286,6 +295,10 @@ def run_select(cfg: DldcConfig, mode: str | None = None, progress: bool = True) 
     with stage_run(cfg.tracking, "select", params) as run:
         result = select_ratios(cfg, mode=mode, progress=progress)
         selection = result.selection
+        curves = {**selection["curves"], "all": selection["overall_curve"]}
+        write_plot_table(result.out / CURVES_PLOT, [{"ratio": float(r), "scene": scene, "objective": value}
+                                                    for scene, curve in curves.items()
+                                                    for r, value in curve.items() if value is not None])  # fmt: skip
         run.finish(result.out, {"global_ratio": selection["global_ratio"], "fallbacks": len(selection["fallbacks"]),
                                 **{f"ratio.{scene}": r for scene, r in selection["ratios"].items()},
                                 **{f"pairs.{k}": v for k, v in selection["pairs"].items()}})

@@ -54,6 +54,30 @@ def write_metrics(folder: str | Path, metrics: Mapping[str, Any]) -> dict[str, f
     return numbers
 
 
+def write_plot_table(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Write a curve as CSV (atomically): the rows ``dvc plots show`` draws (dvc.yaml ``plots:``).
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> write_plot_table(folder / "loss.csv", [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.25}])
+        >>> (folder / "loss.csv").read_text().splitlines()
+        ['step,loss', '1,0.5', '2,0.25']
+    """
+    import csv
+    import io
+
+    from dldc.io import atomic_path
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+
+
 def read_metrics(folder: str | Path) -> dict[str, float]:
     """The stage metrics in ``folder/metrics.json`` (``{}`` when the stage wrote none)."""
     path = Path(folder) / METRICS_FILE

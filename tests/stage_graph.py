@@ -7,6 +7,7 @@ named by its DVC name; ``foreach`` instances (``finetune@raw``) and KFP's number
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +23,18 @@ KFP_ONLY = {"plan_parts", "export_scorer"}
 
 
 def dvc_stages(dvc_file: Path = REPO / "dvc.yaml", params: dict[str, Any] | None = None) -> dict[str, dict]:
-    """``{instance name: stage body}`` with ``foreach`` expanded (over ``params``, default params.yaml)."""
+    """``{instance name: stage body}``: ``${key}`` from ``params`` (default params.yaml), ``foreach`` expanded."""
     if params is None:
         params = yaml.safe_load((dvc_file.parent / "params.yaml").read_text())
     stages = {}
-    for name, body in yaml.safe_load(dvc_file.read_text())["stages"].items():
+    text = re.sub(r"\$\{(?!item|key)([\w.]+)\}", lambda m: str(_param(params, m.group(1))), dvc_file.read_text())
+    for name, body in yaml.safe_load(text)["stages"].items():
         if "foreach" not in body:
             stages[name] = body
             continue
         items = body["foreach"]
-        if isinstance(items, str):  # ${select.grid}
-            items = _param(params, items.strip("${}"))
+        if isinstance(items, str):  # ${select.grid}, substituted above as its text
+            items = yaml.safe_load(items)
         pairs = items.items() if isinstance(items, dict) else ((item, item) for item in items)
         for key, item in pairs:
             text = yaml.safe_dump(body["do"]).replace("${key}", str(key)).replace("${item}", str(item))

@@ -116,7 +116,10 @@ def test_profiles_are_data_files_listed_by_a_command(tmp_path, monkeypatch):
     from dldc.cli import main
 
     listed = CliRunner().invoke(main, ["config", "profiles"])
-    assert listed.exit_code == 0 and [line.split("\t")[0] for line in listed.output.splitlines()] == ["demo", "paper"]
+    names = [line.split("\t")[0] for line in listed.output.splitlines()]
+    assert listed.exit_code == 0 and names == ["demo", "paper", "quick"]
+    for name in names:  # every shipped profile is a valid configuration
+        assert load_config(None, overrides=[f"profile={name}"]).profile == name
     # A new file is a new profile; names are file names, never paths.
     profiles = tmp_path / "profiles"
     profiles.mkdir()

@@ -15,6 +15,14 @@ from stage_graph import dvc_stages  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _use_demo_remote(folder: Path) -> None:
+    """The repository's default remote (.dvc/config: a folder beside the checkout) in a `dvc init --no-scm` copy."""
+    config = (REPO / ".dvc" / "config").read_text()
+    with (folder / ".dvc" / "config").open("a") as handle:
+        handle.write("\n" + config[config.index("['remote"):])
+    subprocess.run(["dvc", "config", "core.remote", "local"], cwd=folder, check=True)
+
+
 @pytest.mark.slow
 def test_dvc_repro_runs_then_is_up_to_date(tmp_path, mlflow_uri, tiny_base):
     work = tmp_path / "clone"
@@ -40,6 +48,7 @@ def test_dvc_repro_runs_then_is_up_to_date(tmp_path, mlflow_uri, tiny_base):
         return subprocess.run(["dvc", *args], cwd=work, check=True, capture_output=True, text=True).stdout
 
     dvc("init", "--no-scm", "-q")
+    _use_demo_remote(work)
     first = dvc("repro")
     stages = dvc_stages(work / "dvc.yaml", params)
     for stage in stages:
@@ -68,6 +77,26 @@ def test_dvc_repro_runs_then_is_up_to_date(tmp_path, mlflow_uri, tiny_base):
     for path, entry in figures.items():
         assert path.endswith("metrics.json") and entry["data"], path
         assert all(isinstance(v, (int, float)) for v in entry["data"].values()), path
+    # Curves: `dvc plots show` draws the fine-tuning losses and the ratio objective.
+    dvc("plots", "show", "-o", str(tmp_path / "plots"))
+    page = (tmp_path / "plots" / "index.html").read_text()
+    for name in ("data/finetune/raw/loss.csv", "data/finetune/clean/loss.csv", "data/select/curves.csv"):
+        assert name in page
+    # `dvc push`, then `dvc pull` into a fresh clone restores every output, byte for byte.
+    dvc("push")
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    for name in ("dvc.yaml", "dvc.lock", "params.yaml"):
+        shutil.copy(work / name, fresh / name)
+    shutil.copytree(work / "dldc", fresh / "dldc")
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=fresh, check=True)
+    _use_demo_remote(fresh)
+    subprocess.run(["dvc", "pull"], cwd=fresh, check=True, capture_output=True)
+    status = subprocess.run(["dvc", "status"], cwd=fresh, check=True, capture_output=True, text=True).stdout
+    assert "up to date" in status, status
+    for name in ("data/ingest/manifest.parquet", "data/cleaned/export.json", "data/select/metrics.json",
+                 "data/finetune/clean/pytorch_lora_weights.safetensors", "data/report/index.html"):
+        assert (fresh / name).read_bytes() == (work / name).read_bytes(), name
     # A changed score setting re-runs `score` (and `caption`, which reads the score settings); the
     # embedding store spares re-encoding, and outputs that come out the same stop the chain there.
     params["score"]["batch_size"] = 7
@@ -77,3 +106,32 @@ def test_dvc_repro_runs_then_is_up_to_date(tmp_path, mlflow_uri, tiny_base):
     assert "Running stage 'select_trial" not in rerun and "Running stage 'finetune" not in rerun
     report = yaml.safe_load((work / "data" / "scores" / "score.json").read_text())
     assert report["images_encoded"] == 0 and report["texts_encoded"] == 0
+
+
+def test_your_dataset_is_a_dependency_and_synth_stays_out(tmp_path):
+    """ingest follows `ingest.root`: a changed caption re-runs it, an unchanged dataset runs nothing, no synth."""
+    from dldc.data.synthrs import write_synthrs
+
+    work = tmp_path / "clone"
+    work.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, work / name)
+    shutil.copytree(REPO / "dldc", work / "dldc", ignore=shutil.ignore_patterns("__pycache__"))
+    write_synthrs(work / "mydata", n_images=20, size=32, seed=3, progress=False)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["ingest"].update(root="mydata", workers=1)
+    params["tracking"]["enabled"] = False
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+
+    def dvc(*args):
+        return subprocess.run(["dvc", *args], cwd=work, check=True, capture_output=True, text=True).stdout
+
+    dvc("init", "--no-scm", "-q")
+    first = dvc("repro", "ingest")
+    assert "Running stage 'ingest'" in first and "Running stage 'synth'" not in first
+    assert "up to date" in dvc("repro", "ingest")
+    annotations = work / "mydata" / "dataset_synthrs.json"
+    document = json.loads(annotations.read_text())
+    document["images"][0]["sentences"][0]["raw"] = "a changed caption"
+    annotations.write_text(json.dumps(document))
+    assert "Running stage 'ingest'" in dvc("repro", "ingest")
