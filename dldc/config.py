@@ -1065,7 +1065,7 @@ def list_profiles() -> dict[str, str]:
 
     Example:
         >>> sorted(list_profiles())
-        ['demo', 'paper', 'quick']
+        ['demo', 'paper', 'quick', 'rsicd-dev']
     """
     profiles = {}
     for path in sorted(PROFILES_DIR.glob("*.yaml")):

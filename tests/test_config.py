@@ -117,7 +117,7 @@ def test_profiles_are_data_files_listed_by_a_command(tmp_path, monkeypatch):
 
     listed = CliRunner().invoke(main, ["config", "profiles"])
     names = [line.split("\t")[0] for line in listed.output.splitlines()]
-    assert listed.exit_code == 0 and names == ["demo", "paper", "quick"]
+    assert listed.exit_code == 0 and names == ["demo", "paper", "quick", "rsicd-dev"]
     for name in names:  # every shipped profile is a valid configuration
         assert load_config(None, overrides=[f"profile={name}"]).profile == name
     # A new file is a new profile; names are file names, never paths.

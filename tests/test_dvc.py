@@ -80,7 +80,8 @@ def test_dvc_repro_runs_then_is_up_to_date(tmp_path, mlflow_uri, tiny_base):
     # Curves: `dvc plots show` draws the fine-tuning losses and the ratio objective.
     dvc("plots", "show", "-o", str(tmp_path / "plots"))
     page = (tmp_path / "plots" / "index.html").read_text()
-    for name in ("data/finetune/raw/loss.csv", "data/finetune/clean/loss.csv", "data/select/curves.csv"):
+    for name in ("data/finetune/raw/loss.csv", "data/finetune/clean/loss.csv", "data/select/curves.csv",
+                 "histograms.png"):
         assert name in page
     # `dvc push`, then `dvc pull` into a fresh clone restores every output, byte for byte.
     dvc("push")
