@@ -136,3 +136,25 @@ def test_your_dataset_is_a_dependency_and_synth_stays_out(tmp_path):
     document["images"][0]["sentences"][0]["raw"] = "a changed caption"
     annotations.write_text(json.dumps(document))
     assert "Running stage 'ingest'" in dvc("repro", "ingest")
+
+
+def test_dvc_exp_run_sets_any_setting(tmp_path):
+    """`dvc exp run -S evaluate.fid=true` works: every setting is spelled out in params.yaml."""
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    # A one-stage pipeline that reads the evaluate section, so no stage of the demo has to run.
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  show:\n    cmd: python -c \"import yaml; print(yaml.safe_load(open('params.yaml'))['evaluate']"
+        "['fid'], file=open('fid.txt', 'w'))\"\n    params: [evaluate]\n    outs: [fid.txt]\n"
+    )
+
+    def run(*command):
+        return subprocess.run(command, cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+
+    git = ("git", "-c", "user.email=ci@dldc", "-c", "user.name=ci")
+    run("git", "init", "-q")
+    run("dvc", "init", "-q")
+    run("git", "add", "-A")
+    run(*git, "commit", "-qm", "init")
+    run("dvc", "exp", "run", "-S", "evaluate.fid=true")
+    assert (tmp_path / "fid.txt").read_text().strip() == "True"
+    assert yaml.safe_load((tmp_path / "params.yaml").read_text())["evaluate"]["fid"] is True
