@@ -369,7 +369,7 @@ def compiled_component_argv(pipeline_yaml: Path, component: str, inputs: dict[st
     """
     import yaml
 
-    spec = yaml.safe_load(pipeline_yaml.read_text())
+    spec = next(yaml.safe_load_all(pipeline_yaml.read_text()))  # then the Kubernetes platform spec
     task = spec["root"]["dag"]["tasks"][component]
     comp = spec["components"][task["componentRef"]["name"]]
     container = spec["deploymentSpec"]["executors"][comp["executorLabel"]]["container"]

@@ -7,6 +7,8 @@ Compile with `python -m pipelines compile --out dldc.pipeline.yaml`, or run loca
 `kfp.local` (see tests/test_pipeline.py). Later stages attach after `gather_scores`.
 """
 
+import json
+import os
 from pathlib import Path
 
 from kfp import compiler, dsl, kubernetes
@@ -18,7 +20,7 @@ from components.export_dataset import export_dataset
 from components.export_scorer import export_scorer
 from components.finetune import finetune
 from components.generate import generate
-from components.images import GPU_NODE_SELECTOR, GPU_RESOURCE
+from components.images import CPU_IMAGE, GPU_IMAGE, GPU_NODE_SELECTOR, GPU_RESOURCE
 from components.ingest import ingest
 from components.promote import promote
 from components.report import report
@@ -28,13 +30,37 @@ from components.select import select, select_trial
 from components.synth import synth
 from components.train_scorer import train_scorer
 
+RESOURCES = json.loads(Path(os.environ.get("DLDC_PIPELINE_RESOURCES", Path(__file__).with_name("resources.json")))
+                       .read_text(encoding="utf-8"))  # fmt: skip
 
-def _on_gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """Request one GPU (and a node selector, when DLDC_GPU_NODE_SELECTOR=key=value is set)."""
-    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
-    if GPU_NODE_SELECTOR:
-        key, _, value = GPU_NODE_SELECTOR.partition("=")
-        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+
+def _place(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
+    """Name a task and place it as resources.json says: CPU/memory, GPU, image, retries and timeout.
+
+    ``name`` is the task's key in resources.json (``finetune-clean`` uses ``finetune``'s entry). A GPU
+    task runs the CUDA image with one accelerator, the GPU node selector and the tolerations; the
+    others run the CPU image and ask for no GPU.
+    """
+    key = name if name in RESOURCES["tasks"] else name.rsplit("-", 1)[0]
+    place = {**RESOURCES["defaults"], **RESOURCES["tasks"][key]}
+    task.set_display_name(name)
+    task.set_cpu_request(place["cpu_request"]).set_cpu_limit(place["cpu_limit"])
+    task.set_memory_request(place["memory_request"]).set_memory_limit(place["memory_limit"])
+    if place["retries"]:
+        task.set_retry(num_retries=place["retries"], backoff_duration=f"{place['backoff_s']}s", backoff_factor=2.0)
+    if place["timeout_s"]:
+        kubernetes.set_timeout(task, seconds=place["timeout_s"])
+    if not place["gpu"]:
+        return task.set_container_image(CPU_IMAGE)
+    gpu = RESOURCES["gpu"]
+    task.set_container_image(GPU_IMAGE)
+    task.set_accelerator_type(GPU_RESOURCE or gpu["resource"]).set_accelerator_limit(1)
+    selector = GPU_NODE_SELECTOR or gpu["node_selector"]
+    if selector:
+        label, _, value = selector.partition("=")
+        kubernetes.add_node_selector(task, label_key=label, label_value=value)
+    for toleration in gpu["tolerations"]:
+        kubernetes.add_toleration(task, **toleration)
     return task
 
 
@@ -65,27 +91,35 @@ def dldc_pipeline(
     """
     # One MLflow parent run per pipeline run: the stages share the job id as their run group.
     group = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-    synth_task = synth(
-        n_images=n_images, size=size, noise_rate=noise_rate, seed=seed, settings=settings, run_group=group
-    ).set_display_name("synth")
-    ingest_task = ingest(
-        dataset=synth_task.outputs["dataset"], dataset_format="karpathy", settings=settings, run_group=group
-    ).set_display_name("ingest")
-    scorer_task = _on_gpu(
-        train_scorer(manifest=ingest_task.outputs["manifest"], settings=settings, run_group=group)
-    ).set_display_name("train-scorer")
-    export_task = _on_gpu(
+    synth_task = _place(
+        synth(
+            n_images=n_images, size=size, noise_rate=noise_rate, seed=seed, settings=settings, run_group=group
+        ),
+        "synth",
+    )
+    ingest_task = _place(
+        ingest(
+            dataset=synth_task.outputs["dataset"], dataset_format="karpathy", settings=settings, run_group=group
+        ),
+        "ingest",
+    )
+    scorer_task = _place(
+        train_scorer(manifest=ingest_task.outputs["manifest"], settings=settings, run_group=group),
+        "train-scorer",
+    )
+    export_task = _place(
         export_scorer(
             scorer=scorer_task.outputs["scorer"],
             manifest=ingest_task.outputs["manifest"],
             precision=export_precision,
             settings=settings,
             run_group=group,
-        )
-    ).set_display_name("export-scorer")
-    plan = plan_parts(count=score_parts).set_display_name("plan-parts")
-    with dsl.ParallelFor(plan.output) as part:
-        part_task = _on_gpu(
+        ),
+        "export-scorer",
+    )
+    plan = _place(plan_parts(count=score_parts), "plan-parts")
+    with dsl.ParallelFor(plan.output, parallelism=RESOURCES["parallelism"]["score-part"]) as part:
+        part_task = _place(
             score_part(
                 manifest=ingest_task.outputs["manifest"],
                 scorer=scorer_task.outputs["scorer"],
@@ -94,13 +128,17 @@ def dldc_pipeline(
                 extra_scorers=extra_scorers,
                 settings=settings,
                 run_group=group,
-            )
-        ).set_display_name("score-part")
-    gather_task = gather_scores(
-        parts=dsl.Collected(part_task.outputs["scores"]), settings=settings, run_group=group
-    ).set_display_name("gather-scores")
+            ),
+            "score-part",
+        )
+    gather_task = _place(
+        gather_scores(
+            parts=dsl.Collected(part_task.outputs["scores"]), settings=settings, run_group=group
+        ),
+        "gather-scores",
+    )
     # EGL: layout descriptions for the low-scoring pairs, judged by the same in-domain scorer.
-    caption_task = _on_gpu(
+    caption_task = _place(
         caption(
             manifest=ingest_task.outputs["manifest"],
             scores=gather_task.outputs["scores"],
@@ -109,16 +147,20 @@ def dldc_pipeline(
             rounds=caption_rounds,
             settings=settings,
             run_group=group,
-        )
-    ).set_display_name("caption")
+        ),
+        "caption",
+    )
 
     # Dual loop: one short LoRA per cleaning ratio (every scene cleaned at it), judged per scene on
     # held-out prompts; `select` picks r* per scene and writes the cleaned manifests.
-    base_task = build_base(
-        scorer=scorer_task.outputs["scorer"], settings=settings, run_group=group
-    ).set_display_name("build-base")
-    with dsl.ParallelFor(select_ratios) as ratio:
-        trial_task = _on_gpu(
+    base_task = _place(
+        build_base(
+            scorer=scorer_task.outputs["scorer"], settings=settings, run_group=group
+        ),
+        "build-base",
+    )
+    with dsl.ParallelFor(select_ratios, parallelism=RESOURCES["parallelism"]["select-trial"]) as ratio:
+        trial_task = _place(
             select_trial(
                 captions=caption_task.outputs["captions"],
                 scorer=scorer_task.outputs["scorer"],
@@ -126,23 +168,30 @@ def dldc_pipeline(
                 ratio=ratio,
                 settings=settings,
                 run_group=group,
-            )
-        ).set_display_name("select-trial")
-    select_task = select(
-        captions=caption_task.outputs["captions"],
-        trials=dsl.Collected(trial_task.outputs["trial"]),
-        ratios=select_ratios,
-        settings=settings,
-        run_group=group,
-    ).set_display_name("select")
+            ),
+            "select-trial",
+        )
+    select_task = _place(
+        select(
+            captions=caption_task.outputs["captions"],
+            trials=dsl.Collected(trial_task.outputs["trial"]),
+            ratios=select_ratios,
+            settings=settings,
+            run_group=group,
+        ),
+        "select",
+    )
     # The cleaned dataset itself, in the format it came in, with every pair's provenance.
-    export_dataset(
-        manifest=ingest_task.outputs["manifest"],
-        captions=caption_task.outputs["captions"],
-        selection=select_task.outputs["selection"],
-        settings=settings,
-        run_group=group,
-    ).set_display_name("export-dataset")
+    _place(
+        export_dataset(
+            manifest=ingest_task.outputs["manifest"],
+            captions=caption_task.outputs["captions"],
+            selection=select_task.outputs["selection"],
+            settings=settings,
+            run_group=group,
+        ),
+        "export-dataset",
+    )
     # The three arms of the comparison, same seeds: raw (no cleaning), clean (per-scene r*), global (one r).
     adapters = {}
     for arm, source, manifest_file in (
@@ -150,16 +199,17 @@ def dldc_pipeline(
         ("clean", select_task.outputs["selection"], "cleaned_manifest.parquet"),
         ("global", select_task.outputs["selection"], "global/cleaned_manifest.parquet"),
     ):
-        adapters[arm] = _on_gpu(
+        adapters[arm] = _place(
             finetune(
                 manifest=source,
                 base_model=base_task.outputs["base_model"],
                 manifest_file=manifest_file,
                 settings=settings,
                 run_group=group,
-            )
-        ).set_display_name(f"finetune-{arm}")
-    generate_task = _on_gpu(
+            ),
+            f"finetune-{arm}",
+        )
+    generate_task = _place(
         generate(
             manifest=ingest_task.outputs["manifest"],
             base_model=base_task.outputs["base_model"],
@@ -168,37 +218,45 @@ def dldc_pipeline(
             global_adapter=adapters["global"].outputs["adapter"],
             settings=settings,
             run_group=group,
-        )
-    ).set_display_name("generate")
-    evaluate_task = _on_gpu(
+        ),
+        "generate",
+    )
+    evaluate_task = _place(
         evaluate(
             generations=generate_task.outputs["generations"],
             manifest=ingest_task.outputs["manifest"],
             scorer=scorer_task.outputs["scorer"],
             settings=settings,
             run_group=group,
-        )
-    ).set_display_name("evaluate")
-    promote(
-        evaluation=evaluate_task.outputs["evaluation"],
-        adapter=adapters["clean"].outputs["adapter"],
-        candidate_arm="clean",
-        settings=settings,
-        run_group=group,
-    ).set_display_name("promote")
+        ),
+        "evaluate",
+    )
+    _place(
+        promote(
+            evaluation=evaluate_task.outputs["evaluation"],
+            adapter=adapters["clean"].outputs["adapter"],
+            candidate_arm="clean",
+            settings=settings,
+            run_group=group,
+        ),
+        "promote",
+    ).set_caching_options(False)  # the registry changes between runs: a cached decision would be stale
     # The cleaning report: ratios and cuts per scene with thumbnails, EGL repairs, rejects, sample grids, metrics.
-    report(
-        manifest=ingest_task.outputs["manifest"],
-        captions=caption_task.outputs["captions"],
-        selection=select_task.outputs["selection"],
-        generations=generate_task.outputs["generations"],
-        evaluation=evaluate_task.outputs["evaluation"],
-        settings=settings,
-        run_group=group,
-    ).set_display_name("report")
+    _place(
+        report(
+            manifest=ingest_task.outputs["manifest"],
+            captions=caption_task.outputs["captions"],
+            selection=select_task.outputs["selection"],
+            generations=generate_task.outputs["generations"],
+            evaluation=evaluate_task.outputs["evaluation"],
+            settings=settings,
+            run_group=group,
+        ),
+        "report",
+    )
     # Downstream proof: a segmenter trained on real SynthRS masks vs. + synthetic images of each arm
     # (both mask protocols, same budget); after `evaluate` so the cheap metrics come first.
-    _on_gpu(
+    _place(
         segment(
             dataset=synth_task.outputs["dataset"],
             base_model=base_task.outputs["base_model"],
@@ -207,8 +265,9 @@ def dldc_pipeline(
             global_adapter=adapters["global"].outputs["adapter"],
             settings=settings,
             run_group=group,
-        ).after(evaluate_task)
-    ).set_display_name("segment")
+        ).after(evaluate_task),
+        "segment",
+    )
 
 
 def compile_pipeline(out: Path) -> Path:

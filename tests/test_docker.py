@@ -382,7 +382,7 @@ def test_image_test_runs_the_command_line_from_the_compiled_pipeline(tmp_path: P
     subprocess.run([sys.executable, "-m", "pipelines", "compile", "--out", str(out)], cwd=REPO_ROOT, env=env,
                    check=True, capture_output=True)  # fmt: skip
     compiled_image, argv = image.compiled_component_argv(out, image.COMPONENT, image.COMPONENT_INPUTS, "/w/kfp")
-    spec = yaml.safe_load(out.read_text())
+    spec = next(yaml.safe_load_all(out.read_text()))
     container = spec["deploymentSpec"]["executors"][f"exec-{image.COMPONENT}"]["container"]
     assert compiled_image == tag == container["image"]
     compiled = [*container["command"], *container["args"]]

@@ -1,6 +1,7 @@
 """The Kubeflow pipeline: compiles to IR YAML and runs end to end under kfp.local."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ def test_dldc_never_imports_kfp():
 def test_pipeline_compiles_to_ir_yaml_with_the_stage_graph_of_dvc_yaml(tmp_path):
     out = tmp_path / "dldc.pipeline.yaml"
     subprocess.run([sys.executable, "-m", "pipelines", "compile", "--out", str(out)], check=True, cwd=REPO)
-    spec = yaml.safe_load(out.read_text())
+    spec = next(yaml.safe_load_all(out.read_text()))
     # The same stages, wired the same way, as `dvc repro` runs (tests/stage_graph.py reads both).
     stages = dvc_stages()
     kfp = {stage_of(task) for task in kfp_tasks(spec)}
@@ -35,15 +36,37 @@ def test_pipeline_compiles_to_ir_yaml_with_the_stage_graph_of_dvc_yaml(tmp_path)
     tasks = spec["root"]["dag"]["tasks"]
     assert tasks["for-loop-1"]["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--plan-parts-Output"
     assert tasks["for-loop-2"]["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--select_ratios"
+
+
+def test_compiled_tasks_are_placed_as_resources_json_says(tmp_path):
+    """Pods that schedule: requests and limits everywhere, GPU tasks with the CUDA image and a toleration."""
+    out = tmp_path / "dldc.pipeline.yaml"
+    subprocess.run([sys.executable, "-m", "pipelines", "compile", "--out", str(out)], check=True, cwd=REPO)
+    spec, platform = yaml.safe_load_all(out.read_text())
+    placement = json.loads((REPO / "pipelines" / "resources.json").read_text())
+    wanted_gpu = {f"exec-{name}" for name, task in placement["tasks"].items() if task.get("gpu")}
     executors = spec["deploymentSpec"]["executors"]
-    gpu = {name for name, e in executors.items() if e["container"].get("resources", {}).get("accelerator")}
-    assert gpu == {
-        "exec-train-scorer", "exec-export-scorer", "exec-score-part", "exec-caption", "exec-select-trial",
-        "exec-finetune", "exec-finetune-2", "exec-finetune-3", "exec-generate", "exec-evaluate",
-        "exec-segment",
-    }  # fmt: skip
-    assert {executors[name]["container"]["image"] for name in gpu} == {"dldc:0.1.0-cuda"}
-    assert executors["exec-ingest"]["container"]["image"] == "dldc:0.1.0-cpu"
+    kubernetes = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    gpu = {name for name, e in executors.items() if e["container"]["resources"].get("accelerator")}
+    assert {name.rstrip("-23") for name in gpu} == wanted_gpu and "exec-export-scorer" not in gpu
+    for name, executor in executors.items():
+        container = executor["container"]
+        assert {"resourceCpuLimit", "resourceMemoryLimit", "resourceCpuRequest"} <= set(container["resources"]), name
+        assert container["image"] == ("dldc:0.1.0-cuda" if name in gpu else "dldc:0.1.0-cpu"), name
+        if name in gpu:
+            assert kubernetes[name]["tolerations"] == placement["gpu"]["tolerations"], name
+    assert kubernetes["exec-finetune"]["activeDeadlineSeconds"] == str(placement["tasks"]["finetune"]["timeout_s"])
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["finetune-2"]["retryPolicy"]["maxRetryCount"] == placement["tasks"]["finetune"]["retries"]
+    assert tasks["promote"]["cachingOptions"] == {}  # never cached: the registry moves between runs
+    assert all(tasks[name]["cachingOptions"] == {"enableCache": True} for name in ("ingest", "caption", "select"))
+    assert tasks["for-loop-2"]["iteratorPolicy"]["parallelismLimit"] == placement["parallelism"]["select-trial"]
+    # One repository and tag name both images.
+    env = {**os.environ, "DLDC_IMAGE_REPO": "registry.example.com/team/dldc", "DLDC_IMAGE_TAG": "0.2.0"}
+    subprocess.run([sys.executable, "-m", "pipelines", "compile", "--out", str(out)], check=True, cwd=REPO, env=env)
+    executors = next(yaml.safe_load_all(out.read_text()))["deploymentSpec"]["executors"]
+    images = {executor["container"]["image"] for executor in executors.values()}
+    assert images == {"registry.example.com/team/dldc:0.2.0-cpu", "registry.example.com/team/dldc:0.2.0-cuda"}
 
 
 @pytest.mark.slow
@@ -129,7 +152,7 @@ def test_pipeline_runs_under_kfp_local_and_logs_to_mlflow(tmp_path, mlflow_uri, 
     from kfp import compiler
 
     compiler.Compiler().compile(dldc_pipeline, package_path=str(tmp_path / "p.yaml"))
-    tasks = kfp_tasks(yaml.safe_load((tmp_path / "p.yaml").read_text()))
+    tasks = kfp_tasks(next(yaml.safe_load_all((tmp_path / "p.yaml").read_text())))
     names = {"score_part": "score", "gather_scores": "gather_scores", "plan_parts": None}
     expected = [names.get(base, stage_of(base)) for task in tasks if (base := task.replace("-", "_"))]
     expected = [name for name in expected if name] + ["score", "select_trial"]  # the second part and ratio

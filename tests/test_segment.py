@@ -423,16 +423,16 @@ def test_segment_component_compiles_to_the_dldc_segment_call_on_a_gpu(tmp_path: 
     import dldc.run
     from components.segment import segment
     from components.synth import synth
-    from pipelines.dldc_pipeline import _on_gpu
+    from pipelines.dldc_pipeline import _place
 
     @dsl.pipeline(name="segment-only")
     def segment_only(settings: list = []):  # noqa: B006
         data = synth(n_images=20, size=16, noise_rate=0.0, seed=0, settings=settings, run_group="g")
-        _on_gpu(segment(dataset=data.outputs["dataset"], settings=settings, run_group="g"))
+        _place(segment(dataset=data.outputs["dataset"], settings=settings, run_group="g"), "segment")
 
     path = tmp_path / "segment.yaml"
     compiler.Compiler().compile(segment_only, package_path=str(path))
-    spec = yaml.safe_load(path.read_text())
+    spec = next(yaml.safe_load_all(path.read_text()))
     executor = spec["deploymentSpec"]["executors"]["exec-segment"]["container"]
     assert executor["resources"]["accelerator"]["resourceCount"] == "1" and executor["image"].endswith("-cuda")
     assert executor["args"][-2:] == ["--function_to_execute", "segment"]
