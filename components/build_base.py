@@ -11,12 +11,11 @@ def build_base(
     base_model: dsl.Output[dsl.Model],
     summary: dsl.Output[dsl.Metrics],
     settings: list,
-    run_group: str,
 ):
     """Train the demo's tiny Stable Diffusion into `base_model`; `scorer` (in-domain) checks its scenes."""
     from dldc.run import run_stage
 
-    metrics = run_stage(["build-base", "--out", base_model.path, "--check-scorer", scorer.path], settings, run_group,
+    metrics = run_stage(["build-base", "--out", base_model.path, "--check-scorer", scorer.path], settings,
                         metrics_from=base_model.path)
     for name, value in metrics.items():
         summary.log_metric(name, value)

@@ -15,7 +15,6 @@ def caption(
     backends: list,
     rounds: int,
     settings: list,
-    run_group: str,
 ):
     """Repair low-scoring captions of `manifest` (round 0: `scores`) with `backends`, judged by the in-domain model."""
     import os
@@ -40,7 +39,6 @@ def caption(
         ],
         # The embedding store travels with the output, so a retried task reuses it.
         [*settings, f"caption.cache={os.path.join(captions.path, 'embeddings')}"],
-        run_group,
         metrics_from=captions.path,
     )
     for name, value in metrics.items():

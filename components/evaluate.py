@@ -13,7 +13,6 @@ def evaluate(
     evaluation: dsl.Output[dsl.Dataset],
     summary: dsl.Output[dsl.Metrics],
     settings: list,
-    run_group: str,
 ):
     """Evaluate the arms in `generations` against the manifest's test images; the in-domain scorer is `scorer`."""
     import os
@@ -36,7 +35,6 @@ def evaluate(
             evaluation.path,
         ],
         [*settings, *scorer_settings],
-        run_group,
         metrics_from=evaluation.path,
     )
     for name, value in metrics.items():

@@ -12,7 +12,6 @@ def export_scorer(
     exported: dsl.Output[dsl.Model],
     precision: str,
     settings: list,
-    run_group: str,
 ):
     """Export the in-domain `scorer` to ONNX at `precision` behind the parity gate (calibrated on `manifest`).
 
@@ -40,5 +39,4 @@ def export_scorer(
             os.path.join(manifest.path, "manifest.parquet"),
         ],
         settings,
-        run_group,
     )

@@ -12,12 +12,11 @@ def ingest(
     counts: dsl.Output[dsl.Metrics],
     dataset_format: str,
     settings: list,
-    run_group: str,
 ):
     """Check every pair of `dataset`; write manifest.parquet, rejects.parquet, ingest.json into `manifest`."""
     from dldc.run import run_stage
 
     command = ["ingest", "--format", dataset_format, "--root", dataset.path, "--out", manifest.path]
-    metrics = run_stage(command, settings, run_group, metrics_from=manifest.path)
+    metrics = run_stage(command, settings, metrics_from=manifest.path)
     for name, value in metrics.items():
         counts.log_metric(name, value)

@@ -12,7 +12,6 @@ def promote(
     decision: dsl.Output[dsl.Artifact],
     candidate_arm: str,
     settings: list,
-    run_group: str,
 ):
     """Register `adapter` (the `candidate_arm` of `evaluation`) in MLflow and decide on the champion alias."""
     from dldc.run import run_stage
@@ -30,5 +29,4 @@ def promote(
             decision.path,
         ],
         settings,
-        run_group,
     )

@@ -22,7 +22,6 @@ def score_part(
     part: str,
     extra_scorers: list,
     settings: list,
-    run_group: str,
 ):
     """Score one slice of the manifest with the in-domain scorer (+ `extra_scorers` specs): raw scores.
 
@@ -47,7 +46,6 @@ def score_part(
             *specs,
         ],
         settings,
-        run_group,
     )
 
 
@@ -57,12 +55,11 @@ def gather_scores(
     scores: dsl.Output[dsl.Dataset],
     summary: dsl.Output[dsl.Metrics],
     settings: list,
-    run_group: str,
 ):
     """Fuse the parts' raw scores per scene into one scores.parquet."""
     from dldc.run import run_stage
 
     command = ["gather-scores", *[p.path for p in parts], "--out", scores.path]
-    metrics = run_stage(command, settings, run_group, metrics_from=scores.path)
+    metrics = run_stage(command, settings, metrics_from=scores.path)
     for name, value in metrics.items():
         summary.log_metric(name, value)

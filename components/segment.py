@@ -17,7 +17,6 @@ def segment(
     evaluation: dsl.Output[dsl.Dataset],
     summary: dsl.Output[dsl.Metrics],
     settings: list,
-    run_group: str,
     dataset_layout: str = "synthrs",
     base: str = "",
     base_model: dsl.Input[dsl.Model] = None,
@@ -33,6 +32,6 @@ def segment(
     arms = arm_args({arm: artifact.path if artifact is not None else None for arm, artifact in adapters.items()})
     args = ["segment", "--dataset", dataset_layout, "--root", dataset.path, "--out", evaluation.path]
     command = [*args, *arms, *(["--base", chosen] if chosen else [])]
-    metrics = run_stage(command, settings, run_group, metrics_from=evaluation.path)
+    metrics = run_stage(command, settings, metrics_from=evaluation.path)
     for name, value in metrics.items():
         summary.log_metric(name, value)

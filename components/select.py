@@ -13,7 +13,6 @@ def select_trial(
     summary: dsl.Output[dsl.Metrics],
     ratio: float,
     settings: list,
-    run_group: str,
     base: str = "",
     base_model: dsl.Input[dsl.Model] = None,
 ):
@@ -39,7 +38,7 @@ def select_trial(
         trial.path,
     ]
     command = [*args, *(["--base", chosen] if chosen else [])]
-    metrics = run_stage(command, [*settings, *scorer_settings], run_group, metrics_from=trial.path)
+    metrics = run_stage(command, [*settings, *scorer_settings], metrics_from=trial.path)
     for name, value in metrics.items():
         summary.log_metric(name, value)
 
@@ -52,7 +51,6 @@ def select(
     summary: dsl.Output[dsl.Metrics],
     ratios: list,
     settings: list,
-    run_group: str,
 ):
     """r* per scene from the `trials` (one per ratio in `ratios`); writes the cleaned manifests into `selection`.
 
@@ -84,7 +82,6 @@ def select(
             selection.path,
         ],
         [*settings, f"select.grid={json.dumps([float(r) for r in ratios])}"],
-        run_group,
         metrics_from=selection.path,
     )
     for name, value in metrics.items():

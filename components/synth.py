@@ -13,7 +13,6 @@ def synth(
     noise_rate: float,
     seed: int,
     settings: list,
-    run_group: str,
 ):
     """Generate SynthRS into the `dataset` artifact (Karpathy layout)."""
     from dldc.run import run_stage
@@ -33,5 +32,4 @@ def synth(
             str(seed),
         ],
         settings,
-        run_group,
     )

@@ -54,16 +54,31 @@ class TrackingConfig(_Section):
         experiment: experiment name that every stage logs into.
         artifact_location: where a newly created experiment stores artifacts; ``None`` puts
             ``mlartifacts/`` beside a SQLite store (or MLflow's default otherwise).
+        allow_local_store: track into a SQLite file or a local folder even inside a Kubernetes pod,
+            where it vanishes with the pod (off: a stage there stops and says how to point it at a server).
     """
 
     enabled: bool = True
     uri: str | None = None
     experiment: str = "dldc"
     artifact_location: str | None = None
+    allow_local_store: bool = False
 
     def resolved_uri(self) -> str:
         """The tracking URI in force (see ``uri``)."""
         return self.uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+
+    def is_local_store(self) -> bool:
+        """Whether the URI in force is a file on this machine (SQLite or a folder), not a server.
+
+        Example:
+            >>> [TrackingConfig(uri=uri).is_local_store() for uri in ("sqlite:///mlflow.db", "./mlruns")]
+            [True, True]
+            >>> TrackingConfig(uri="https://mlflow.example.com").is_local_store()
+            False
+        """
+        uri = self.resolved_uri()
+        return uri.startswith(("sqlite:", "file:")) or "://" not in uri
 
 
 class SynthConfig(_Section):

@@ -172,6 +172,12 @@ def stage_run(
     if not cfg.enabled:
         yield StageRun()
         return
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and cfg.is_local_store() and not cfg.allow_local_store:
+        raise ValueError(
+            f"tracking.uri is {cfg.resolved_uri()}, a file inside this pod: the runs would vanish with it. Give the "
+            "pods a tracking server (pipelines/resources.json \"tracking_secret\": a Kubernetes secret with the URI), "
+            "or set tracking.uri, or tracking.allow_local_store: true to keep them in the pod anyway"
+        )
     import mlflow
 
     mlflow.set_tracking_uri(cfg.resolved_uri())

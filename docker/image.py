@@ -74,8 +74,7 @@ TINY = ["indomain.architecture=indomain-test", "indomain.folds=2", "indomain.epo
         "synth.scenes=[farmland, forest]"]  # fmt: skip
 # The component whose compiled command line the test runs in the image, and its parameters.
 COMPONENT = "synth"
-COMPONENT_INPUTS = {"n_images": 20, "size": 32, "noise_rate": 0.3, "seed": 1, "settings": TINY,
-                    "run_group": "image-test"}  # fmt: skip
+COMPONENT_INPUTS = {"n_images": 20, "size": 32, "noise_rate": 0.3, "seed": 1, "settings": TINY}
 
 
 class ImageError(RuntimeError):

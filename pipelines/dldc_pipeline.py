@@ -30,6 +30,8 @@ from components.select import select, select_trial
 from components.synth import synth
 from components.train_scorer import train_scorer
 
+RUN_GROUP_ENV = "DLDC_RUN_GROUP"  # dldc.tracking.RUN_GROUP_ENV
+RUN_ID_FIELD = "metadata.labels['pipeline/runid']"  # KFP's label on every pod of a run
 RESOURCES = json.loads(Path(os.environ.get("DLDC_PIPELINE_RESOURCES", Path(__file__).with_name("resources.json")))
                        .read_text(encoding="utf-8"))  # fmt: skip
 
@@ -44,6 +46,13 @@ def _place(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
     key = name if name in RESOURCES["tasks"] else name.rsplit("-", 1)[0]
     place = {**RESOURCES["defaults"], **RESOURCES["tasks"][key]}
     task.set_display_name(name)
+    # The MLflow parent run of this pipeline run, from the pod's run-id label: an input parameter
+    # would put the job id into KFP's cache key, and no task could ever be reused from the cache.
+    kubernetes.use_field_path_as_env(task, env_name=RUN_GROUP_ENV, field_path=RUN_ID_FIELD)
+    # The tracking server's URI (and credentials) from a secret: never a parameter shown in the UI.
+    secret = os.environ.get("DLDC_TRACKING_SECRET") or RESOURCES["tracking_secret"]["name"]
+    if secret:
+        kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=RESOURCES["tracking_secret"]["env"])
     task.set_cpu_request(place["cpu_request"]).set_cpu_limit(place["cpu_limit"])
     task.set_memory_request(place["memory_request"]).set_memory_limit(place["memory_limit"])
     if place["retries"]:
@@ -89,22 +98,20 @@ def dldc_pipeline(
     `select_ratios` (ParallelFor, GPU), `select` (r* per scene), LoRA fine-tunes on the raw, per-scene
     cleaned and global-ratio manifests, generation, evaluation and promotion of the clean adapter.
     """
-    # One MLflow parent run per pipeline run: the stages share the job id as their run group.
-    group = dsl.PIPELINE_JOB_ID_PLACEHOLDER
     synth_task = _place(
         synth(
-            n_images=n_images, size=size, noise_rate=noise_rate, seed=seed, settings=settings, run_group=group
+            n_images=n_images, size=size, noise_rate=noise_rate, seed=seed, settings=settings
         ),
         "synth",
     )
     ingest_task = _place(
         ingest(
-            dataset=synth_task.outputs["dataset"], dataset_format="karpathy", settings=settings, run_group=group
+            dataset=synth_task.outputs["dataset"], dataset_format="karpathy", settings=settings
         ),
         "ingest",
     )
     scorer_task = _place(
-        train_scorer(manifest=ingest_task.outputs["manifest"], settings=settings, run_group=group),
+        train_scorer(manifest=ingest_task.outputs["manifest"], settings=settings),
         "train-scorer",
     )
     export_task = _place(
@@ -113,7 +120,6 @@ def dldc_pipeline(
             manifest=ingest_task.outputs["manifest"],
             precision=export_precision,
             settings=settings,
-            run_group=group,
         ),
         "export-scorer",
     )
@@ -127,13 +133,12 @@ def dldc_pipeline(
                 part=part,
                 extra_scorers=extra_scorers,
                 settings=settings,
-                run_group=group,
             ),
             "score-part",
         )
     gather_task = _place(
         gather_scores(
-            parts=dsl.Collected(part_task.outputs["scores"]), settings=settings, run_group=group
+            parts=dsl.Collected(part_task.outputs["scores"]), settings=settings
         ),
         "gather-scores",
     )
@@ -146,7 +151,6 @@ def dldc_pipeline(
             backends=caption_backends,
             rounds=caption_rounds,
             settings=settings,
-            run_group=group,
         ),
         "caption",
     )
@@ -155,7 +159,7 @@ def dldc_pipeline(
     # held-out prompts; `select` picks r* per scene and writes the cleaned manifests.
     base_task = _place(
         build_base(
-            scorer=scorer_task.outputs["scorer"], settings=settings, run_group=group
+            scorer=scorer_task.outputs["scorer"], settings=settings
         ),
         "build-base",
     )
@@ -167,7 +171,6 @@ def dldc_pipeline(
                 base_model=base_task.outputs["base_model"],
                 ratio=ratio,
                 settings=settings,
-                run_group=group,
             ),
             "select-trial",
         )
@@ -177,7 +180,6 @@ def dldc_pipeline(
             trials=dsl.Collected(trial_task.outputs["trial"]),
             ratios=select_ratios,
             settings=settings,
-            run_group=group,
         ),
         "select",
     )
@@ -188,7 +190,6 @@ def dldc_pipeline(
             captions=caption_task.outputs["captions"],
             selection=select_task.outputs["selection"],
             settings=settings,
-            run_group=group,
         ),
         "export-dataset",
     )
@@ -205,7 +206,6 @@ def dldc_pipeline(
                 base_model=base_task.outputs["base_model"],
                 manifest_file=manifest_file,
                 settings=settings,
-                run_group=group,
             ),
             f"finetune-{arm}",
         )
@@ -217,7 +217,6 @@ def dldc_pipeline(
             clean_adapter=adapters["clean"].outputs["adapter"],
             global_adapter=adapters["global"].outputs["adapter"],
             settings=settings,
-            run_group=group,
         ),
         "generate",
     )
@@ -227,7 +226,6 @@ def dldc_pipeline(
             manifest=ingest_task.outputs["manifest"],
             scorer=scorer_task.outputs["scorer"],
             settings=settings,
-            run_group=group,
         ),
         "evaluate",
     )
@@ -237,7 +235,6 @@ def dldc_pipeline(
             adapter=adapters["clean"].outputs["adapter"],
             candidate_arm="clean",
             settings=settings,
-            run_group=group,
         ),
         "promote",
     ).set_caching_options(False)  # the registry changes between runs: a cached decision would be stale
@@ -250,7 +247,6 @@ def dldc_pipeline(
             generations=generate_task.outputs["generations"],
             evaluation=evaluate_task.outputs["evaluation"],
             settings=settings,
-            run_group=group,
         ),
         "report",
     )
@@ -264,7 +260,6 @@ def dldc_pipeline(
             clean_adapter=adapters["clean"].outputs["adapter"],
             global_adapter=adapters["global"].outputs["adapter"],
             settings=settings,
-            run_group=group,
         ).after(evaluate_task),
         "segment",
     )

@@ -315,15 +315,15 @@ def test_components_compile(tmp_path):
     from components.promote import promote
 
     @dsl.pipeline(name="evaluate-promote")
-    def wiring(settings: list = [], run_group: str = "g"):  # noqa: B006 - KFP reads the default
+    def wiring(settings: list = []):  # noqa: B006 - KFP reads the default
         generations = dsl.importer(artifact_uri="file:///g", artifact_class=dsl.Dataset)
         manifest = dsl.importer(artifact_uri="file:///m", artifact_class=dsl.Dataset)
         scorer = dsl.importer(artifact_uri="file:///s", artifact_class=dsl.Model)
         adapter = dsl.importer(artifact_uri="file:///a", artifact_class=dsl.Model)
         task = evaluate(generations=generations.output, manifest=manifest.output, scorer=scorer.output,
-                        settings=settings, run_group=run_group)  # fmt: skip
+                        settings=settings)  # fmt: skip
         promote(evaluation=task.outputs["evaluation"], adapter=adapter.output, candidate_arm="clean",
-                settings=settings, run_group=run_group)  # fmt: skip
+                settings=settings)  # fmt: skip
 
     compiler.Compiler().compile(wiring, package_path=str(tmp_path / "p.yaml"))
     text = (tmp_path / "p.yaml").read_text()

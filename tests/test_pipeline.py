@@ -61,6 +61,21 @@ def test_compiled_tasks_are_placed_as_resources_json_says(tmp_path):
     assert tasks["promote"]["cachingOptions"] == {}  # never cached: the registry moves between runs
     assert all(tasks[name]["cachingOptions"] == {"enableCache": True} for name in ("ingest", "caption", "select"))
     assert tasks["for-loop-2"]["iteratorPolicy"]["parallelismLimit"] == placement["parallelism"]["select-trial"]
+    # The run group reaches tracking from the pod's run-id label, never as an input: an input with the
+    # job id would be part of every task's cache key, and nothing could be reused from the cache.
+    assert "pipeline_job_uuid" not in out.read_text()
+    for name in executors:
+        assert kubernetes[name]["fieldPathAsEnv"] == [
+            {"name": "DLDC_RUN_GROUP", "fieldPath": "metadata.labels['pipeline/runid']"}
+        ], name
+    # With a tracking secret, every task reads the server's URI from it (not a parameter the UI shows).
+    env = {**os.environ, "DLDC_TRACKING_SECRET": "dldc-mlflow"}
+    subprocess.run([sys.executable, "-m", "pipelines", "compile", "--out", str(out)], check=True, cwd=REPO, env=env)
+    kubernetes = list(yaml.safe_load_all(out.read_text()))[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for executor in kubernetes.values():
+        (secret,) = executor["secretAsEnv"]
+        assert secret["secretName"] == "dldc-mlflow"
+        assert secret["keyToEnv"] == [{"secretKey": "uri", "envVar": "MLFLOW_TRACKING_URI"}]
     # One repository and tag name both images.
     env = {**os.environ, "DLDC_IMAGE_REPO": "registry.example.com/team/dldc", "DLDC_IMAGE_TAG": "0.2.0"}
     subprocess.run([sys.executable, "-m", "pipelines", "compile", "--out", str(out)], check=True, cwd=REPO, env=env)

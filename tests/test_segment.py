@@ -427,8 +427,8 @@ def test_segment_component_compiles_to_the_dldc_segment_call_on_a_gpu(tmp_path: 
 
     @dsl.pipeline(name="segment-only")
     def segment_only(settings: list = []):  # noqa: B006
-        data = synth(n_images=20, size=16, noise_rate=0.0, seed=0, settings=settings, run_group="g")
-        _place(segment(dataset=data.outputs["dataset"], settings=settings, run_group="g"), "segment")
+        data = synth(n_images=20, size=16, noise_rate=0.0, seed=0, settings=settings)
+        _place(segment(dataset=data.outputs["dataset"], settings=settings), "segment")
 
     path = tmp_path / "segment.yaml"
     compiler.Compiler().compile(segment_only, package_path=str(path))
@@ -453,8 +453,8 @@ def test_segment_component_compiles_to_the_dldc_segment_call_on_a_gpu(tmp_path: 
     program = namespace[executor["args"][-1]]
     calls = []
 
-    def fake_run_stage(args, settings, run_group, metrics_from):
-        calls.append((args, settings, run_group))
+    def fake_run_stage(args, settings, metrics_from):
+        calls.append((args, settings))
         assert metrics_from == args[args.index("--out") + 1]  # the stage's metrics.json is what gets logged
         return {"real.mIoU": 0.5, "pseudo-label.raw.mIoU": 0.25}
 
@@ -462,16 +462,16 @@ def test_segment_component_compiles_to_the_dldc_segment_call_on_a_gpu(tmp_path: 
     metrics: dict = {}
     artifact, summary = types.SimpleNamespace, types.SimpleNamespace(log_metric=metrics.__setitem__)
     program(dataset=artifact(path="/in/synthrs"), evaluation=artifact(path=str(tmp_path / "a")), summary=summary,
-            settings=["segment.steps=2"], run_group="job-7", base_model=artifact(path="/in/base"),
+            settings=["segment.steps=2"], base_model=artifact(path="/in/base"),
             raw_adapter=artifact(path="/in/raw"), global_adapter=artifact(path="/in/global"))  # fmt: skip
     assert calls == [(
         ["segment", "--dataset", "synthrs", "--root", "/in/synthrs", "--out", str(tmp_path / "a"),
          "--arm", "base=", "--arm", "raw=/in/raw", "--arm", "global=/in/global", "--base", "/in/base"],
-        ["segment.steps=2"], "job-7",
+        ["segment.steps=2"],
     )]  # fmt: skip
     assert metrics == {"real.mIoU": 0.5, "pseudo-label.raw.mIoU": 0.25}
     program(dataset=artifact(path="/in/dubai"), evaluation=artifact(path=str(tmp_path / "b")), summary=summary,
-            settings=[], run_group="g", dataset_layout="dubai", base="hub/sd")  # fmt: skip
+            settings=[], dataset_layout="dubai", base="hub/sd")  # fmt: skip
     assert calls[1][0] == ["segment", "--dataset", "dubai", "--root", "/in/dubai", "--out", str(tmp_path / "b"),
                            "--arm", "base=", "--base", "hub/sd"]  # fmt: skip
 

@@ -85,3 +85,19 @@ def test_run_group_from_environment_or_params(tmp_path, monkeypatch):
     first = default_run_group(params)
     params.write_text("synth: {seed: 2}\n")
     assert first.startswith("local-") and default_run_group(params) != first
+
+
+def test_a_pod_refuses_a_local_tracking_store_unless_allowed(tmp_path, monkeypatch):
+    """In a Kubernetes pod a SQLite file or folder vanishes with the pod: the stage stops and says why."""
+    from dldc.config import TrackingConfig
+
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.chdir(tmp_path)
+    local = TrackingConfig(uri=f"sqlite:///{tmp_path}/mlflow.db")
+    with pytest.raises(ValueError, match="vanish with it.*tracking_secret.*allow_local_store"), stage_run(
+        local, "ingest", {}, run_group="g"
+    ):
+        pass
+    assert not (tmp_path / "mlflow.db").exists()
+    with stage_run(local.model_copy(update={"allow_local_store": True}), "ingest", {}, run_group="g") as run:
+        assert run.enabled
