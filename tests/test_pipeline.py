@@ -174,3 +174,56 @@ def test_pipeline_runs_under_kfp_local_and_logs_to_mlflow(tmp_path, mlflow_uri, 
     assert stages == sorted(expected)
     assert {stage_of(name) for name in stages} == {stage_of(name) for name in dvc_stages()} | {"export_scorer"}
     assert all(r.info.status == "FINISHED" for r in runs if r.data.tags.get(ROLE_TAG) == "stage")
+
+
+def test_submit_uploads_the_compiled_pipeline_to_the_kfp_api(tmp_path):
+    """`python -m pipelines submit` against a local HTTP server that records the requests.
+
+    Not a KFP backend (that needs Kubernetes): the server answers the four calls kfp.Client makes
+    (health, find the experiment, create it, create the run), and the test checks what was sent.
+    """
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    requests = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def _reply(self, body):
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):  # noqa: N802 - http.server's name
+            requests.append(("GET", self.path, None))
+            self._reply({"experiments": []} if "/experiments" in self.path else {})
+
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            requests.append(("POST", self.path, body))
+            if self.path.endswith("/experiments"):
+                self._reply({"experiment_id": "exp-1", "display_name": body["display_name"]})
+            else:
+                self._reply({"run_id": "run-1", "experiment_id": "exp-1", "display_name": body["display_name"]})
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        command = [sys.executable, "-m", "pipelines", "submit", "--host", f"http://127.0.0.1:{server.server_port}",
+                   "--run-name", "demo", "--param", "n_images=40", "--param", "select_ratios=[0.0, 0.2]"]  # fmt: skip
+        out = subprocess.run(command, check=True, cwd=REPO, capture_output=True, text=True).stdout
+    finally:
+        server.shutdown()
+    assert "started run run-1" in out
+    posts = {path: body for method, path, body in requests if method == "POST"}
+    assert posts["/apis/v2beta1/experiments"]["display_name"] == "dldc"
+    run = posts["/apis/v2beta1/runs"]
+    assert run["display_name"] == "demo" and run["experiment_id"] == "exp-1"
+    assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "dldc"
+    assert "platform_spec" in run["pipeline_spec"]  # the Kubernetes placement travels with the spec
+    assert run["runtime_config"]["parameters"] == {"n_images": 40, "select_ratios": [0.0, 0.2]}
