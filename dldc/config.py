@@ -74,11 +74,14 @@ class TrackingConfig(_Section):
         Example:
             >>> [TrackingConfig(uri=uri).is_local_store() for uri in ("sqlite:///mlflow.db", "./mlruns")]
             [True, True]
-            >>> TrackingConfig(uri="https://mlflow.example.com").is_local_store()
-            False
+            >>> [TrackingConfig(uri=uri).is_local_store() for uri in ("https://mlflow.example.com", "databricks")]
+            [False, False]
         """
         uri = self.resolved_uri()
-        return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+        if uri.startswith(("sqlite:", "file:")):
+            return True
+        # A bare path is a folder store; bare names like `databricks` are servers.
+        return "://" not in uri and uri.split(":")[0] not in ("databricks", "databricks-uc", "uc")
 
 
 class SynthConfig(_Section):

@@ -50,7 +50,8 @@ def submit(args: argparse.Namespace) -> str:
         run_name=args.run_name,
         experiment_name=args.experiment,
         namespace=args.namespace,
-        enable_caching=not args.no_cache,
+        # None keeps each task's own setting (promote is never cached); True would override them all.
+        enable_caching=False if args.no_cache else None,
     )
     return run.run_id
 

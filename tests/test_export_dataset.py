@@ -125,3 +125,31 @@ def test_folder_export_via_the_cli_and_a_foreign_cleaned_manifest_is_refused(tmp
     write_manifest(tmp_path / "other.parquet", other.to_dict("records"), read_manifest(cleaned)[1])
     result = CliRunner().invoke(main, [str(tmp_path / "other.parquet") if a == str(cleaned) else a for a in args])
     assert result.exit_code != 0 and "comes from another dataset" in result.output
+
+
+def test_exports_that_cannot_keep_the_source_layout_are_refused(rsicd_small, tmp_path):
+    # Annotations in a subfolder of the root are written at the same place in the export.
+    (rsicd_small / "ann").mkdir()
+    (rsicd_small / "dataset_rsicd.json").rename(rsicd_small / "ann" / "dataset_rsicd.json")
+    cfg = IngestConfig(root=str(rsicd_small), out=str(tmp_path / "ingest"), annotations="ann/dataset_rsicd.json")
+    first = ingest(cfg, progress=False)
+    _, kept, cleaned, dropped = _clean(first.manifest, tmp_path / "select")
+    report = export_dataset(first.manifest, cleaned, tmp_path / "export", dropped=dropped)
+    assert report["annotations"] == "ann/dataset_rsicd.json" and (tmp_path / "export" / "ann").is_dir()
+    # A Karpathy file is rewritten from the source's own entries: a folder dataset has none.
+    folder = tmp_path / "folder"
+    (folder / "lake").mkdir(parents=True)
+    _textured(1).save(folder / "lake" / "0.png")
+    (folder / "captions.jsonl").write_text(json.dumps({"image": "lake/0.png", "caption": "a lake"}) + "\n")
+    second = ingest(IngestConfig(format="folder", root=str(folder), out=str(tmp_path / "i2")), progress=False)
+    with pytest.raises(ValueError, match="export it as folder"):
+        export_dataset(second.manifest, second.manifest, tmp_path / "e2", fmt="karpathy")
+    # An image reached through `..` (back into the root) has no place under the export.
+    frame, meta = read_manifest(second.manifest)
+    frame["image"] = "../folder/lake/0.png"
+    write_manifest(tmp_path / "escaping.parquet", frame.to_dict("records"), meta)
+    escaping = tmp_path / "i2" / "escaping.parquet"
+    shutil.move(tmp_path / "escaping.parquet", escaping)
+    with pytest.raises(ValueError, match="leaves the dataset folder"):
+        export_dataset(escaping, escaping, tmp_path / "e3")
+    assert not (tmp_path / "e3").exists() and not (tmp_path / "folder" / "folder").exists()

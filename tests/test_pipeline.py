@@ -227,3 +227,5 @@ def test_submit_uploads_the_compiled_pipeline_to_the_kfp_api(tmp_path):
     assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "dldc"
     assert "platform_spec" in run["pipeline_spec"]  # the Kubernetes placement travels with the spec
     assert run["runtime_config"]["parameters"] == {"n_images": 40, "select_ratios": [0.0, 0.2]}
+    tasks = run["pipeline_spec"]["pipeline_spec"]["root"]["dag"]["tasks"]
+    assert tasks["promote"]["cachingOptions"] == {} and tasks["ingest"]["cachingOptions"] == {"enableCache": True}

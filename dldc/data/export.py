@@ -40,7 +40,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from dldc.data.images import resolve_inside
+from dldc.data.images import PathEscapeError, resolve_inside
 from dldc.data.manifest import dataset_root, read_manifest
 from dldc.io import atomic_dir, file_sha256, write_json, write_parquet
 
@@ -105,6 +105,11 @@ def export_dataset(
     fmt = meta.source_format if fmt == "source" else fmt
     if fmt not in ("karpathy", "folder"):
         raise ValueError(f"{original}: source format {meta.source_format!r} has no writer; choose karpathy or folder")
+    if fmt == "karpathy" and meta.source_format != "karpathy":
+        raise ValueError(
+            f"{original}: a Karpathy export keeps the source's own JSON entries, and this dataset came as "
+            f"{meta.source_format!r}; export it as folder (captions.jsonl)"
+        )
 
     table = provenance(source, kept, dropped=dropped, scores=scores, captions=captions, rejects=rejects)
     kept = kept.set_index("pair_id").loc[table.loc[table["status"] == KEPT, "pair_id"]].reset_index()
@@ -235,10 +240,12 @@ def _write_karpathy(root: Path, extra: dict[str, Any], kept: pd.DataFrame, out: 
         sub = entry.get("filepath") if isinstance(entry.get("filepath"), str) else ""
         image = posixpath.normpath(posixpath.join(image_dir, sub, entry["filename"]).replace("\\", "/"))
         image = image[2:] if image.startswith("./") else image
+        sentences = entry.get("sentences")
+        if not isinstance(sentences, list):  # the reader skipped it too (bad_record)
+            continue
         rows = by_image.pop(image, None)
         if rows is None:
             continue
-        sentences = entry.get("sentences") or []
         chosen = []
         for row in rows.itertuples():
             index = int(row.pair_id.rsplit(":", 1)[1])
@@ -255,7 +262,9 @@ def _write_karpathy(root: Path, extra: dict[str, Any], kept: pd.DataFrame, out: 
     if by_image:
         missing = sorted(by_image)
         raise ValueError(f"{name}: {len(missing)} kept images are not in the annotation file (e.g. {missing[0]})")
-    (out / name).write_text(json.dumps({**document, "images": entries}, ensure_ascii=False), encoding="utf-8")
+    target = resolve_inside(out, name)
+    target.parent.mkdir(parents=True, exist_ok=True)  # annotations in a subfolder of the root
+    target.write_text(json.dumps({**document, "images": entries}, ensure_ascii=False), encoding="utf-8")
     return name
 
 
@@ -273,7 +282,13 @@ def _place_images(root: Path, images: list[str], out: Path, how: str) -> int:
     linked = 0
     for image in images:
         source = resolve_inside(root, image)
-        target = out / image
+        try:  # the same relative path, so it must stay inside the export too
+            target = resolve_inside(out, image)
+        except PathEscapeError:
+            raise ValueError(
+                f"image {image!r} is reached through a path that leaves the dataset folder; the export cannot "
+                "put it under the same relative path (re-ingest with the images inside the root)"
+            ) from None
         target.parent.mkdir(parents=True, exist_ok=True)
         if how == "link":
             try:
