@@ -70,6 +70,11 @@ def _place(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
         kubernetes.add_node_selector(task, label_key=label, label_value=value)
     for toleration in gpu["tolerations"]:
         kubernetes.add_toleration(task, **toleration)
+    volume = RESOURCES["weights_volume"]
+    claim = os.environ.get("DLDC_WEIGHTS_PVC") or volume["pvc"]
+    if claim:  # the models the GPU tasks load, pre-staged: hub ids resolve offline from HF_HOME
+        kubernetes.mount_pvc(task, pvc_name=claim, mount_path=volume["mount_path"])
+        task.set_env_variable("HF_HOME", f"{volume['mount_path']}/hf").set_env_variable("HF_HUB_OFFLINE", "1")
     return task
 
 

@@ -76,6 +76,19 @@ def test_compiled_tasks_are_placed_as_resources_json_says(tmp_path):
         (secret,) = executor["secretAsEnv"]
         assert secret["secretName"] == "dldc-mlflow"
         assert secret["keyToEnv"] == [{"secretKey": "uri", "envVar": "MLFLOW_TRACKING_URI"}]
+    # A volume of pre-staged weights on every GPU task, with the Hugging Face cache pointed at it.
+    env = {**os.environ, "DLDC_WEIGHTS_PVC": "dldc-models"}
+    subprocess.run([sys.executable, "-m", "pipelines", "compile", "--out", str(out)], check=True, cwd=REPO, env=env)
+    spec, platform = yaml.safe_load_all(out.read_text())
+    kubernetes = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        mounted = kubernetes[name].get("pvcMount", [])
+        env_vars = {e["name"]: e["value"] for e in executor["container"].get("env", [])}
+        if name in gpu:
+            assert [m["mountPath"] for m in mounted] == ["/models"], name
+            assert env_vars == {"HF_HOME": "/models/hf", "HF_HUB_OFFLINE": "1"}, name
+        else:
+            assert mounted == [] and "HF_HOME" not in env_vars, name
     # One repository and tag name both images.
     env = {**os.environ, "DLDC_IMAGE_REPO": "registry.example.com/team/dldc", "DLDC_IMAGE_TAG": "0.2.0"}
     subprocess.run([sys.executable, "-m", "pipelines", "compile", "--out", str(out)], check=True, cwd=REPO, env=env)
