@@ -28,7 +28,7 @@ lint:
 repro:
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
 
-# A first look in about two minutes on 2 cores (the `quick` profile): SynthRS -> ingest -> in-domain
+# A first look in about half a minute on 2 idle cores (the `quick` profile): SynthRS -> ingest -> in-domain
 # scorer -> scores -> per-scene ratios (proxy) -> the cleaned dataset and its report, in build/quick/.
 QUICK_STAGES = synth ingest train-scorer score select export-dataset report
 quick:
