@@ -313,12 +313,15 @@ class RegistryConfig(_Section):
     Attributes:
         model_name: registered model name; every adapter is a version of it.
         alias: the alias ``dldc promote`` moves to a better version.
+        challenger_alias: the alias every newly evaluated candidate gets, whatever the decision (the
+            version to look at next; ``champion`` moves only through the gate).
         adapter_files: glob patterns (relative to the adapter folder, top level) of the files
             registered; checkpoints and optimizer states in sub-folders are left out.
     """
 
     model_name: str = "dldc-t2i-lora"
     alias: str = "champion"
+    challenger_alias: str = "challenger"
     adapter_files: list[str] = Field(default_factory=lambda: ["*.safetensors", "*.json"], min_length=1)
 
 

@@ -169,6 +169,8 @@ def test_promotion_history(cfg_for, tmp_path, mlflow_uri):
     rejected = next(v for v in versions if v.version == decision["candidate"]["version"])
     assert rejected.tags["promotion.outcome"] == "rejected" and rejected.tags["promotion.compared_with"] == "1"
     assert client(mlflow_uri).get_model_version_by_alias(name, "champion").version == champion.version
+    # ... but it is the challenger: the version to look at next.
+    assert client(mlflow_uri).get_model_version_by_alias(name, "challenger").version == rejected.version
 
     # A better one by more than the margins: promoted.
     third = make_adapter(tmp_path / "a3", 3.0)

@@ -14,7 +14,8 @@ Flow (:func:`promote`):
    lower FID/KID/FD/KD, higher CLIP scores). A first candidate with no champion is promoted, and
    the decision says so;
 5. record the decision: ``decision.json`` and ``promotion.*`` tags on the candidate version
-   (and the alias, when promoted).
+   (and the alias, when promoted). Every candidate also gets ``registry.challenger_alias``
+   (``challenger``), whatever the decision.
 
 Example:
     >>> from dldc.config import PromoteCriterion
@@ -226,10 +227,12 @@ def promote(cfg: DldcConfig, run: Any) -> dict[str, Any]:
         protocol=protocol,
     )
     champion = registry.version_by_alias(cfg.registry.alias)
+    registry.set_alias(cfg.registry.challenger_alias, candidate.version)  # whatever the gate decides below
     decision: dict[str, Any] = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model_name": cfg.registry.model_name,
         "alias": cfg.registry.alias,
+        "challenger_alias": cfg.registry.challenger_alias,
         "candidate": {
             "version": candidate.version,
             "arm": section.candidate_arm,
