@@ -359,6 +359,11 @@ class PromoteConfig(_Section):
         require_same_protocol: only compare with a champion whose metrics were measured under the
             same protocol (same real images, prompts, seeds, resolution and extractors), or that
             is itself an arm of this evaluation; otherwise do not promote and say why.
+        baselines: arms of the same evaluation the candidate must also beat on every criterion
+            metric, with the paired-bootstrap interval of the difference clear of zero (arms the
+            evaluation lacks are skipped, and the decision says so); ``[]``: the champion only.
+        scene_tolerance: and no scene may be worse than a baseline by more than this fraction of the
+            baseline's value (``null``: scenes not checked).
     """
 
     evaluation: str = "data/evaluate"
@@ -375,6 +380,8 @@ class PromoteConfig(_Section):
     )
     scene: str = "all"
     require_same_protocol: bool = True
+    baselines: list[str] = Field(default_factory=lambda: ["raw", "global"])
+    scene_tolerance: float | None = Field(0.25, ge=0.0)
 
 
 # Versioned layout-description prompts of the EGL (``caption.prompts``): id -> template with the

@@ -279,8 +279,20 @@ def test_cli_evaluate_then_promote(project, tmp_path, mlflow_uri):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "clean: FD-indomain" in result.output and "%" in result.output
+    # The gate also asks the candidate to beat the raw arm of the same evaluation, with the paired
+    # interval clear of zero: FD-indomain is (clean 0.2 vs raw 0.5 noise), CLIPScore-indomain is not.
+    result = runner.invoke(main, [*settings, "promote", "--evaluation", str(out), "--out", str(tmp_path / "p0")])
+    assert result.exit_code == 0, result.output
+    gated = json.loads((tmp_path / "p0" / "decision.json").read_text())
+    assert gated["outcome"] == "rejected" and "not the baselines" in gated["reason"]
+    by_metric = {c["metric"]: c for c in gated["baselines"] if c["baseline"] == "raw"}
+    assert by_metric["FD-indomain"]["passed"] and by_metric["FD-indomain"]["ci_high"] < 0
+    assert not by_metric["CLIPScore-indomain"]["interval_clear"]
+    assert [c["passed"] for c in gated["baselines"] if c["baseline"] == "global"] == [None]  # no such arm
     result = runner.invoke(
-        main, [*settings, "promote", "--evaluation", str(out), "--out", str(tmp_path / "promote")]
+        main,
+        [*settings, "-S", "promote.baselines=[]", "promote", "--evaluation", str(out),
+         "--out", str(tmp_path / "promote")],  # fmt: skip
     )
     assert result.exit_code == 0, result.output
     decision = json.loads((tmp_path / "promote" / "decision.json").read_text())

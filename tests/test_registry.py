@@ -211,3 +211,34 @@ def test_bad_requests_are_explained(cfg_for, tmp_path):
     empty.mkdir()
     with pytest.raises(ValueError, match="no files matching"):
         adapter_digest(empty, ["*.safetensors"])
+
+
+def test_baseline_checks_want_a_clear_interval_and_no_scene_far_behind(tmp_path):
+    import pandas as pd
+
+    from dldc.registry.promote import baseline_checks
+
+    rows = [  # FD: lower is better; clean beats raw overall, but is 50% worse in the lake scene
+        {"scene": "all", "arm": "clean", "metric": "FD", "value": 1.0, "higher_is_better": False},
+        {"scene": "all", "arm": "raw", "metric": "FD", "value": 2.0, "higher_is_better": False},
+        {"scene": "lake", "arm": "clean", "metric": "FD", "value": 3.0, "higher_is_better": False},
+        {"scene": "lake", "arm": "raw", "metric": "FD", "value": 2.0, "higher_is_better": False},
+    ]
+    results = {"arms": {"clean": {}, "raw": {}}, "metrics": rows, "protocol": {"ci": 0.9}}
+    boot = [{"scene": "all", "arm": arm, "metric": "FD", "replicate": i, "value": centre + 0.1 * (i % 3)}
+            for arm, centre in (("clean", 1.0), ("raw", 2.0)) for i in range(30)]  # fmt: skip
+    pd.DataFrame(boot).to_parquet(tmp_path / "bootstrap.parquet")
+    (lenient,) = baseline_checks(tmp_path, results, "clean", ["raw"], ["FD"], scene_tolerance=None)
+    assert lenient["passed"] and lenient["interval_clear"] and lenient["delta"] == -1.0
+    (strict,) = baseline_checks(tmp_path, results, "clean", ["raw"], ["FD"], scene_tolerance=0.25)
+    assert not strict["passed"] and strict["scenes_worse"] == ["lake"]
+    (tolerant,) = baseline_checks(tmp_path, results, "clean", ["raw"], ["FD"], scene_tolerance=0.6)
+    assert tolerant["passed"]
+    # No replicates: the interval is unknown, and unknown is not clear.
+    (tmp_path / "bootstrap.parquet").unlink()
+    (blind,) = baseline_checks(tmp_path, results, "clean", ["raw"], ["FD"])
+    assert not blind["passed"] and blind["ci_low"] is None
+    assert baseline_checks(tmp_path, results, "clean", ["global", "clean"], ["FD"]) == [
+        {"baseline": "global", "passed": None, "note": "not another arm of this evaluation"},
+        {"baseline": "clean", "passed": None, "note": "not another arm of this evaluation"},
+    ]

@@ -12,7 +12,9 @@ Flow (:func:`promote`):
 4. :func:`decide`: the candidate must beat the champion on every ``promote.criteria`` metric by
    its margin, in the direction the evaluation records for the metric (its ``higher_is_better``:
    lower FID/KID/FD/KD, higher CLIP scores). A first candidate with no champion is promoted, and
-   the decision says so;
+   the decision says so. :func:`baseline_checks`: it must also beat the ``promote.baselines``
+   arms of the same evaluation (``raw``, ``global``) with the paired-bootstrap interval clear of
+   zero, and no scene may be worse than a baseline by more than ``promote.scene_tolerance``;
 5. record the decision: ``decision.json`` and ``promotion.*`` tags on the candidate version
    (and the alias, when promoted). Every candidate also gets ``registry.challenger_alias``
    (``challenger``), whatever the decision.
@@ -37,8 +39,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from dldc.config import DldcConfig, PromoteCriterion
 from dldc.evaluate import ALL_SCENES, metric_directions, read_evaluation
+from dldc.evaluate.bootstrap import paired_interval
+from dldc.evaluate.results import BOOTSTRAP_FILE
 from dldc.io import write_json
 from dldc.registry.data_version import data_version, manifest_from_adapter
 from dldc.registry.models import (
@@ -164,6 +170,65 @@ def _describe(result: CriterionResult) -> str:
     )
 
 
+def baseline_checks(
+    folder: str | Path,
+    results: dict[str, Any],
+    candidate: str,
+    baselines: list[str],
+    metrics: list[str],
+    scene: str = ALL_SCENES,
+    scene_tolerance: float | None = None,
+) -> list[dict[str, Any]]:
+    """The candidate arm against each baseline arm of the same evaluation, metric by metric.
+
+    A check passes when the paired-bootstrap interval of ``candidate − baseline`` (the evaluation's
+    shared draws, at its confidence level) lies wholly on the better side of zero, and, with
+    ``scene_tolerance``, no scene is worse than the baseline by more than that fraction of the
+    baseline's value. Without bootstrap replicates the interval is unknown and the check fails.
+    A baseline the evaluation lacks (or the candidate itself) is skipped, with ``passed: None``.
+    """
+    import numpy as np
+
+    path = Path(folder) / BOOTSTRAP_FILE
+    replicates: dict[tuple[str, str, str], np.ndarray] = {}
+    if path.is_file():
+        table = pd.read_parquet(path)
+        for key, group in table.groupby(["scene", "arm", "metric"]):
+            replicates[key] = group.sort_values("replicate")["value"].to_numpy(dtype=float)
+    values = {(r["scene"], r["arm"], r["metric"]): r["value"] for r in results["metrics"]}
+    directions = metric_directions(results["metrics"])
+    level = results.get("protocol", {}).get("ci", 0.95)
+    checks = []
+    for baseline in baselines:
+        if baseline == candidate or baseline not in results["arms"]:
+            checks.append({"baseline": baseline, "passed": None, "note": "not another arm of this evaluation"})
+            continue
+        for metric in metrics:
+            higher = directions.get(metric, True)
+            mine = _finite(values.get((scene, candidate, metric)))
+            theirs = _finite(values.get((scene, baseline, metric)))
+            low, high = paired_interval(replicates.get((scene, candidate, metric)),
+                                        replicates.get((scene, baseline, metric)), level)  # fmt: skip
+            clear = bool(low > 0) if higher else bool(high < 0)  # NaN (no replicates) is not clear
+            worse = []
+            if scene_tolerance is not None:
+                for (s, arm, m), base in values.items():
+                    own, base = _finite(values.get((s, candidate, m))), _finite(base)
+                    if arm != baseline or m != metric or s == ALL_SCENES or own is None or base is None:
+                        continue
+                    loss = (base - own) if higher else (own - base)
+                    if loss > scene_tolerance * abs(base):
+                        worse.append(s)
+            passed = mine is not None and theirs is not None and clear and not worse
+            checks.append({
+                "baseline": baseline, "metric": metric, "candidate": mine, "value": theirs,
+                "delta": None if mine is None or theirs is None else mine - theirs,
+                "ci_low": None if math.isnan(low) else low, "ci_high": None if math.isnan(high) else high,
+                "higher_is_better": higher, "interval_clear": clear, "scenes_worse": sorted(worse), "passed": passed,
+            })  # fmt: skip
+    return checks
+
+
 def arm_metrics(results: dict[str, Any], arm: str, scene: str = ALL_SCENES) -> dict[str, float]:
     """``{metric: value}`` of one arm and scene of an evaluation's ``results.json``.
 
@@ -272,8 +337,19 @@ def promote(cfg: DldcConfig, run: Any) -> dict[str, Any]:
         else:
             directions = metric_directions(results["metrics"])
             promoted, criteria, reason = decide(metrics, champion_metrics, section.criteria, directions)
+            checks = baseline_checks(section.evaluation, results, section.candidate_arm, section.baselines,
+                                     [c.metric for c in section.criteria], section.scene, section.scene_tolerance)
+            failed = [c for c in checks if c["passed"] is False]
+            if promoted and failed:
+                promoted = False
+                reason = "beats the champion, but not the baselines: " + "; ".join(
+                    f"{c['metric']} vs {c['baseline']}: delta {c['delta']} [{c['ci_low']}, {c['ci_high']}]"
+                    + (f", worse in {', '.join(c['scenes_worse'])}" if c["scenes_worse"] else "")
+                    for c in failed
+                )
             outcome = "promoted" if promoted else "rejected"
-            decision.update(promoted=promoted, outcome=outcome, reason=reason, criteria=[asdict(c) for c in criteria])
+            decision.update(promoted=promoted, outcome=outcome, reason=reason, criteria=[asdict(c) for c in criteria],
+                            baselines=checks)  # fmt: skip
             if promoted:
                 registry.set_alias(cfg.registry.alias, candidate.version)
     registry.record_decision(candidate.version, decision)
