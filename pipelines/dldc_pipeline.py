@@ -29,8 +29,8 @@ from components.segment import segment
 from components.select import select, select_trial
 from components.synth import synth
 from components.train_scorer import train_scorer
+from dldc.tracking import RUN_GROUP_ENV
 
-RUN_GROUP_ENV = "DLDC_RUN_GROUP"  # dldc.tracking.RUN_GROUP_ENV
 RUN_ID_FIELD = "metadata.labels['pipeline/runid']"  # KFP's label on every pod of a run
 RESOURCES = json.loads(Path(os.environ.get("DLDC_PIPELINE_RESOURCES", Path(__file__).with_name("resources.json")))
                        .read_text(encoding="utf-8"))  # fmt: skip

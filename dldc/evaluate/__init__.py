@@ -7,7 +7,14 @@ evaluation take it from the evaluation's rows with :func:`metric_directions`.
 
 from dldc.evaluate.evaluate import evaluate_generations
 from dldc.evaluate.metrics import ALL_SCENES, Metric, metric_directions
-from dldc.evaluate.results import SUMMARY_FILE, EvaluationResult, read_evaluation, summary, write_evaluation
+from dldc.evaluate.results import (
+    SUMMARY_FILE,
+    EvaluationResult,
+    read_evaluation,
+    read_replicates,
+    summary,
+    write_evaluation,
+)
 
 __all__ = [
     "ALL_SCENES",
@@ -17,6 +24,7 @@ __all__ = [
     "evaluate_generations",
     "metric_directions",
     "read_evaluation",
+    "read_replicates",
     "summary",
     "write_evaluation",
 ]

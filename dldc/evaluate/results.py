@@ -214,6 +214,22 @@ def write_evaluation(result: EvaluationResult, out: str | Path) -> Path:
     return out
 
 
+def read_replicates(folder: str | Path) -> dict[tuple[str, str, str], np.ndarray]:
+    """The bootstrap replicates an evaluation wrote: ``{(scene, arm, metric): values}``, in replicate order.
+
+    The draws are shared across arms, so two arms' arrays pair up. Empty when the evaluation ran
+    without bootstrap (``evaluate.bootstrap: 0``) or the folder has no ``bootstrap.parquet``.
+    """
+    path = Path(folder) / BOOTSTRAP_FILE
+    if not path.is_file():
+        return {}
+    frame = pd.read_parquet(path).sort_values("replicate")
+    return {
+        (str(scene), str(arm), str(metric)): rows["value"].to_numpy(dtype=float)
+        for (scene, arm, metric), rows in frame.groupby(["scene", "arm", "metric"], sort=False)
+    }
+
+
 def read_evaluation(folder: str | Path) -> dict[str, Any]:
     """Read ``results.json`` of an evaluation folder.
 

@@ -39,12 +39,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from dldc.config import DldcConfig, PromoteCriterion
-from dldc.evaluate import ALL_SCENES, metric_directions, read_evaluation
+from dldc.evaluate import ALL_SCENES, metric_directions, read_evaluation, read_replicates
 from dldc.evaluate.bootstrap import paired_interval
-from dldc.evaluate.results import BOOTSTRAP_FILE
 from dldc.io import write_json
 from dldc.registry.data_version import data_version, manifest_from_adapter
 from dldc.registry.models import (
@@ -187,14 +184,7 @@ def baseline_checks(
     baseline's value. Without bootstrap replicates the interval is unknown and the check fails.
     A baseline the evaluation lacks (or the candidate itself) is skipped, with ``passed: None``.
     """
-    import numpy as np
-
-    path = Path(folder) / BOOTSTRAP_FILE
-    replicates: dict[tuple[str, str, str], np.ndarray] = {}
-    if path.is_file():
-        table = pd.read_parquet(path)
-        for key, group in table.groupby(["scene", "arm", "metric"]):
-            replicates[key] = group.sort_values("replicate")["value"].to_numpy(dtype=float)
+    replicates = read_replicates(folder)
     values = {(r["scene"], r["arm"], r["metric"]): r["value"] for r in results["metrics"]}
     directions = metric_directions(results["metrics"])
     level = results.get("protocol", {}).get("ci", 0.95)

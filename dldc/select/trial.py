@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from dldc.config import DldcConfig
 from dldc.io import (
@@ -256,12 +255,10 @@ def trial_replicates(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
 
     Empty when the trial ran without bootstrap (``select.trial_bootstrap: 0``) or predates it.
     """
-    file = Path(path) / "evaluate" / "bootstrap.parquet"
-    if not file.is_file():
-        return {}
-    frame = pd.read_parquet(file)
-    frame = frame[frame["arm"] == TRIAL_ARM].sort_values("replicate")
+    from dldc.evaluate import read_replicates
+
     found: dict[str, dict[str, np.ndarray]] = {}
-    for (scene, metric), rows in frame.groupby(["scene", "metric"], sort=False):
-        found.setdefault(str(scene), {})[str(metric)] = rows["value"].to_numpy(dtype=float)
+    for (scene, arm, metric), values in read_replicates(Path(path) / "evaluate").items():
+        if arm == TRIAL_ARM:
+            found.setdefault(scene, {})[metric] = values
     return found
