@@ -15,6 +15,7 @@ def caption(
     backends: list,
     rounds: int,
     settings: list,
+    profile: str,
 ):
     """Repair low-scoring captions of `manifest` (round 0: `scores`) with `backends`, judged by the in-domain model."""
     import os
@@ -40,6 +41,7 @@ def caption(
         # The embedding store travels with the output, so a retried task reuses it.
         [*settings, f"caption.cache={os.path.join(captions.path, 'embeddings')}"],
         metrics_from=captions.path,
+        profile=profile,
     )
     for name, value in metrics.items():
         summary.log_metric(name, value)

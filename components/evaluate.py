@@ -13,6 +13,7 @@ def evaluate(
     evaluation: dsl.Output[dsl.Dataset],
     summary: dsl.Output[dsl.Metrics],
     settings: list,
+    profile: str,
 ):
     """Evaluate the arms in `generations` against the manifest's test images; the in-domain scorer is `scorer`."""
     import os
@@ -36,6 +37,7 @@ def evaluate(
         ],
         [*settings, *scorer_settings],
         metrics_from=evaluation.path,
+        profile=profile,
     )
     for name, value in metrics.items():
         summary.log_metric(name, value)

@@ -13,6 +13,7 @@ def export_dataset(
     dataset: dsl.Output[dsl.Dataset],
     summary: dsl.Output[dsl.Metrics],
     settings: list,
+    profile: str,
 ):
     """Write the pairs `selection` kept (EGL captions in place) in the format `manifest` was ingested from.
 
@@ -34,6 +35,6 @@ def export_dataset(
         "--dropped", os.path.join(selection.path, "dropped.parquet"),
         "--out", dataset.path,
     ]  # fmt: skip
-    metrics = run_stage(command, settings, metrics_from=dataset.path)
+    metrics = run_stage(command, settings, metrics_from=dataset.path, profile=profile)
     for name, value in metrics.items():
         summary.log_metric(name, value)

@@ -12,6 +12,7 @@ def export_scorer(
     exported: dsl.Output[dsl.Model],
     precision: str,
     settings: list,
+    profile: str,
 ):
     """Export the in-domain `scorer` to ONNX at `precision` behind the parity gate (calibrated on `manifest`).
 
@@ -39,4 +40,5 @@ def export_scorer(
             os.path.join(manifest.path, "manifest.parquet"),
         ],
         settings,
+        profile=profile,
     )

@@ -15,6 +15,7 @@ def finetune(
     adapter: dsl.Output[dsl.Model],
     summary: dsl.Output[dsl.Metrics],
     settings: list,
+    profile: str,
     base: str = "",
     base_model: dsl.Input[dsl.Model] = None,
     manifest_file: str = "manifest.parquet",
@@ -31,6 +32,6 @@ def finetune(
     chosen = base_model.path if base_model is not None else base
     args = ["finetune", "--manifest", os.path.join(manifest.path, manifest_file), "--out", adapter.path]
     command = [*args, *(["--base", chosen] if chosen else [])]
-    metrics = run_stage(command, settings, metrics_from=adapter.path)
+    metrics = run_stage(command, settings, metrics_from=adapter.path, profile=profile)
     for name, value in metrics.items():
         summary.log_metric(name, value)

@@ -14,6 +14,7 @@ def generate(
     generations: dsl.Output[dsl.Dataset],
     summary: dsl.Output[dsl.Metrics],
     settings: list,
+    profile: str,
     base: str = "",
     base_model: dsl.Input[dsl.Model] = None,
     raw_adapter: dsl.Input[dsl.Model] = None,
@@ -30,6 +31,6 @@ def generate(
     arms = arm_args({arm: artifact.path if artifact is not None else None for arm, artifact in adapters.items()})
     args = ["generate", "--manifest", os.path.join(manifest.path, "manifest.parquet"), "--out", generations.path]
     command = [*args, *arms, *(["--base", chosen] if chosen else [])]
-    metrics = run_stage(command, settings, metrics_from=generations.path)
+    metrics = run_stage(command, settings, metrics_from=generations.path, profile=profile)
     for name, value in metrics.items():
         summary.log_metric(name, value)

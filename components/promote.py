@@ -12,6 +12,7 @@ def promote(
     decision: dsl.Output[dsl.Artifact],
     candidate_arm: str,
     settings: list,
+    profile: str,
 ):
     """Register `adapter` (the `candidate_arm` of `evaluation`) in MLflow and decide on the champion alias."""
     from dldc.run import run_stage
@@ -29,4 +30,5 @@ def promote(
             decision.path,
         ],
         settings,
+        profile=profile,
     )

@@ -14,6 +14,7 @@ def report(
     page: dsl.Output[dsl.HTML],
     summary: dsl.Output[dsl.Metrics],
     settings: list,
+    profile: str,
     generations: dsl.Input[dsl.Dataset] = None,
     evaluation: dsl.Input[dsl.Dataset] = None,
 ):
@@ -50,6 +51,6 @@ def report(
             command += [f"--{flag}", artifact.path]
     unset = [f"report.{name}=null" for name, artifact in (("generations", generations), ("evaluation", evaluation))
              if artifact is None]
-    metrics = run_stage(command, [*settings, *unset], metrics_from=folder.path)
+    metrics = run_stage(command, [*settings, *unset], metrics_from=folder.path, profile=profile)
     for name, value in metrics.items():
         summary.log_metric(name, value)

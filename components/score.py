@@ -22,6 +22,7 @@ def score_part(
     part: str,
     extra_scorers: list,
     settings: list,
+    profile: str,
 ):
     """Score one slice of the manifest with the in-domain scorer (+ `extra_scorers` specs): raw scores.
 
@@ -46,6 +47,7 @@ def score_part(
             *specs,
         ],
         settings,
+        profile=profile,
     )
 
 
@@ -55,11 +57,12 @@ def gather_scores(
     scores: dsl.Output[dsl.Dataset],
     summary: dsl.Output[dsl.Metrics],
     settings: list,
+    profile: str,
 ):
     """Fuse the parts' raw scores per scene into one scores.parquet."""
     from dldc.run import run_stage
 
     command = ["gather-scores", *[p.path for p in parts], "--out", scores.path]
-    metrics = run_stage(command, settings, metrics_from=scores.path)
+    metrics = run_stage(command, settings, metrics_from=scores.path, profile=profile)
     for name, value in metrics.items():
         summary.log_metric(name, value)

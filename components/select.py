@@ -13,6 +13,7 @@ def select_trial(
     summary: dsl.Output[dsl.Metrics],
     ratio: float,
     settings: list,
+    profile: str,
     base: str = "",
     base_model: dsl.Input[dsl.Model] = None,
 ):
@@ -38,7 +39,7 @@ def select_trial(
         trial.path,
     ]
     command = [*args, *(["--base", chosen] if chosen else [])]
-    metrics = run_stage(command, [*settings, *scorer_settings], metrics_from=trial.path)
+    metrics = run_stage(command, [*settings, *scorer_settings], metrics_from=trial.path, profile=profile)
     for name, value in metrics.items():
         summary.log_metric(name, value)
 
@@ -46,13 +47,16 @@ def select_trial(
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def select(
     captions: dsl.Input[dsl.Dataset],
-    trials: dsl.Input[list[dsl.Dataset]],
     selection: dsl.Output[dsl.Dataset],
     summary: dsl.Output[dsl.Metrics],
     ratios: list,
     settings: list,
+    profile: str,
+    mode: str = "loop",
+    trials: dsl.Input[list[dsl.Dataset]] = None,
 ):
-    """r* per scene from the `trials` (one per ratio in `ratios`); writes the cleaned manifests into `selection`.
+    """r* per scene: from the `trials` (one per ratio in `ratios`) in `loop` mode, from the scores alone in
+    `proxy` mode; writes the cleaned manifests into `selection`.
 
     `selection` holds `cleaned_manifest.parquet` (per-scene r*), `global/cleaned_manifest.parquet`,
     `dropped.parquet`, `selection.json`, `results.md` and `plots/`.
@@ -65,13 +69,13 @@ def select(
 
     # `dldc select` reads <trials>/*/trial.json: link each trial artifact into one folder.
     gathered = tempfile.mkdtemp(prefix="trials-")
-    for index, artifact in enumerate(trials):
+    for index, artifact in enumerate(trials or []):
         os.symlink(artifact.path, os.path.join(gathered, f"trial-{index}"))
     metrics = run_stage(
         [
             "select",
             "--mode",
-            "loop",
+            mode,
             "--scores",
             os.path.join(captions.path, "scores.parquet"),
             "--manifest",
@@ -83,6 +87,7 @@ def select(
         ],
         [*settings, f"select.grid={json.dumps([float(r) for r in ratios])}"],
         metrics_from=selection.path,
+        profile=profile,
     )
     for name, value in metrics.items():
         summary.log_metric(name, value)

@@ -13,6 +13,7 @@ def synth(
     noise_rate: float,
     seed: int,
     settings: list,
+    profile: str,
 ):
     """Generate SynthRS into the `dataset` artifact (Karpathy layout)."""
     from dldc.run import run_stage
@@ -32,4 +33,5 @@ def synth(
             str(seed),
         ],
         settings,
+        profile=profile,
     )

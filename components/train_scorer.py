@@ -6,7 +6,7 @@ from components.images import GPU_IMAGE
 
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
-def train_scorer(manifest: dsl.Input[dsl.Dataset], scorer: dsl.Output[dsl.Model], settings: list):
+def train_scorer(manifest: dsl.Input[dsl.Dataset], scorer: dsl.Output[dsl.Model], settings: list, profile: str):
     """Train the cross-fitted in-domain scorer on `manifest` into the `scorer` artifact."""
     import os
 
@@ -15,4 +15,5 @@ def train_scorer(manifest: dsl.Input[dsl.Dataset], scorer: dsl.Output[dsl.Model]
     run_stage(
         ["train-scorer", "--manifest", os.path.join(manifest.path, "manifest.parquet"), "--out", scorer.path],
         settings,
+        profile=profile,
     )

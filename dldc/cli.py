@@ -6,13 +6,11 @@ wins over the profile defaults (see :mod:`dldc.config`).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
 from dldc.config import DEFAULT_PARAMS_FILE, ConfigError, DldcConfig, load_config
 from dldc.messages import configure_logging, one_line_error
@@ -415,12 +413,30 @@ def fetch_scorer(obj: _Context, reference: str, out: str) -> None:
 @click.option(
     "--check-scorer", type=click.Path(file_okay=False), help="In-domain scorer for the scene check [base.check_scorer]."
 )
+@click.option(
+    "--from",
+    "named",
+    help="Name an existing base instead of training one: org/name[@revision], an absolute folder, "
+    "or models:/NAME@ALIAS.",
+)
 @click.pass_obj
-def build_base(obj: _Context, out: str | None, steps: int | None, check_scorer: str | None) -> None:
-    """Train the demo's tiny Stable Diffusion from scratch on a SynthRS pretraining split (save_pretrained folder)."""
-    from dldc.stages import run_build_base
+def build_base(obj: _Context, out: str | None, steps: int | None, check_scorer: str | None, named: str | None) -> None:
+    """Train the demo's tiny Stable Diffusion from scratch on a SynthRS pretraining split (save_pretrained folder).
+
+    With --from, OUT instead stands for the named base (a reference file, or the registered model's
+    pipeline folder) and nothing is trained: every stage given OUT as its base loads that model.
+    """
+    from dldc.stages import run_build_base, run_name_base
 
     cfg = obj.config(**{"base.out": out, "base.steps": steps, "base.check_scorer": check_scorer})
+    if named:
+        try:
+            named_as = run_name_base(cfg, named)
+        except (ValueError, OSError) as err:
+            raise click.ClickException(str(err)) from None
+        revision = f" at revision {named_as['revision']}" if named_as["revision"] else ""
+        click.echo(f"{cfg.base.out} stands for {named_as['base']}{revision}")
+        return
     try:
         report = run_build_base(cfg, progress=obj.progress)
     except (ValueError, FileNotFoundError, OSError) as err:
@@ -624,53 +640,6 @@ def segment(
     click.echo(f"wrote {cfg.segment.out}/results.json ({len(report['runs'])} runs, {report['seconds']} s)")
 
 
-@main.group()
-def config() -> None:
-    """Inspect the resolved configuration."""
-
-
-@config.command("show")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of YAML.")
-@click.pass_obj
-def config_show(obj: _Context, as_json: bool) -> None:
-    """Print the configuration after profile, params file and overrides."""
-    data = obj.config().model_dump(mode="json")
-    click.echo(json.dumps(data, indent=2) if as_json else yaml.safe_dump(data, sort_keys=False))
-
-
-@config.command("profiles")
-def config_profiles() -> None:
-    """List the profiles (dldc/profiles/*.yaml) a params file can name as ``profile:``."""
-    from dldc.config import list_profiles
-
-    for name, about in list_profiles().items():
-        click.echo(f"{name}\t{about}")
-
-
-@config.command("init")
-@click.option("--profile", "profile", default="demo", show_default=True, help="Profile to write out in full.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Params file to write (e.g. params.yaml).")
-@click.option("--force", is_flag=True, help="Overwrite an existing file.")
-def config_init(profile: str, out: str, force: bool) -> None:
-    """Write a params file with every setting of a profile (the profile's values, then the defaults).
-
-    A params file's values win over its profile's, so switching ``profile:`` in a demo params.yaml
-    keeps the demo's values; start from this file instead.
-    """
-    from dldc.config import ConfigError, profile_params
-
-    path = Path(out)
-    if path.exists() and not force:
-        raise click.ClickException(f"{path} exists; pass --force to overwrite it")
-    try:
-        data = {"profile": profile, **{k: v for k, v in profile_params(profile).items() if k != "profile"}}
-    except ConfigError as err:
-        raise click.ClickException(str(err)) from None
-    header = f"# dldc parameters: every setting of the {profile!r} profile (`dldc config init --profile {profile}`).\n"
-    path.write_text(header + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    click.echo(f"wrote {path} ({profile} profile)")
-
-
 def _parse_arms(arms: tuple[str, ...]) -> dict[str, str] | None:
     """``--arm NAME=ADAPTER_DIR`` values as ``{name: adapter}`` (``None`` when none were given)."""
     if not arms:
@@ -706,8 +675,10 @@ def _print_ingest_summary(report: dict[str, Any], out: Path) -> None:
 
 
 # Commands kept beside their library (cli.py stays short): registered here, so `dldc --help` lists them.
+from dldc.cli_config import config  # noqa: E402
 from dldc.cli_report import report  # noqa: E402
 
+main.add_command(config)
 main.add_command(report)
 
 

@@ -118,7 +118,11 @@ class IngestConfig(_Section):
     Attributes:
         format: ``karpathy`` (RSICD/UCM/Sydney JSON) or ``folder`` (``<scene>/<image>`` +
             ``captions.jsonl`` or ``captions.csv``).
-        root: dataset root; every image path must stay inside it.
+        root: dataset root; every image path must stay inside it. Or a URL that fsspec reads
+            (``s3://``, ``gs://`` with the s3 / gs extras; ``file://``), fetched into ``<out>/dataset``.
+        copy_dataset: copy a local root into ``<out>/dataset`` (hard links where possible) and read
+            it there, so the output folder carries its images (Kubeflow: later pods get only the
+            manifest artifact). See :mod:`dldc.data.source`.
         out: output directory for ``manifest.parquet``, ``rejects.parquet``, ``ingest.json``.
         annotations: Karpathy JSON file relative to ``root``; ``None`` finds the single
             ``dataset*.json`` in ``root``.
@@ -143,6 +147,7 @@ class IngestConfig(_Section):
 
     format: Literal["karpathy", "folder"] = "karpathy"
     root: str = "data/synthrs"
+    copy_dataset: bool = False
     out: str = "data/ingest"
     annotations: str | None = None
     image_dir: str | None = None

@@ -22,14 +22,17 @@ def run_stage(
     settings: Sequence[str] = (),
     run_group: str | None = None,
     metrics_from: str | Path | None = None,
+    profile: str = "",
 ) -> dict[str, float]:
-    """Run ``dldc --no-progress [-S setting]... ARGS`` in a child process.
+    """Run ``dldc --no-progress [-S profile=PROFILE] [-S setting]... ARGS`` in a child process.
 
     Args:
         args: the command and its flags, e.g. ``["ingest", "--root", path, "--out", out]``.
         settings: ``key=value`` overrides, passed as ``-S``.
         run_group: the MLflow parent-run group (``DLDC_RUN_GROUP``) the stage's run joins.
         metrics_from: the stage's output folder, whose ``metrics.json`` is returned.
+        profile: the profile the settings start from (``dldc config profiles``); empty: the params
+            file's, or ``demo`` without one.
 
     Returns:
         The stage's metrics (``{}`` without ``metrics_from`` or when the stage wrote none).
@@ -37,7 +40,8 @@ def run_stage(
     Raises:
         subprocess.CalledProcessError: the command failed (its output is on stderr).
     """
-    overrides = [arg for setting in settings for arg in ("-S", setting)]
+    chosen = [f"profile={profile}"] if profile else []
+    overrides = [arg for setting in [*chosen, *settings] for arg in ("-S", setting)]
     env = {**os.environ, **({RUN_GROUP_ENV: run_group} if run_group else {})}
     command = [sys.executable, "-m", "dldc", "--no-progress", *overrides, *args]
     subprocess.run(command, check=True, env=env)

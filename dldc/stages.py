@@ -201,6 +201,17 @@ def run_export_scorer(cfg: DldcConfig, progress: bool = True, from_export: str |
     return result
 
 
+def run_name_base(cfg: DldcConfig, spec: str) -> dict[str, Any]:
+    """Make ``cfg.base.out`` stand for the existing base ``spec`` (:func:`dldc.t2i.models.name_base`); log it."""
+    from dldc.t2i.models import name_base
+
+    with stage_run(cfg.tracking, "build_base", {"from": spec, "out": cfg.base.out}) as run:
+        named = name_base(spec, cfg.base.out)
+        run.set_tags({"base": named["base"], "base_revision": named["revision"] or ""})
+        run.finish(cfg.base.out, {"trained": 0})
+    return named
+
+
 def run_build_base(cfg: DldcConfig, progress: bool = True) -> dict[str, Any]:
     """Train the tiny demo Stable Diffusion into ``cfg.base.out``; log its losses, timings and scene check."""
     from dldc.t2i.base import REPORT_FILE, SAMPLES_FILE, build_base

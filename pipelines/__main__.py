@@ -3,6 +3,7 @@ not in the wheel or the image):
 
     python -m pipelines compile --out dldc.pipeline.yaml
     python -m pipelines submit --host https://kubeflow.example.com/pipeline [--param n_images=400]...
+    python -m pipelines run-local --root kfp-local [--param dataset_uri=/data/rsicd]...
 
 ``DLDC_IMAGE_REPO`` / ``DLDC_IMAGE_TAG`` choose the images the tasks run (components/images.py),
 ``DLDC_TRACKING_SECRET`` the secret they read the MLflow server from, ``pipelines/resources.json``
@@ -70,9 +71,19 @@ def main(argv: list[str] | None = None) -> None:
                             help="a pipeline parameter (repeatable), e.g. settings='[\"profile=paper\"]'")
     submit_cmd.add_argument("--package", type=Path, default=None, help="an already compiled pipeline [compile now]")
     submit_cmd.add_argument("--no-cache", action="store_true", help="run every task again (KFP's cache off)")
+    local_cmd = commands.add_parser("run-local", help="run the pipeline here with kfp.local (no cluster)")
+    local_cmd.add_argument("--root", required=True, type=Path, help="folder for the run's artifacts")
+    local_cmd.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a pipeline parameter")
     args = parser.parse_args(argv)
     if args.command == "compile":
         print(f"wrote {compile_pipeline(args.out)}")
+    elif args.command == "run-local":
+        from pipelines import local
+        from pipelines.dldc_pipeline import dldc_pipeline
+
+        local.init(args.root)
+        dldc_pipeline(**parse_params(args.param))
+        print(f"finished; artifacts under {args.root}")
     else:
         print(f"started run {submit(args)} on {args.host}")
 

@@ -1,7 +1,9 @@
-"""The dldc Kubeflow pipeline: synth → ingest → train-scorer → score (fanned out) → gather → caption →
-build-base → select-trial (fanned out over ratios) → select → export-dataset (the cleaned set) and finetune
-(raw, clean, global) → generate → evaluate → promote and report (the cleaning report), and segment
-(downstream segmentation) after evaluate.
+"""The dldc Kubeflow pipeline: ingest (your dataset, or SynthRS from synth) → train-scorer → score (fanned
+out) → gather → caption → select (proxy, or the dual loop: build-base or name-base → select-trial fanned out
+over ratios) → export-dataset (the cleaned set) and finetune (raw, clean, global) → generate → evaluate →
+promote and report (the cleaning report), and segment (downstream segmentation, SynthRS) after evaluate.
+Conditions (dsl.If) skip what a run does not need: synth when a dataset is given, build-base when a base
+is named, everything after selection with train_models false.
 
 Compile with `python -m pipelines compile --out dldc.pipeline.yaml`, or run locally with
 `kfp.local` (see tests/test_pipeline.py). Later stages attach after `gather_scores`.
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from kfp import compiler, dsl, kubernetes
 
-from components.build_base import build_base
+from components.build_base import build_base, name_base
 from components.caption import caption
 from components.evaluate import evaluate
 from components.export_dataset import export_dataset
@@ -78,8 +80,42 @@ def _place(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
     return task
 
 
+def _mount_dataset_volume(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """The volume a `dataset_uri` folder lives on, and the object store's credentials, for the ingest task."""
+    volume = RESOURCES["data_volume"]
+    claim = os.environ.get("DLDC_DATA_PVC") or volume["pvc"]
+    if claim:
+        kubernetes.mount_pvc(task, pvc_name=claim, mount_path=volume["mount_path"])
+    secret = os.environ.get("DLDC_DATA_SECRET") or RESOURCES["data_secret"]["name"]
+    if secret:
+        kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=RESOURCES["data_secret"]["env"])
+    return task
+
+
+def _clean_dataset(manifest, captions, selection, settings: list, profile: str, generations=None, evaluation=None):
+    """The cleaned dataset (in the format it came in, with every pair's provenance) and the cleaning report:
+    ratios and cuts per scene with thumbnails, EGL repairs, rejects and, after fine-tuning, sample grids and
+    metrics."""
+    _place(
+        export_dataset(manifest=manifest, captions=captions, selection=selection, settings=settings, profile=profile),
+        "export-dataset",
+    )
+    results = {} if generations is None else {"generations": generations, "evaluation": evaluation}
+    _place(
+        report(manifest=manifest, captions=captions, selection=selection, settings=settings, profile=profile,
+               **results),  # fmt: skip
+        "report",
+    )
+
+
 @dsl.pipeline(name="dldc", description="Dual Loop Data Cleaning for remote-sensing text-to-image data.")
 def dldc_pipeline(
+    dataset_uri: str = "",
+    dataset_format: str = "karpathy",
+    profile: str = "demo",
+    base_model: str = "",
+    train_models: bool = True,
+    select_mode: str = "loop",
     n_images: int = 400,
     size: int = 64,
     noise_rate: float = 0.3,
@@ -87,187 +123,121 @@ def dldc_pipeline(
     score_parts: int = 2,
     extra_scorers: list = [],  # noqa: B006 - KFP reads the default as the parameter's default value
     settings: list = [],  # noqa: B006
-    caption_backends: list = ["mask2text:synthrs", "retrieval"],  # noqa: B006
+    caption_backends: list = [],  # noqa: B006
     caption_rounds: int = 2,
     export_precision: str = "none",
     select_ratios: list = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5],  # noqa: B006
 ):
-    """SynthRS → ingest → in-domain scorer → scoring over `score_parts` slices → fused scores.
+    """Your dataset (or SynthRS) → ingest → in-domain scorer → scores → EGL captions → r* per scene → the
+    cleaned dataset and its report, then LoRA arms → generation → evaluation → promotion.
 
-    `settings` are `key=value` overrides passed to every stage (`dldc -S`); `extra_scorers`
-    are scorer specs (e.g. `open_clip:ViT-L-14:openai`) scored beside the in-domain model;
-    `caption_backends` and `caption_rounds` drive the EGL loop (`dldc caption`) after scoring;
-    `export_precision` (`fp32`, `fp16` or `int8`; default `none`) exports the in-domain scorer to
-    ONNX behind the parity gate before scoring, and the score parts then run the export.
-    Then the dual loop: `build_base` (the demo's tiny Stable Diffusion), one `select_trial` per ratio of
-    `select_ratios` (ParallelFor, GPU), `select` (r* per scene), LoRA fine-tunes on the raw, per-scene
-    cleaned and global-ratio manifests, generation, evaluation and promotion of the clean adapter.
+    `dataset_uri`: the dataset to clean, in `dataset_format` (`karpathy` or `folder`): a folder on the
+    mounted data volume (resources.json `data_volume`, `DLDC_DATA_PVC`) or a URL ingest reads
+    (`s3://bucket/rsicd`, `gs://...`; credentials from `data_secret`). Empty: SynthRS is generated
+    (`n_images`, `size`, `noise_rate`, `seed`). `profile` is the settings profile of every stage
+    (`demo`, `paper`, `rsicd-dev`, ...); `settings` are `key=value` overrides on top (`dldc -S`).
+    `base_model`: the text-to-image base, `org/name[@revision]` (hub id, loaded from the weights volume
+    when `HF_HUB_OFFLINE=1`), an absolute folder on that volume, or `models:/NAME@ALIAS`; empty: the
+    demo's tiny base is trained (`build_base`). `train_models` false stops at the cleaned dataset and
+    its report (selection by `select_mode` `proxy` then: the loop trains models). `select_mode`
+    `loop` runs one `select_trial` per ratio of `select_ratios` (ParallelFor, GPU); `proxy` ranks by
+    the scores alone. `extra_scorers` are scorer specs scored beside the in-domain model;
+    `caption_backends` (empty: the profile's) and `caption_rounds` drive the EGL loop;
+    `export_precision` (`fp32`, `fp16` or `int8`; default `none`) exports the in-domain scorer to ONNX
+    behind the parity gate, and the score parts then run the export.
     """
-    synth_task = _place(
-        synth(
-            n_images=n_images, size=size, noise_rate=noise_rate, seed=seed, settings=settings
-        ),
-        "synth",
-    )
-    ingest_task = _place(
-        ingest(
-            dataset=synth_task.outputs["dataset"], dataset_format="karpathy", settings=settings
-        ),
-        "ingest",
-    )
-    scorer_task = _place(
-        train_scorer(manifest=ingest_task.outputs["manifest"], settings=settings),
-        "train-scorer",
-    )
+    common = {"settings": settings, "profile": profile}
+    with dsl.If(dataset_uri == "", name="synthrs"):
+        synth_task = _place(synth(n_images=n_images, size=size, noise_rate=noise_rate, seed=seed, **common), "synth")
+        synth_ingest = _place(ingest(dataset=synth_task.outputs["dataset"], dataset_format="karpathy", **common),
+                              "ingest")  # fmt: skip
+    with dsl.Else(name="your-dataset"):
+        given_ingest = _mount_dataset_volume(
+            _place(ingest(dataset_uri=dataset_uri, dataset_format=dataset_format, **common), "ingest")
+        )
+    # Every later task gets this one artifact, which carries the dataset's images (ingest copies them).
+    manifest = dsl.OneOf(synth_ingest.outputs["manifest"], given_ingest.outputs["manifest"])
+    scorer_task = _place(train_scorer(manifest=manifest, **common), "train-scorer")
     export_task = _place(
-        export_scorer(
-            scorer=scorer_task.outputs["scorer"],
-            manifest=ingest_task.outputs["manifest"],
-            precision=export_precision,
-            settings=settings,
-        ),
+        export_scorer(scorer=scorer_task.outputs["scorer"], manifest=manifest, precision=export_precision, **common),
         "export-scorer",
     )
     plan = _place(plan_parts(count=score_parts), "plan-parts")
     with dsl.ParallelFor(plan.output, parallelism=RESOURCES["parallelism"]["score-part"]) as part:
         part_task = _place(
-            score_part(
-                manifest=ingest_task.outputs["manifest"],
-                scorer=scorer_task.outputs["scorer"],
-                exported=export_task.outputs["exported"],
-                part=part,
-                extra_scorers=extra_scorers,
-                settings=settings,
-            ),
+            score_part(manifest=manifest, scorer=scorer_task.outputs["scorer"],
+                       exported=export_task.outputs["exported"], part=part, extra_scorers=extra_scorers,
+                       **common),  # fmt: skip
             "score-part",
         )
-    gather_task = _place(
-        gather_scores(
-            parts=dsl.Collected(part_task.outputs["scores"]), settings=settings
-        ),
-        "gather-scores",
-    )
+    gather_task = _place(gather_scores(parts=dsl.Collected(part_task.outputs["scores"]), **common), "gather-scores")
     # EGL: layout descriptions for the low-scoring pairs, judged by the same in-domain scorer.
     caption_task = _place(
-        caption(
-            manifest=ingest_task.outputs["manifest"],
-            scores=gather_task.outputs["scores"],
-            scorer=scorer_task.outputs["scorer"],
-            backends=caption_backends,
-            rounds=caption_rounds,
-            settings=settings,
-        ),
+        caption(manifest=manifest, scores=gather_task.outputs["scores"], scorer=scorer_task.outputs["scorer"],
+                backends=caption_backends, rounds=caption_rounds, **common),  # fmt: skip
         "caption",
     )
+    captions = caption_task.outputs["captions"]
 
-    # Dual loop: one short LoRA per cleaning ratio (every scene cleaned at it), judged per scene on
-    # held-out prompts; `select` picks r* per scene and writes the cleaned manifests.
-    base_task = _place(
-        build_base(
-            scorer=scorer_task.outputs["scorer"], settings=settings
-        ),
-        "build-base",
-    )
-    with dsl.ParallelFor(select_ratios, parallelism=RESOURCES["parallelism"]["select-trial"]) as ratio:
-        trial_task = _place(
-            select_trial(
-                captions=caption_task.outputs["captions"],
-                scorer=scorer_task.outputs["scorer"],
-                base_model=base_task.outputs["base_model"],
-                ratio=ratio,
-                settings=settings,
-            ),
-            "select-trial",
+    with dsl.If(train_models == True, name="train-models"):  # noqa: E712 - a KFP condition, not Python truth
+        with dsl.If(base_model == "", name="demo-base"):
+            built = _place(build_base(scorer=scorer_task.outputs["scorer"], **common), "build-base")
+        with dsl.Else(name="named-base"):
+            named = _place(name_base(base=base_model, **common), "name-base")
+        base = dsl.OneOf(built.outputs["base_model"], named.outputs["base_model"])
+        # Dual loop: one short LoRA per cleaning ratio (every scene cleaned at it), judged per scene on
+        # held-out prompts; `select` picks r* per scene and writes the cleaned manifests.
+        with dsl.If(select_mode == "loop", name="dual-loop"):
+            with dsl.ParallelFor(select_ratios, parallelism=RESOURCES["parallelism"]["select-trial"]) as ratio:
+                trial_task = _place(
+                    select_trial(captions=captions, scorer=scorer_task.outputs["scorer"], base_model=base,
+                                 ratio=ratio, **common),  # fmt: skip
+                    "select-trial",
+                )
+            looped = _place(
+                select(captions=captions, trials=dsl.Collected(trial_task.outputs["trial"]), ratios=select_ratios,
+                       mode="loop", **common),  # fmt: skip
+                "select",
+            )
+        with dsl.Else(name="by-scores"):
+            ranked = _place(select(captions=captions, ratios=select_ratios, mode=select_mode, **common), "select")
+        selection = dsl.OneOf(looped.outputs["selection"], ranked.outputs["selection"])
+        # The three arms of the comparison, same seeds: raw (no cleaning), clean (per-scene r*), global (one r).
+        adapters = {}
+        for arm, source, manifest_file in (
+            ("raw", manifest, "manifest.parquet"),
+            ("clean", selection, "cleaned_manifest.parquet"),
+            ("global", selection, "global/cleaned_manifest.parquet"),
+        ):
+            adapters[arm] = _place(
+                finetune(manifest=source, base_model=base, manifest_file=manifest_file, **common), f"finetune-{arm}"
+            )
+        arm_adapters = {f"{arm}_adapter": task.outputs["adapter"] for arm, task in adapters.items()}
+        generate_task = _place(generate(manifest=manifest, base_model=base, **arm_adapters, **common), "generate")
+        evaluate_task = _place(
+            evaluate(generations=generate_task.outputs["generations"], manifest=manifest,
+                     scorer=scorer_task.outputs["scorer"], **common),  # fmt: skip
+            "evaluate",
         )
-    select_task = _place(
-        select(
-            captions=caption_task.outputs["captions"],
-            trials=dsl.Collected(trial_task.outputs["trial"]),
-            ratios=select_ratios,
-            settings=settings,
-        ),
-        "select",
-    )
-    # The cleaned dataset itself, in the format it came in, with every pair's provenance.
-    _place(
-        export_dataset(
-            manifest=ingest_task.outputs["manifest"],
-            captions=caption_task.outputs["captions"],
-            selection=select_task.outputs["selection"],
-            settings=settings,
-        ),
-        "export-dataset",
-    )
-    # The three arms of the comparison, same seeds: raw (no cleaning), clean (per-scene r*), global (one r).
-    adapters = {}
-    for arm, source, manifest_file in (
-        ("raw", ingest_task.outputs["manifest"], "manifest.parquet"),
-        ("clean", select_task.outputs["selection"], "cleaned_manifest.parquet"),
-        ("global", select_task.outputs["selection"], "global/cleaned_manifest.parquet"),
-    ):
-        adapters[arm] = _place(
-            finetune(
-                manifest=source,
-                base_model=base_task.outputs["base_model"],
-                manifest_file=manifest_file,
-                settings=settings,
-            ),
-            f"finetune-{arm}",
-        )
-    generate_task = _place(
-        generate(
-            manifest=ingest_task.outputs["manifest"],
-            base_model=base_task.outputs["base_model"],
-            raw_adapter=adapters["raw"].outputs["adapter"],
-            clean_adapter=adapters["clean"].outputs["adapter"],
-            global_adapter=adapters["global"].outputs["adapter"],
-            settings=settings,
-        ),
-        "generate",
-    )
-    evaluate_task = _place(
-        evaluate(
-            generations=generate_task.outputs["generations"],
-            manifest=ingest_task.outputs["manifest"],
-            scorer=scorer_task.outputs["scorer"],
-            settings=settings,
-        ),
-        "evaluate",
-    )
-    _place(
-        promote(
-            evaluation=evaluate_task.outputs["evaluation"],
-            adapter=adapters["clean"].outputs["adapter"],
-            candidate_arm="clean",
-            settings=settings,
-        ),
-        "promote",
-    ).set_caching_options(False)  # the registry changes between runs: a cached decision would be stale
-    # The cleaning report: ratios and cuts per scene with thumbnails, EGL repairs, rejects, sample grids, metrics.
-    _place(
-        report(
-            manifest=ingest_task.outputs["manifest"],
-            captions=caption_task.outputs["captions"],
-            selection=select_task.outputs["selection"],
-            generations=generate_task.outputs["generations"],
-            evaluation=evaluate_task.outputs["evaluation"],
-            settings=settings,
-        ),
-        "report",
-    )
-    # Downstream proof: a segmenter trained on real SynthRS masks vs. + synthetic images of each arm
-    # (both mask protocols, same budget); after `evaluate` so the cheap metrics come first.
-    _place(
-        segment(
-            dataset=synth_task.outputs["dataset"],
-            base_model=base_task.outputs["base_model"],
-            raw_adapter=adapters["raw"].outputs["adapter"],
-            clean_adapter=adapters["clean"].outputs["adapter"],
-            global_adapter=adapters["global"].outputs["adapter"],
-            settings=settings,
-        ).after(evaluate_task),
-        "segment",
-    )
+        _place(
+            promote(evaluation=evaluate_task.outputs["evaluation"], adapter=adapters["clean"].outputs["adapter"],
+                    candidate_arm="clean", **common),  # fmt: skip
+            "promote",
+        ).set_caching_options(False)  # the registry changes between runs: a cached decision would be stale
+        _clean_dataset(manifest, captions, selection, generations=generate_task.outputs["generations"],
+                       evaluation=evaluate_task.outputs["evaluation"], **common)  # fmt: skip
+        # Downstream proof on SynthRS (its masks travel in ingest's copy): a segmenter trained on real masks
+        # vs. + synthetic images of each arm (both mask protocols, same budget); after `evaluate` so the
+        # cheap metrics come first.
+        with dsl.If(dataset_uri == "", name="segment-synthrs"):
+            _place(
+                segment(dataset=manifest, dataset_folder="dataset", base_model=base, **arm_adapters,
+                        **common).after(evaluate_task),  # fmt: skip
+                "segment",
+            )
+    with dsl.Else(name="clean-only"):
+        only = _place(select(captions=captions, ratios=select_ratios, mode=select_mode, **common), "select")
+        _clean_dataset(manifest, captions, only.outputs["selection"], **common)
 
 
 def compile_pipeline(out: Path) -> Path:

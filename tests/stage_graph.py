@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 KFP_STAGE = {"score_part": "score", "gather_scores": "score"}
 # Tasks only the pipeline has: planning the fan-out, and the optional ONNX export of the scorer
 # (`export_precision`, default "none": the parts then score with the torch model, as DVC does).
-KFP_ONLY = {"plan_parts", "export_scorer"}
+KFP_ONLY = {"plan_parts", "export_scorer", "name_base"}
 
 
 def dvc_stages(dvc_file: Path = REPO / "dvc.yaml", params: dict[str, Any] | None = None) -> dict[str, dict]:
@@ -58,19 +58,73 @@ def dvc_edges(stages: dict[str, dict]) -> set[tuple[str, str]]:
     return {(a, b) for a, b in edges if a != b}
 
 
-def kfp_tasks(spec: dict[str, Any]) -> dict[str, list[str]]:
-    """``{task: tasks it runs after}`` of a compiled pipeline, loops flattened into their tasks."""
-    loops = {
-        name: list(spec["components"][task["componentRef"]["name"]]["dag"]["tasks"])
-        for name, task in spec["root"]["dag"]["tasks"].items()
-        if "parameterIterator" in task or "artifactIterator" in task
-    }
-    tasks = {}
-    for name, task in spec["root"]["dag"]["tasks"].items():
-        after = [inner for dep in task.get("dependentTasks", []) for inner in loops.get(dep, [dep])]
-        for inner in loops.get(name, [name]):
-            tasks[inner] = after
+def kfp_tasks(spec: dict[str, Any]) -> dict[str, set[str]]:
+    """``{task: tasks whose outputs it reads}`` of a compiled pipeline, for every task that runs a container.
+
+    Inputs are followed through loops, conditions and ``dsl.OneOf`` / ``dsl.Collected`` (a group's
+    output resolves to the tasks inside it that produce it), so an edge is a real data dependency;
+    ordering-only ``.after()`` edges are left out.
+    """
+    components = spec["components"]
+    tasks: dict[str, set[str]] = {}
+
+    def produced_by(dag: dict, task: str, key: str, kind: str) -> set[str]:
+        inner = components[dag["tasks"][task]["componentRef"]["name"]].get("dag")
+        if inner is None:
+            return {task}
+        outputs = inner.get("outputs", {})
+        if kind == "artifact":
+            selectors = outputs["artifacts"][key]["artifactSelectors"]
+            pairs = [(s["producerSubtask"], s["outputArtifactKey"]) for s in selectors]
+        else:
+            selector = outputs["parameters"][key]
+            if "valueFromOneof" in selector:
+                pairs = [(s["producerSubtask"], s["outputParameterKey"])
+                         for s in selector["valueFromOneof"]["parameterSelectors"]]  # fmt: skip
+            else:
+                pairs = [(selector["valueFromParameter"]["producerSubtask"],
+                          selector["valueFromParameter"]["outputParameterKey"])]  # fmt: skip
+        return set().union(*(produced_by(inner, sub, out, kind) for sub, out in pairs))
+
+    def walk(dag: dict, scope: dict[str, set[str]]) -> None:
+        for name, task in dag["tasks"].items():
+            sources = {}
+            for field, kind in (("artifacts", "artifact"), ("parameters", "parameter")):
+                for input_name, given in task.get("inputs", {}).get(field, {}).items():
+                    if "taskOutputArtifact" in given:
+                        ref = given["taskOutputArtifact"]
+                        sources[input_name] = produced_by(dag, ref["producerTask"], ref["outputArtifactKey"], kind)
+                    elif "taskOutputParameter" in given:
+                        ref = given["taskOutputParameter"]
+                        sources[input_name] = produced_by(dag, ref["producerTask"], ref["outputParameterKey"], kind)
+                    else:
+                        channel = given.get("componentInputArtifact") or given.get("componentInputParameter")
+                        sources[input_name] = scope.get(channel, set())
+            inner = components[task["componentRef"]["name"]].get("dag")
+            if inner is None:
+                tasks[name] = set().union(*sources.values())
+            else:
+                walk(inner, sources)
+
+    walk(spec["root"]["dag"], {})
     return tasks
+
+
+def kfp_task_specs(spec: dict[str, Any]) -> dict[str, tuple[dict[str, Any], list[str]]]:
+    """``{task: (its spec, the conditions it runs under)}`` for every task, groups included, at any depth."""
+    found: dict[str, tuple[dict[str, Any], list[str]]] = {}
+
+    def walk(dag: dict, conditions: list[str]) -> None:
+        for name, task in dag["tasks"].items():
+            condition = task.get("triggerPolicy", {}).get("condition")
+            inside = [*conditions, condition] if condition else conditions
+            found[name] = (task, inside)
+            inner = spec["components"][task["componentRef"]["name"]].get("dag")
+            if inner is not None:
+                walk(inner, inside)
+
+    walk(spec["root"]["dag"], [])
+    return found
 
 
 def kfp_edges(spec: dict[str, Any]) -> set[tuple[str, str]]:

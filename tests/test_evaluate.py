@@ -333,9 +333,9 @@ def test_components_compile(tmp_path):
         scorer = dsl.importer(artifact_uri="file:///s", artifact_class=dsl.Model)
         adapter = dsl.importer(artifact_uri="file:///a", artifact_class=dsl.Model)
         task = evaluate(generations=generations.output, manifest=manifest.output, scorer=scorer.output,
-                        settings=settings)  # fmt: skip
+                        settings=settings, profile="demo")  # fmt: skip
         promote(evaluation=task.outputs["evaluation"], adapter=adapter.output, candidate_arm="clean",
-                settings=settings)  # fmt: skip
+                settings=settings, profile="demo")  # fmt: skip
 
     compiler.Compiler().compile(wiring, package_path=str(tmp_path / "p.yaml"))
     text = (tmp_path / "p.yaml").read_text()

@@ -255,3 +255,47 @@ def test_lone_surrogate_captions_are_rejected_and_kept_visible(tmp_path):
     rejects = pd.read_parquet(result.rejects)
     assert list(rejects["reason"]) == ["undecodable_caption"]
     assert list(rejects["caption"]) == ["bad \\udcff byte"]  # the escape as text, so the file can be written
+
+
+def _small_folder_dataset(root):
+    _folder_dataset(root)
+    lines = [{"image": "beach/0.png", "caption": "sand and sea"}, {"image": "lake/0.png", "caption": "a blue lake"},
+             {"image": "lake/1.png", "caption": "a deep lake"}]  # fmt: skip
+    (root / "captions.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+
+
+def test_copy_dataset_makes_the_output_carry_its_images(tmp_path):
+    """What a Kubeflow pod needs: the manifest folder alone, moved elsewhere, still reaches every image."""
+    root = tmp_path / "folder"
+    _small_folder_dataset(root)
+    (root / "escape.png").symlink_to(root / ".." / "outside.png")
+    _textured((9, 9, 9), seed=5).save(tmp_path / "outside.png")
+    with (root / "captions.jsonl").open("a") as handle:
+        handle.write(json.dumps({"image": "escape.png", "caption": "not ours"}) + "\n")
+    cfg = IngestConfig(format="folder", root=str(root), out=str(tmp_path / "o"), copy_dataset=True)
+    result = ingest(cfg, progress=False)
+    shutil.rmtree(root)
+    moved = tmp_path / "elsewhere"
+    shutil.move(tmp_path / "o", moved)
+    frame, meta = read_manifest(moved / "manifest.parquet")
+    assert meta.root == "dataset" and meta.extra["source"] == str(root)
+    images = dataset_root(moved / "manifest.parquet", meta)
+    assert images == (moved / "dataset").resolve()
+    assert [(images / image).is_file() for image in frame["image"]] == [True, True, True]
+    # A link that leaves the dataset stays a link in the copy, and is still rejected as leaving it.
+    assert result.report["counts"]["rejected_pairs_by_reason"] == {"path_escape": 1}
+
+
+def test_a_url_root_is_fetched_with_fsspec(tmp_path):
+    root = tmp_path / "bucket" / "rsicd"
+    _small_folder_dataset(root)
+    out = tmp_path / "o"
+    result = ingest(IngestConfig(format="folder", root=root.as_uri(), out=str(out)), progress=False)
+    frame, meta = read_manifest(result.manifest)
+    assert len(frame) == 3 and meta.root == "dataset" and result.report["root"] == root.as_uri()
+    assert (out / "dataset" / "beach" / "0.png").read_bytes() == (root / "beach" / "0.png").read_bytes()
+    assert not list(out.glob(".dataset.partial"))
+    with pytest.raises(DatasetFormatError, match="is not a folder"):
+        ingest(IngestConfig(format="folder", root=(tmp_path / "nothing").as_uri(), out=str(out)), progress=False)
+    with pytest.raises(DatasetFormatError, match="cannot read nosuchscheme://x"):
+        ingest(IngestConfig(format="folder", root="nosuchscheme://x", out=str(out)), progress=False)

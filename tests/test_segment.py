@@ -427,8 +427,8 @@ def test_segment_component_compiles_to_the_dldc_segment_call_on_a_gpu(tmp_path: 
 
     @dsl.pipeline(name="segment-only")
     def segment_only(settings: list = []):  # noqa: B006
-        data = synth(n_images=20, size=16, noise_rate=0.0, seed=0, settings=settings)
-        _place(segment(dataset=data.outputs["dataset"], settings=settings), "segment")
+        data = synth(n_images=20, size=16, noise_rate=0.0, seed=0, settings=settings, profile="demo")
+        _place(segment(dataset=data.outputs["dataset"], settings=settings, profile="demo"), "segment")
 
     path = tmp_path / "segment.yaml"
     compiler.Compiler().compile(segment_only, package_path=str(path))
@@ -441,6 +441,7 @@ def test_segment_component_compiles_to_the_dldc_segment_call_on_a_gpu(tmp_path: 
         "dataset", "base_model", "raw_adapter", "clean_adapter", "global_adapter"
     }  # fmt: skip
     assert interface["inputDefinitions"]["parameters"]["dataset_layout"]["defaultValue"] == "synthrs"
+    assert interface["inputDefinitions"]["parameters"]["dataset_folder"]["defaultValue"] == ""
     assert set(interface["outputDefinitions"]["artifacts"]) == {"evaluation", "summary"}
     wiring = spec["root"]["dag"]["tasks"]["segment"]["inputs"]
     assert wiring["artifacts"]["dataset"]["taskOutputArtifact"] == {"outputArtifactKey": "dataset",
@@ -453,8 +454,8 @@ def test_segment_component_compiles_to_the_dldc_segment_call_on_a_gpu(tmp_path: 
     program = namespace[executor["args"][-1]]
     calls = []
 
-    def fake_run_stage(args, settings, metrics_from):
-        calls.append((args, settings))
+    def fake_run_stage(args, settings, metrics_from, profile):
+        calls.append((args, settings, profile))
         assert metrics_from == args[args.index("--out") + 1]  # the stage's metrics.json is what gets logged
         return {"real.mIoU": 0.5, "pseudo-label.raw.mIoU": 0.25}
 
@@ -462,18 +463,23 @@ def test_segment_component_compiles_to_the_dldc_segment_call_on_a_gpu(tmp_path: 
     metrics: dict = {}
     artifact, summary = types.SimpleNamespace, types.SimpleNamespace(log_metric=metrics.__setitem__)
     program(dataset=artifact(path="/in/synthrs"), evaluation=artifact(path=str(tmp_path / "a")), summary=summary,
-            settings=["segment.steps=2"], base_model=artifact(path="/in/base"),
+            settings=["segment.steps=2"], profile="paper", base_model=artifact(path="/in/base"),
             raw_adapter=artifact(path="/in/raw"), global_adapter=artifact(path="/in/global"))  # fmt: skip
     assert calls == [(
         ["segment", "--dataset", "synthrs", "--root", "/in/synthrs", "--out", str(tmp_path / "a"),
          "--arm", "base=", "--arm", "raw=/in/raw", "--arm", "global=/in/global", "--base", "/in/base"],
         ["segment.steps=2"],
+        "paper",
     )]  # fmt: skip
     assert metrics == {"real.mIoU": 0.5, "pseudo-label.raw.mIoU": 0.25}
     program(dataset=artifact(path="/in/dubai"), evaluation=artifact(path=str(tmp_path / "b")), summary=summary,
-            settings=[], dataset_layout="dubai", base="hub/sd")  # fmt: skip
+            settings=[], profile="", dataset_layout="dubai", base="hub/sd")  # fmt: skip
     assert calls[1][0] == ["segment", "--dataset", "dubai", "--root", "/in/dubai", "--out", str(tmp_path / "b"),
                            "--arm", "base=", "--base", "hub/sd"]  # fmt: skip
+    # In the pipeline: SynthRS as ingest's copy, the `dataset` folder of the manifest artifact.
+    program(dataset=artifact(path="/in/manifest"), evaluation=artifact(path=str(tmp_path / "c")), summary=summary,
+            settings=[], profile="", dataset_folder="dataset")  # fmt: skip
+    assert calls[2][0][3:5] == ["--root", "/in/manifest/dataset"]
 
 
 def test_paired_batches_share_real_patches_and_sample_the_union_uniformly() -> None:

@@ -31,7 +31,7 @@ from dldc.t2i.finetune import (
     step_seed,
 )
 from dldc.t2i.generate import generate_images, select_prompts
-from dldc.t2i.models import load_pipeline, save_dummy_base
+from dldc.t2i.models import load_pipeline, name_base, resolve_base, save_dummy_base
 
 sys.path.insert(0, str(Path(__file__).parent))
 from eval_fixtures import make_manifest, train_tiny_scorer  # noqa: E402
@@ -375,3 +375,30 @@ def test_sigkilled_finetune_process_resumes_to_the_same_weights(base: str, manif
     expected = load_file(str(workdir / "sigkill-whole" / ADAPTER_FILE))
     resumed = load_file(str(workdir / "sigkill" / ADAPTER_FILE))
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)
+
+
+def test_a_named_base_loads_through_the_same_path(tmp_path, mlflow_uri, monkeypatch):
+    """`dldc build-base --from`: the folder every task gets stands for the base it names."""
+    real = save_dummy_base(tmp_path / "real").resolve()
+    named = name_base(str(real), tmp_path / "named")
+    assert named == {"base": str(real), "revision": None, "source": str(real)}
+    assert resolve_base(str(tmp_path / "named")) == (str(real), None)
+    pipe = load_pipeline(str(tmp_path / "named"))
+    assert pipe.unet.config.sample_size == 4
+    hub = name_base("stable-diffusion-v1-5/stable-diffusion-v1-5@451f4fe", tmp_path / "hub")
+    assert resolve_base(str(tmp_path / "hub"), "main") == ("stable-diffusion-v1-5/stable-diffusion-v1-5", "451f4fe")
+    assert hub["revision"] == "451f4fe"
+    with pytest.raises(ValueError, match="neither a hub id"):
+        name_base("relative/base/folder", tmp_path / "bad")
+    # A registered model holding a pipeline folder is downloaded whole: it then loads anywhere.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri)
+    run = client.create_run(client.create_experiment("t-named-base"))
+    client.log_artifacts(run.info.run_id, str(real), artifact_path="pipeline")
+    client.create_registered_model("tiny-base")
+    client.create_model_version("tiny-base", f"{run.info.artifact_uri}/pipeline", run_id=run.info.run_id)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)  # as a pod gets it (from the tracking secret)
+    fetched = name_base("models:/tiny-base/1", tmp_path / "registered")
+    assert fetched["source"] == "models:/tiny-base/1" and (tmp_path / "registered" / "model_index.json").is_file()
+    assert load_pipeline(str(tmp_path / "registered")).unet.config.sample_size == 4

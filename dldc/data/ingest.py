@@ -40,6 +40,7 @@ from dldc.data.manifest import (
     write_rejects,
 )
 from dldc.data.readers import SourceDataset, read_folder, read_karpathy
+from dldc.data.source import is_url, stage_dataset
 from dldc.io import write_json
 
 DUPLICATE_IMAGE = "duplicate_image"
@@ -65,9 +66,9 @@ class IngestResult:
     report: dict[str, Any]
 
 
-def read_source(cfg: IngestConfig) -> SourceDataset:
-    """Read the configured dataset with the matching reader."""
-    root = Path(cfg.root)
+def read_source(cfg: IngestConfig, root: Path | None = None) -> SourceDataset:
+    """Read the configured dataset with the matching reader (from ``root``, default ``cfg.root``)."""
+    root = Path(cfg.root) if root is None else root
     if cfg.format == "karpathy":
         return read_karpathy(
             root,
@@ -142,9 +143,9 @@ def ingest(cfg: IngestConfig, progress: bool = True) -> IngestResult:
     Raises:
         dldc.data.readers.DatasetFormatError: the dataset's annotation file is unreadable.
     """
-    root = Path(cfg.root)
     out = Path(cfg.out)
-    source = read_source(cfg)
+    root = stage_dataset(cfg.root, out, copy=cfg.copy_dataset)  # a URL or copy_dataset: <out>/dataset
+    source = read_source(cfg, root)
 
     kept_rows: list[dict[str, Any]] = []
     reject_rows: list[dict[str, Any]] = [
@@ -237,7 +238,7 @@ def ingest(cfg: IngestConfig, progress: bool = True) -> IngestResult:
         root=_portable_root(root, out),
         counts=report["counts"],
         dldc_version=report["dldc_version"],
-        extra={"root_absolute": str(root.resolve()), **source.details},
+        extra={"root_absolute": str(root.resolve()), "source": cfg.root, **source.details},
     )
     out.mkdir(parents=True, exist_ok=True)
     write_rejects(out / REJECTS_FILE, reject_rows)
@@ -342,7 +343,7 @@ def _report(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "dldc_version": __version__,
         "source_format": source.format,
-        "root": str(Path(cfg.root).resolve()),
+        "root": cfg.root if is_url(cfg.root) else str(Path(cfg.root).resolve()),
         "config": cfg.model_dump(mode="json"),
         "source": source.details,
         "counts": counts,

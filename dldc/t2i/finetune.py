@@ -73,6 +73,7 @@ from dldc.io import finished_report as io_finished_report
 from dldc.schedule import lr_at
 from dldc.t2i.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from dldc.t2i.data import encode_latents, load_pairs, tokenize
+from dldc.t2i.models import resolve_base
 from dldc.t2i.train_utils import min_snr_weights
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,7 @@ def fingerprint(cfg: FinetuneConfig, manifest_sha256: str, base_digest: str) -> 
 
 def base_digest(base: str, revision: str | None) -> str:
     """Identity of the base weights: a content digest for a folder, ``id@revision`` for a hub id."""
+    base, revision = resolve_base(base, revision)
     path = Path(base)
     if not path.is_dir():
         return f"{base}@{revision or 'main'}"
@@ -435,7 +437,7 @@ def _finetune(
         "config": cfg.model_dump(mode="json"),
         "manifest": str(cfg.manifest),
         "manifest_sha256": manifest_sha,
-        "base": cfg.base,
+        "base": resolve_base(cfg.base, cfg.revision)[0],  # the hub id, not a reference folder
         "base_digest": base_digest(cfg.base, cfg.revision),
         "fingerprint": run_id,
         "adapter": adapter.name,

