@@ -74,7 +74,7 @@ TINY = ["indomain.architecture=indomain-test", "indomain.folds=2", "indomain.epo
         "synth.scenes=[farmland, forest]"]  # fmt: skip
 # The component whose compiled command line the test runs in the image, and its parameters.
 COMPONENT = "synth"
-COMPONENT_INPUTS = {"n_images": 20, "size": 32, "noise_rate": 0.3, "seed": 1, "settings": TINY}
+COMPONENT_INPUTS = {"n_images": 20, "size": 32, "noise_rate": 0.3, "seed": 1, "settings": TINY, "profile": "demo"}
 
 
 class ImageError(RuntimeError):
@@ -369,7 +369,14 @@ def compiled_component_argv(pipeline_yaml: Path, component: str, inputs: dict[st
     import yaml
 
     spec = next(yaml.safe_load_all(pipeline_yaml.read_text()))  # then the Kubernetes platform spec
-    task = spec["root"]["dag"]["tasks"][component]
+    dags, task = [spec["root"]["dag"]], None
+    while dags and task is None:  # the task may sit inside a condition or a loop
+        dag = dags.pop(0)
+        task = dag["tasks"].get(component)
+        dags += [spec["components"][t["componentRef"]["name"]]["dag"] for t in dag["tasks"].values()
+                 if "dag" in spec["components"][t["componentRef"]["name"]]]  # fmt: skip
+    if task is None:
+        raise ImageError(f"the compiled pipeline has no task {component!r}")
     comp = spec["components"][task["componentRef"]["name"]]
     container = spec["deploymentSpec"]["executors"][comp["executorLabel"]]["container"]
     declared = set(comp.get("inputDefinitions", {}).get("parameters", {}))
