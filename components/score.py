@@ -6,11 +6,20 @@ from components.images import CPU_IMAGE, GPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def plan_parts(count: int) -> list[str]:
-    """The `I/N` slices that `score_part` fans out over."""
-    if count < 1:
-        raise ValueError(f"score_parts must be >= 1, got {count}")
-    return [f"{index}/{count}" for index in range(count)]
+def plan_parts(counts: dsl.Input[dsl.Metrics], count: int, part_pairs: int, max_parts: int) -> list[str]:
+    """The `I/N` slices that `score_part` fans out over: `count` of them, or (`count` 0) one per
+    `part_pairs` pairs of the manifest (ingest's `kept_pairs`), at most `max_parts` either way."""
+    import math
+
+    pairs = int(counts.metadata["kept_pairs"])
+    if count < 0 or part_pairs < 1 or max_parts < 1:
+        raise ValueError(f"need score_parts >= 0, score_part_pairs >= 1, max_parts >= 1; got {count}, {part_pairs}, "
+                         f"{max_parts}")  # fmt: skip
+    wanted = count or math.ceil(pairs / part_pairs)
+    if wanted > max_parts:
+        print(f"{wanted} score parts asked for; using {max_parts} (resources.json fan_out.max_parts)")
+    parts = max(1, min(wanted, max_parts, pairs))
+    return [f"{index}/{parts}" for index in range(parts)]
 
 
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)

@@ -120,7 +120,8 @@ def dldc_pipeline(
     size: int = 64,
     noise_rate: float = 0.3,
     seed: int = 0,
-    score_parts: int = 2,
+    score_parts: int = 0,
+    score_part_pairs: int = 50000,
     extra_scorers: list = [],  # noqa: B006 - KFP reads the default as the parameter's default value
     settings: list = [],  # noqa: B006
     caption_backends: list = [],  # noqa: B006
@@ -144,7 +145,9 @@ def dldc_pipeline(
     the scores alone. `extra_scorers` are scorer specs scored beside the in-domain model;
     `caption_backends` (empty: the profile's) and `caption_rounds` drive the EGL loop;
     `export_precision` (`fp32`, `fp16` or `int8`; default `none`) exports the in-domain scorer to ONNX
-    behind the parity gate, and the score parts then run the export.
+    behind the parity gate, and the score parts then run the export. Scoring fans out over
+    `score_parts` slices of the manifest; 0 (the default) plans one per `score_part_pairs` pairs, at
+    most resources.json's `fan_out.max_parts`.
     """
     common = {"settings": settings, "profile": profile}
     with dsl.If(dataset_uri == "", name="synthrs"):
@@ -157,12 +160,14 @@ def dldc_pipeline(
         )
     # Every later task gets this one artifact, which carries the dataset's images (ingest copies them).
     manifest = dsl.OneOf(synth_ingest.outputs["manifest"], given_ingest.outputs["manifest"])
+    counts = dsl.OneOf(synth_ingest.outputs["counts"], given_ingest.outputs["counts"])
     scorer_task = _place(train_scorer(manifest=manifest, **common), "train-scorer")
     export_task = _place(
         export_scorer(scorer=scorer_task.outputs["scorer"], manifest=manifest, precision=export_precision, **common),
         "export-scorer",
     )
-    plan = _place(plan_parts(count=score_parts), "plan-parts")
+    plan = _place(plan_parts(counts=counts, count=score_parts, part_pairs=score_part_pairs,
+                             max_parts=RESOURCES["fan_out"]["max_parts"]), "plan-parts")  # fmt: skip
     with dsl.ParallelFor(plan.output, parallelism=RESOURCES["parallelism"]["score-part"]) as part:
         part_task = _place(
             score_part(manifest=manifest, scorer=scorer_task.outputs["scorer"],

@@ -6,12 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow
-import pandas as pd
 import pytest
 import yaml
-
-from dldc.tracking import ROLE_TAG
 
 sys.path.insert(0, str(Path(__file__).parent))
 from stage_graph import (  # noqa: E402
@@ -170,138 +166,6 @@ def test_compiled_tasks_are_placed_as_resources_json_says(tmp_path):
     assert [s["secretName"] for s in kubernetes[reader]["secretAsEnv"]] == ["rs-s3"]
 
 
-@pytest.mark.slow
-def test_pipeline_runs_under_kfp_local_and_logs_to_mlflow(tmp_path, mlflow_uri, monkeypatch, tiny_base):
-    from pipelines import local
-    from pipelines.dldc_pipeline import dldc_pipeline
-
-    monkeypatch.chdir(tmp_path)
-    local.init(tmp_path / "kfp-root")
-    settings = [
-        f"tracking.uri={mlflow_uri}",
-        "tracking.experiment=t-kfp",
-        "ingest.workers=1",
-        "indomain.architecture=indomain-test",
-        "indomain.folds=2",
-        "indomain.epochs=1",
-        "synth.scenes=[farmland, forest]",  # 10 images per scene: one in val (trials) and one in test
-        *[f"base.{key}={value}" for key, value in tiny_base.items()],
-        "finetune.resolution=16",
-        "finetune.rank=4",
-        "finetune.steps=2",
-        "finetune.batch_size=4",
-        "finetune.sample_steps=1",
-        "generate.steps=1",
-        "generate.batch_size=8",
-        "generate.prompts_per_image=1",
-        "evaluate.bootstrap=10",
-        "evaluate.kid_subsets=2",
-        "evaluate.kid_subset_size=4",
-        "select.trial_steps=2",
-        "select.trial_generate_steps=1",
-        "select.trial_prompts_per_image=1",
-        "segment.patch_size=32",
-        "segment.widths=[4, 8]",
-        "segment.steps=2",
-        "segment.batch_size=4",
-        "segment.eval_every=1",
-        "segment.synthetic_per_arm=4",
-        "segment.gen_steps=1",
-        "segment.bootstrap=10",
-    ]
-    dldc_pipeline(
-        n_images=20, size=32, noise_rate=0.2, seed=1, score_parts=2, settings=settings, caption_rounds=1,
-        select_ratios=[0.0, 0.3], export_precision="fp32",  # the IEL runs on the ONNX export of the scorer
-    )
-    manifests = [p for p in (tmp_path / "kfp-root").rglob("manifest.parquet") if "caption" not in str(p)]
-    assert len(manifests) == 1
-    frame = pd.read_parquet(manifests[0])
-    assert len(frame) == 100 and frame["scene"].nunique() == 2
-    scores = [p for p in (tmp_path / "kfp-root").rglob("scores.parquet") if "gather-scores" in str(p)]
-    assert len(scores) == 1
-    fused = pd.read_parquet(scores[0])
-    (score_report,) = [p for p in (tmp_path / "kfp-root").rglob("score.json") if "gather-scores" in str(p)]
-    scorer = json.loads(score_report.read_text())["scorers"][0]
-    assert scorer["name"] == "indomain" and scorer["scorer_id"].startswith("onnx-fp32:") and scorer["scene_head"]
-    assert sorted(fused["pair_id"]) == sorted(frame["pair_id"])
-    assert fused["indomain"].between(-1, 1).all() and fused["scene_percentile"].between(0, 1).all()
-    captioned = [p for p in (tmp_path / "kfp-root").rglob("manifest.parquet") if "caption" in str(p)]
-    assert len(captioned) == 1
-    repaired = pd.read_parquet(captioned[0])
-    assert sorted(repaired["pair_id"]) == sorted(frame["pair_id"])
-    assert repaired["caption_source"].str.match(r"^(original|egl:(mask2text|retrieval):.+)$").all()
-    (selection_file,) = (tmp_path / "kfp-root").rglob("selection.json")
-    selection = json.loads(selection_file.read_text())
-    assert selection["mode"] == "loop" and set(selection["trials"]) == {"0", "0.3"}
-    assert set(selection["ratios"]) == {"farmland", "forest"}
-    (evaluation,) = [p for p in (tmp_path / "kfp-root").rglob("evaluate.json") if "select-trial" not in str(p)]
-    assert set(json.loads(evaluation.read_text())["arms"]) == {"base", "raw", "clean", "global", "real"}
-    (segmented,) = (tmp_path / "kfp-root").rglob("segment.json")
-    assert set(json.loads(segmented.read_text())) == {"real"} | {
-        f"{p}.{a}" for p in ("pseudo-label", "layout-prompt") for a in ("base", "raw", "clean", "global")
-    }
-
-    mlflow.set_tracking_uri(mlflow_uri)
-    experiment = mlflow.get_experiment_by_name("t-kfp")
-    runs = mlflow.search_runs(experiment_ids=[experiment.experiment_id], output_format="list")
-    parents = [r for r in runs if r.data.tags.get(ROLE_TAG) == "pipeline"]
-    stages = sorted(r.info.run_name for r in runs if r.data.tags.get(ROLE_TAG) == "stage")
-    assert len(parents) == 1
-    # One finished MLflow run per task of the compiled pipeline (each loop body once per item: two
-    # score parts, two ratios); planning the parts runs no stage.
-    from kfp import compiler
-
-    compiler.Compiler().compile(dldc_pipeline, package_path=str(tmp_path / "p.yaml"))
-    tasks = kfp_tasks(next(yaml.safe_load_all((tmp_path / "p.yaml").read_text())))
-    names = {"score_part": "score", "gather_scores": "gather_scores", "plan_parts": None}
-    # Branches this run does not take: a given dataset's ingest, a named base, proxy selection, the clean-only end.
-    skipped = {"ingest-2", "name-base", "select-2", "select-3", "export-dataset-2", "report-2"}
-    ran = [task for task in tasks if task not in skipped]
-    expected = [names.get(base, stage_of(base)) for task in ran if (base := task.replace("-", "_"))]
-    expected = [name for name in expected if name] + ["score", "select_trial"]  # the second part and ratio
-    assert stages == sorted(expected)
-    assert {stage_of(name) for name in stages} == {stage_of(name) for name in dvc_stages()} | {"export_scorer"}
-    assert all(r.info.status == "FINISHED" for r in runs if r.data.tags.get(ROLE_TAG) == "stage")
-
-
-@pytest.mark.slow
-def test_your_dataset_through_kfp_local_with_no_synthrs_task(tmp_path, mlflow_uri, monkeypatch, rsicd_root):
-    """The RSICD subset as a user's dataset: ingest → train-scorer → score → select (proxy) → export, report."""
-    from dldc.data.manifest import dataset_root, read_manifest
-    from pipelines import local
-    from pipelines.dldc_pipeline import dldc_pipeline
-
-    monkeypatch.chdir(tmp_path)
-    local.init(tmp_path / "kfp-root")
-    settings = [f"tracking.uri={mlflow_uri}", "tracking.experiment=t-kfp-rsicd", "ingest.workers=1",
-                "indomain.architecture=indomain-test", "indomain.epochs=1"]  # fmt: skip
-    dldc_pipeline(dataset_uri=str(rsicd_root), profile="rsicd-dev", train_models=False, select_mode="proxy",
-                  caption_rounds=0, settings=settings)  # fmt: skip
-    (run,) = (tmp_path / "kfp-root").iterdir()
-    ran = {path.name for path in run.iterdir()}
-    assert ran == {"ingest-2", "train-scorer", "export-scorer", "plan-parts", "for-loop-4-iteration-0",
-                   "for-loop-4-iteration-1", "gather-scores", "caption", "select-3", "export-dataset-2", "report-2"}
-    # The manifest artifact carries the dataset: the path it records resolves inside the artifact.
-    manifest = run / "ingest-2" / "manifest" / "manifest.parquet"
-    frame, meta = read_manifest(manifest)
-    assert meta.root == "dataset" and meta.extra["source"] == str(rsicd_root) and frame["scene"].nunique() == 31
-    assert all((dataset_root(manifest, meta) / image).is_file() for image in frame["image"].iloc[::500])
-    selection = json.loads((run / "select-3" / "selection" / "selection.json").read_text())
-    assert selection["mode"] == "proxy" and len(selection["ratios"]) == 31
-    export = run / "export-dataset-2" / "dataset"
-    kept = pd.read_parquet(export / "provenance.parquet")
-    exported = json.loads((export / "dataset_rsicd.json").read_text())
-    assert sum(len(entry["sentences"]) for entry in exported["images"]) == (kept["status"] == "kept").sum() > 0
-    assert (run / "report-2" / "folder" / "index.html").is_file()
-    mlflow.set_tracking_uri(mlflow_uri)
-    experiment = mlflow.get_experiment_by_name("t-kfp-rsicd")
-    runs = mlflow.search_runs(experiment_ids=[experiment.experiment_id], output_format="list")
-    stages = sorted(r.info.run_name for r in runs if r.data.tags.get(ROLE_TAG) == "stage")
-    # export-scorer ran as a no-op (export_precision none): no stage, no run.
-    assert stages == sorted(["ingest", "train_scorer", "score", "score", "gather_scores", "caption", "select",
-                             "export_dataset", "report"])  # fmt: skip
-
-
 def test_submit_uploads_the_compiled_pipeline_to_the_kfp_api(tmp_path):
     """`python -m pipelines submit` against a local HTTP server that records the requests.
 
@@ -360,3 +224,22 @@ def test_submit_uploads_the_compiled_pipeline_to_the_kfp_api(tmp_path):
     }  # fmt: skip
     tasks = {name: task for name, (task, _) in kfp_task_specs(run["pipeline_spec"]["pipeline_spec"]).items()}
     assert tasks["promote"]["cachingOptions"] == {} and tasks["ingest-2"]["cachingOptions"] == {"enableCache": True}
+
+
+def test_score_parts_are_planned_from_the_data():
+    import types
+
+    from components.score import plan_parts
+
+    def plan(pairs, count=0, part_pairs=50000, max_parts=100):
+        counts = types.SimpleNamespace(metadata={"kept_pairs": pairs})
+        return plan_parts.python_func(counts=counts, count=count, part_pairs=part_pairs, max_parts=max_parts)
+
+    assert plan(9300, part_pairs=465) == [f"{i}/20" for i in range(20)]
+    assert plan(9301, part_pairs=465)[-1] == "20/21"
+    assert plan(2000) == ["0/1"]  # the demo: one part
+    assert plan(10**6) == [f"{i}/20" for i in range(20)]  # a million pairs: 20 parts of 50,000
+    assert len(plan(10**8)) == 100  # capped: gather collects one artifact per part
+    assert plan(2000, count=3) == ["0/3", "1/3", "2/3"] and plan(2, count=5) == ["0/2", "1/2"]
+    with pytest.raises(ValueError, match="score_part_pairs >= 1"):
+        plan(10, part_pairs=0)
