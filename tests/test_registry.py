@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import sys
+import textwrap
 import json
 from pathlib import Path
 
@@ -242,3 +244,135 @@ def test_baseline_checks_want_a_clear_interval_and_no_scene_far_behind(tmp_path)
         {"baseline": "global", "passed": None, "note": "not another arm of this evaluation"},
         {"baseline": "clean", "passed": None, "note": "not another arm of this evaluation"},
     ]
+
+
+# --------------------------------------------------------------------------- a real MLflow server
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tmp_path_factory) -> tuple[Path, Path]:
+    """A dummy 8 px base and a real LoRA adapter on it: a few `dldc finetune` steps, as the demo writes them."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from eval_fixtures import make_manifest
+
+    from dldc.config import FinetuneConfig
+    from dldc.t2i.finetune import finetune
+    from dldc.t2i.models import save_dummy_base
+
+    work = tmp_path_factory.mktemp("tiny-adapter")
+    base = save_dummy_base(work / "base")
+    manifest = make_manifest(work / "data", n_images=8, size=16)
+    settings = {"base": str(base), "manifest": str(manifest), "out": str(work / "adapter"), "resolution": 8,
+                "rank": 4, "alpha": 8.0, "steps": 4, "batch_size": 4, "lr": 5e-2, "warmup_steps": 1,
+                "checkpoint_every": 100, "sample_steps": 0, "device": "cpu"}  # fmt: skip
+    finetune(FinetuneConfig(**settings), progress=False)
+    return base, work / "adapter"
+
+
+GENERATE = textwrap.dedent(
+    """
+    import io, json, sys
+    import mlflow, numpy as np
+    from PIL import Image
+
+    uri, name, out = sys.argv[1:]
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    images = model.predict(["a river beside farmland", "a dense forest"], params={"num_inference_steps": 2, "seed": 7})
+    arrays = [np.asarray(Image.open(io.BytesIO(png)).convert("RGB")) for png in images]
+    np.save(out, np.stack(arrays))
+    """
+)
+
+
+def test_champion_loads_from_a_real_mlflow_server_and_generates(mlflow_server, tiny_adapter, tmp_path, monkeypatch):
+    import subprocess
+
+    import numpy as np
+
+    from dldc.t2i.models import load_pipeline
+
+    base, adapter = tiny_adapter
+    name = "lora-served"
+    # The evaluation names the base by a path that exists only on the pod that generated: the adapter's own
+    # record (finetune.json) is found, and the base ships inside the model.
+    arms = {"clean": {"adapter": str(adapter), "metrics": {FD: 5.0, CLIP: 20.0}}}
+    evaluation = fake_evaluation(tmp_path / "evaluation", arms)
+    cfg = DldcConfig(
+        tracking=TrackingConfig(uri=mlflow_server, experiment="served"),
+        registry=RegistryConfig(model_name=name),
+        promote=PromoteConfig(evaluation=str(evaluation), out=str(tmp_path / "promote")),
+    )
+    # Registering runs no model: no pipeline is loaded on the promote pod.
+    import diffusers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("registering a model loaded a pipeline")
+
+    monkeypatch.setattr(diffusers.StableDiffusionPipeline, "from_pretrained", refuse)
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", refuse)
+    decision = run_promote(cfg)
+    monkeypatch.undo()
+    assert decision["outcome"] == "promoted"
+
+    served = client(mlflow_server)
+    champion = served.get_model_version_by_alias(name, "champion")
+    assert served.get_model_version_by_alias(name, "challenger").version == champion.version
+    assert champion.tags["base_model"] == "bundled:base" and champion.source.startswith("mlflow-artifacts:")
+
+    # A fresh process that knows only the server's URI and the model's name.
+    out = tmp_path / "images.npy"
+    subprocess.run([sys.executable, "-c", GENERATE, mlflow_server, name, str(out)], check=True, timeout=600)
+    images = np.load(out)
+    assert images.shape == (2, 8, 8, 3) and images.dtype == np.uint8
+
+    # The adapter is applied: the base alone, same prompts, same noise, gives other images.
+    pipe = load_pipeline(str(base))
+    import torch
+
+    generators = [torch.Generator("cpu").manual_seed(7 + i) for i in range(2)]
+    plain = pipe(["a river beside farmland", "a dense forest"], num_inference_steps=2, generator=generators,
+                 output_type="np").images  # fmt: skip
+    plain = (plain * 255).round().astype(np.uint8)
+    assert plain.shape == images.shape and not np.array_equal(plain, images)
+
+
+def test_adapter_base_is_a_folder_to_bundle_or_a_pinned_hub_id(tmp_path):
+    from dldc.registry.adapter_model import adapter_base
+
+    base = tmp_path / "models" / "tiny"
+    base.mkdir(parents=True)
+    (base / "model_index.json").write_text("{}")
+    adapter = make_adapter(tmp_path / "adapter", 1.0)
+    # Nothing recorded: the evaluation's base; a folder here is bundled.
+    found = adapter_base(adapter, evaluated=str(base))
+    assert found.bundled and found.tag == "bundled:tiny"
+    # finetune.json's base and revision win over the evaluation's; a hub id stays a reference.
+    record = {"base": "org/sd", "config": {"base": "org/sd", "revision": "abc123"}}
+    (adapter / "finetune.json").write_text(json.dumps(record))
+    found = adapter_base(adapter, evaluated="/pod/elsewhere/base")
+    assert not found.bundled and (found.location, found.revision, found.tag) == ("org/sd", "abc123", "org/sd@abc123")
+    # promote.base wins over both; `id@revision` pins it.
+    assert adapter_base(adapter, configured="other/sd@def456").tag == "other/sd@def456"
+    # A path that exists only on another pod is never a tag.
+    (adapter / "finetune.json").write_text(json.dumps({"base": "/pod/data/base/model"}))
+    with pytest.raises(FileNotFoundError, match="neither a pipeline folder on this machine nor a hub id"):
+        adapter_base(adapter, evaluated="/pod/elsewhere/base")
+
+
+def test_hub_base_model_pins_the_trained_revision_and_runs_nothing(tmp_path):
+    from mlflow.models import Model
+
+    from dldc.registry.adapter_model import BaseReference, save_adapter_model
+
+    adapter = make_adapter(tmp_path / "adapter", 1.0)
+    out = tmp_path / "model"
+    save_adapter_model(adapter, BaseReference("org/sd", "abc123", bundled=False), out, {"adapter_sha256": "x"})
+    model = Model.load(str(out / "MLmodel"))
+    flavor = model.flavors["diffusers"]
+    assert (flavor["base_model"], flavor["base_model_revision"]) == ("org/sd", "abc123")
+    assert model.flavors["python_function"]["loader_module"] == "mlflow.diffusers"
+    assert [spec.type.name for spec in model.signature.inputs.inputs] == ["string"]
+    assert model.signature.outputs.inputs[0].type.name == "binary"
+    assert (out / "adapter_weights" / "pytorch_lora_weights.safetensors").is_file()
+    assert model.metadata == {"adapter_sha256": "x"} and model.saved_input_example_info is not None

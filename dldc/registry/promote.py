@@ -43,6 +43,7 @@ from dldc.config import DldcConfig, PromoteCriterion
 from dldc.evaluate import ALL_SCENES, metric_directions, read_evaluation, read_replicates
 from dldc.evaluate.bootstrap import paired_interval
 from dldc.io import write_json
+from dldc.registry.adapter_model import adapter_base
 from dldc.registry.data_version import data_version, manifest_from_adapter
 from dldc.registry.models import (
     EVAL_TAG_PREFIX,
@@ -268,15 +269,15 @@ def promote(cfg: DldcConfig, run: Any) -> dict[str, Any]:
     manifest = section.data_manifest or manifest_from_adapter(adapter)
     version_info = data_version(manifest)
 
+    evaluated_base = results["arms"][section.candidate_arm].get("model")
+    base = adapter_base(adapter, section.base, evaluated_base if isinstance(evaluated_base, str) else None)
     registry = Registry(cfg.tracking.resolved_uri(), cfg.registry.model_name)
     candidate = registry.register_adapter(
         adapter,
         cfg.registry.adapter_files,
         run_id=run.run_id,
-        tags={
-            "arm": section.candidate_arm,
-            "base_model": str(results["arms"][section.candidate_arm].get("model")),
-        },
+        base=base,
+        tags={"arm": section.candidate_arm},
         data=version_info,
         metrics=metrics,
         protocol=protocol,
@@ -293,6 +294,7 @@ def promote(cfg: DldcConfig, run: Any) -> dict[str, Any]:
             "arm": section.candidate_arm,
             "adapter": str(adapter),
             "adapter_sha256": candidate.tags.get("adapter_sha256"),
+            "base_model": base.tag,
             "metrics": {c.metric: metrics.get(c.metric) for c in section.criteria},
             "data": version_info,
         },
