@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -66,7 +67,9 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         deadline = time.monotonic() + 120  # a cold start migrates the SQLite schema: seconds on a busy machine
         while True:
             if server.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {server.returncode}: {(root / 'server.log').read_text()}")
+                raise RuntimeError(
+                    f"mlflow server exited with {server.returncode}: {(root / 'server.log').read_text()}"
+                )
             try:
                 with urllib.request.urlopen(f"{uri}/health", timeout=2) as reply:
                     if reply.status == 200:
@@ -97,10 +100,8 @@ def _stop(server: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             continue
     # Whatever of its group is left (uvicorn/gunicorn workers) goes too.
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(server.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import textwrap
-import json
 from pathlib import Path
 
 import mlflow
@@ -166,6 +166,7 @@ def test_promotion_history(cfg_for, tmp_path, mlflow_uri):
     assert decision["outcome"] == "rejected"
     assert decision["champion_before"]["version"] == champion.version
     assert decision["champion_before"]["metrics_source"].startswith("version tags")
+    assert decision["champion_evidence"].startswith("point_estimates") and decision["champion_checks"] == []
     assert [c["passed"] for c in decision["criteria"]] == [True, False]
     versions = client(mlflow_uri).search_model_versions(f"name='{name}'")
     rejected = next(v for v in versions if v.version == decision["candidate"]["version"])
@@ -376,3 +377,45 @@ def test_hub_base_model_pins_the_trained_revision_and_runs_nothing(tmp_path):
     assert model.signature.outputs.inputs[0].type.name == "binary"
     assert (out / "adapter_weights" / "pytorch_lora_weights.safetensors").is_file()
     assert model.metadata == {"adapter_sha256": "x"} and model.saved_input_example_info is not None
+
+
+def _with_replicates(folder: Path, centres: dict[tuple[str, str], float], spread: dict[str, float]) -> Path:
+    """bootstrap.parquet for an evaluation: arm ``a``'s replicate ``i`` is its centre + spread[a] * (±1)."""
+    import pandas as pd
+
+    rows = [{"scene": "all", "arm": arm, "metric": metric, "replicate": i,
+             "value": centre + spread.get(arm, 0.0) * (1 if i % 2 else -1) + 0.01 * (i % 3)}
+            for (arm, metric), centre in centres.items() for i in range(40)]  # fmt: skip
+    pd.DataFrame(rows).to_parquet(folder / "bootstrap.parquet")
+    return folder
+
+
+def test_champion_in_the_same_evaluation_needs_a_clear_interval(cfg_for, tmp_path, mlflow_uri):
+    champion_adapter, candidate_adapter = make_adapter(tmp_path / "a1", 1.0), make_adapter(tmp_path / "a2", 2.0)
+    first = fake_evaluation(
+        tmp_path / "e1", {"clean": {"adapter": str(champion_adapter), "metrics": {FD: 5.0, CLIP: 20.0}}}
+    )
+    assert run_promote(cfg_for(first, baselines=[]))["outcome"] == "promoted"
+    # The candidate beats the champion's arm on point estimates by more than the margins (0 here) ...
+    arms = {"champion": {"adapter": str(champion_adapter), "metrics": {FD: 5.0, CLIP: 20.0}},
+            "clean": {"adapter": str(candidate_adapter), "metrics": {FD: 4.0, CLIP: 21.0}}}  # fmt: skip
+    centres = {(arm, metric): value for arm, info in arms.items() for metric, value in info["metrics"].items()}
+    # ... but on these draws the paired differences straddle zero: noise, not promoted.
+    noisy = _with_replicates(fake_evaluation(tmp_path / "e2", arms), centres, {"clean": 3.0, "champion": -3.0})
+    decision = run_promote(cfg_for(noisy, out="p2", baselines=[]))
+    assert decision["outcome"] == "rejected" and "not clear of noise" in decision["reason"]
+    assert (
+        decision["champion_evidence"].startswith("paired_bootstrap")
+        and decision["champion_before"]["arm"] == "champion"
+    )
+    assert [c["interval_clear"] for c in decision["champion_checks"]] == [False, False]
+    assert all(c["passed"] for c in decision["criteria"])  # the point estimates alone would have promoted
+    name = cfg_for(noisy).registry.model_name
+    tags = client(mlflow_uri).get_model_version(name, decision["candidate"]["version"]).tags
+    assert tags["promotion.evidence"] == "paired_bootstrap"
+    assert [c["ci_low"] < 0 < c["ci_high"] for c in json.loads(tags["promotion.vs_champion"])] == [True, True]
+    # The same point estimates with the paired differences all on one side: promoted.
+    clear = _with_replicates(fake_evaluation(tmp_path / "e3", arms), centres, {})
+    decision = run_promote(cfg_for(clear, out="p3", baselines=[]))
+    assert decision["outcome"] == "promoted" and all(c["interval_clear"] for c in decision["champion_checks"])
+    assert client(mlflow_uri).get_model_version_by_alias(name, "champion").version == decision["candidate"]["version"]

@@ -62,7 +62,12 @@ def _is_pipeline_folder(location: str) -> bool:
 
 def _looks_like_hub_id(location: str) -> bool:
     # "org/name" or "name"; anything with more parts, absolute or explicitly relative is a path.
-    return bool(location) and not Path(location).is_absolute() and not location.startswith(".") and location.count("/") <= 1
+    return (
+        bool(location)
+        and not Path(location).is_absolute()
+        and not location.startswith(".")
+        and location.count("/") <= 1
+    )
 
 
 def recorded_base(folder: str | Path) -> tuple[str | None, str | None]:
@@ -154,7 +159,11 @@ def _pip_requirements() -> list[str]:
     import mlflow
     import PIL
 
-    return [*mlflow.diffusers.get_default_pip_requirements(), f"pillow=={PIL.__version__}", f"mlflow=={mlflow.__version__}"]
+    return [
+        *mlflow.diffusers.get_default_pip_requirements(),
+        f"pillow=={PIL.__version__}",
+        f"mlflow=={mlflow.__version__}",
+    ]
 
 
 def save_adapter_model(adapter: str | Path, base: BaseReference, out: str | Path, metadata: dict[str, Any]) -> None:

@@ -66,7 +66,9 @@ class BundledBaseLoraModel(PythonModel):
         seed = int(params.pop("seed", 0))
         # 0 px and an empty negative prompt mean "the pipeline's own default" (a schema needs a default value).
         unset = {"height": 0, "width": 0, "negative_prompt": ""}
-        kwargs = {key: value for key, value in params.items() if value is not None and unset.get(key, object()) != value}
+        kwargs = {
+            key: value for key, value in params.items() if value is not None and unset.get(key, object()) != value
+        }
         generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(len(prompts))]
         with torch.no_grad():
             images = self.pipeline(prompt=prompts, generator=generators, output_type="pil", **kwargs).images

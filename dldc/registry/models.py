@@ -39,7 +39,11 @@ eval.protocol        fingerprint of the evaluation protocol (real images, prompt
                      fingerprints are not comparable
 eval.<metric>        the metric's value on the whole test split (``eval.FID``,
                      ``eval.CLIPScore-clip``, ...)
-promotion.*          the last promotion decision: outcome, reason, compared_with
+promotion.*          the last promotion decision: outcome, reason, compared_with,
+                     evidence (``paired_bootstrap`` when the champion is an arm of
+                     the same evaluation, else ``point_estimates``), vs_champion /
+                     vs_baselines (JSON: per arm and metric the delta, its
+                     paired-bootstrap interval and whether it passed)
 ==================== ==============================================================
 """
 
@@ -238,6 +242,17 @@ class Registry:
             "promotion.compared_with": before.get("version") or "none",
             "promotion.time": decision["time"],
         }
+        if decision.get("champion_evidence"):
+            tags["promotion.evidence"] = decision["champion_evidence"].split(":")[0]
+        # The intervals the gate read: vs the champion's arm (same draws) and vs each baseline arm.
+        for prefix, checks in (("promotion.vs_champion", decision.get("champion_checks")),
+                               ("promotion.vs_baselines", decision.get("baselines"))):  # fmt: skip
+            compared = [c for c in checks or [] if c.get("metric")]
+            if compared:
+                tags[prefix] = [
+                    {key: c[key] for key in ("baseline", "metric", "delta", "ci_low", "ci_high", "passed")}
+                    for c in compared
+                ]
         for key, value in tags.items():
             self.client.set_model_version_tag(self.model_name, version, key, _tag_value(value))
 
