@@ -356,6 +356,10 @@ class PromoteConfig(_Section):
         out: folder for ``decision.json``.
         candidate_arm: the evaluated arm whose adapter is the candidate.
         adapter: the candidate's adapter folder; ``None`` takes the arm's ``adapter`` column.
+        base: the base the adapter applies to, for the registered model: a hub id (``id@revision``
+            pins it) or a ``save_pretrained`` folder here (shipped inside the model); ``None``: the
+            base the adapter's ``finetune.json`` names, else the evaluation's
+            (:mod:`dldc.registry.adapter_model`).
         data_manifest: the manifest the candidate was trained on (its data version: sha256, DVC
             and git revisions); ``None`` reads it from the adapter folder's metadata when there,
             else records none.
@@ -375,6 +379,7 @@ class PromoteConfig(_Section):
     out: str = "data/promote"
     candidate_arm: str = "clean"
     adapter: str | None = None
+    base: str | None = None
     data_manifest: str | None = None
     criteria: list[PromoteCriterion] = Field(
         default_factory=lambda: [

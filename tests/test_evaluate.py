@@ -305,8 +305,11 @@ def test_cli_evaluate_then_promote(project, tmp_path, mlflow_uri):
     client = mlflow.MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri)
     champion = client.get_model_version_by_alias("test-evaluate-lora", "champion")
     assert champion.tags["arm"] == "clean" and float(champion.tags["eval.FD-indomain"]) > 0
-    files = sorted(Path(mlflow.artifacts.download_artifacts(champion.source, dst_path=str(tmp_path / "dl"))).iterdir())
-    assert [f.name for f in files] == ["adapter_config.json", "pytorch_lora_weights.safetensors"]
+    # Registered as an MLflow model holding only the adapter's files (no checkpoints).
+    model = Path(mlflow.artifacts.download_artifacts(champion.source, dst_path=str(tmp_path / "dl")))
+    assert (model / "MLmodel").is_file()
+    files = sorted(f.name for f in (model / "adapter_weights").iterdir())
+    assert files == ["adapter_config.json", "pytorch_lora_weights.safetensors"]
 
     # A worse candidate evaluated beside the champion (same evaluation, arm "clean") is not promoted.
     result = runner.invoke(

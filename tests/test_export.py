@@ -261,6 +261,29 @@ def test_export_is_logged_registered_and_fetched_by_alias(open_clip_export, mlfl
     assert scorer.scorer_id == json.loads((open_clip_export / "export.json").read_text())["scorer_id"]
 
 
+def test_registered_scorer_loads_through_pyfunc_and_scores_like_the_export(open_clip_export, mlflow_uri):
+    import io
+
+    import pandas as pd
+    from PIL import Image
+
+    images = []
+    for colour in [(200, 30, 30), (20, 160, 40)]:
+        buffer = io.BytesIO()
+        Image.new("RGB", (24, 24), colour).save(buffer, format="PNG")
+        images.append(buffer.getvalue())
+    captions = ["a red roof", "green farmland"]
+    mlflow.set_tracking_uri(mlflow_uri)
+    model = mlflow.pyfunc.load_model("models:/dldc-iel-scorer@t-exported")
+    scores = model.predict(pd.DataFrame({"image": images, "caption": captions}))
+    assert list(scores.columns) == ["cosine"] and len(scores) == 2
+    # The same towers and pre-processing as the export folder, scored directly.
+    scorer = load_onnx(open_clip_export, device="cpu")
+    pixels = torch.stack([scorer.preprocess(Image.open(io.BytesIO(png)).convert("RGB")) for png in images])
+    expected = (scorer.encode_images(pixels) * scorer.encode_texts(captions)).sum(-1).numpy()
+    np.testing.assert_allclose(scores["cosine"].to_numpy(), expected, rtol=0, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_hf_clip_exports_with_attention_mask(manifest, calibration, tmp_path):
     source = create_scorer(f"hf:{save_hf_clip(tmp_path / 'hf-clip')}", device="cpu")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
+import textwrap
 from pathlib import Path
 
 import mlflow
@@ -164,6 +166,7 @@ def test_promotion_history(cfg_for, tmp_path, mlflow_uri):
     assert decision["outcome"] == "rejected"
     assert decision["champion_before"]["version"] == champion.version
     assert decision["champion_before"]["metrics_source"].startswith("version tags")
+    assert decision["champion_evidence"].startswith("point_estimates") and decision["champion_checks"] == []
     assert [c["passed"] for c in decision["criteria"]] == [True, False]
     versions = client(mlflow_uri).search_model_versions(f"name='{name}'")
     rejected = next(v for v in versions if v.version == decision["candidate"]["version"])
@@ -242,3 +245,177 @@ def test_baseline_checks_want_a_clear_interval_and_no_scene_far_behind(tmp_path)
         {"baseline": "global", "passed": None, "note": "not another arm of this evaluation"},
         {"baseline": "clean", "passed": None, "note": "not another arm of this evaluation"},
     ]
+
+
+# --------------------------------------------------------------------------- a real MLflow server
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tmp_path_factory) -> tuple[Path, Path]:
+    """A dummy 8 px base and a real LoRA adapter on it: a few `dldc finetune` steps, as the demo writes them."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from eval_fixtures import make_manifest
+
+    from dldc.config import FinetuneConfig
+    from dldc.t2i.finetune import finetune
+    from dldc.t2i.models import save_dummy_base
+
+    work = tmp_path_factory.mktemp("tiny-adapter")
+    base = save_dummy_base(work / "base")
+    manifest = make_manifest(work / "data", n_images=8, size=16)
+    settings = {"base": str(base), "manifest": str(manifest), "out": str(work / "adapter"), "resolution": 8,
+                "rank": 4, "alpha": 8.0, "steps": 4, "batch_size": 4, "lr": 5e-2, "warmup_steps": 1,
+                "checkpoint_every": 100, "sample_steps": 0, "device": "cpu"}  # fmt: skip
+    finetune(FinetuneConfig(**settings), progress=False)
+    return base, work / "adapter"
+
+
+GENERATE = textwrap.dedent(
+    """
+    import io, json, sys
+    import mlflow, numpy as np
+    from PIL import Image
+
+    uri, name, out = sys.argv[1:]
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    images = model.predict(["a river beside farmland", "a dense forest"], params={"num_inference_steps": 2, "seed": 7})
+    arrays = [np.asarray(Image.open(io.BytesIO(png)).convert("RGB")) for png in images]
+    np.save(out, np.stack(arrays))
+    """
+)
+
+
+def test_champion_loads_from_a_real_mlflow_server_and_generates(mlflow_server, tiny_adapter, tmp_path, monkeypatch):
+    import subprocess
+
+    import numpy as np
+
+    from dldc.t2i.models import load_pipeline
+
+    base, adapter = tiny_adapter
+    name = "lora-served"
+    # The evaluation names the base by a path that exists only on the pod that generated: the adapter's own
+    # record (finetune.json) is found, and the base ships inside the model.
+    arms = {"clean": {"adapter": str(adapter), "metrics": {FD: 5.0, CLIP: 20.0}}}
+    evaluation = fake_evaluation(tmp_path / "evaluation", arms)
+    cfg = DldcConfig(
+        tracking=TrackingConfig(uri=mlflow_server, experiment="served"),
+        registry=RegistryConfig(model_name=name),
+        promote=PromoteConfig(evaluation=str(evaluation), out=str(tmp_path / "promote")),
+    )
+    # Registering runs no model: no pipeline is loaded on the promote pod.
+    import diffusers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("registering a model loaded a pipeline")
+
+    monkeypatch.setattr(diffusers.StableDiffusionPipeline, "from_pretrained", refuse)
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", refuse)
+    decision = run_promote(cfg)
+    monkeypatch.undo()
+    assert decision["outcome"] == "promoted"
+
+    served = client(mlflow_server)
+    champion = served.get_model_version_by_alias(name, "champion")
+    assert served.get_model_version_by_alias(name, "challenger").version == champion.version
+    assert champion.tags["base_model"] == "bundled:base" and champion.source.startswith("mlflow-artifacts:")
+
+    # A fresh process that knows only the server's URI and the model's name.
+    out = tmp_path / "images.npy"
+    subprocess.run([sys.executable, "-c", GENERATE, mlflow_server, name, str(out)], check=True, timeout=600)
+    images = np.load(out)
+    assert images.shape == (2, 8, 8, 3) and images.dtype == np.uint8
+
+    # The adapter is applied: the base alone, same prompts, same noise, gives other images.
+    pipe = load_pipeline(str(base))
+    import torch
+
+    generators = [torch.Generator("cpu").manual_seed(7 + i) for i in range(2)]
+    plain = pipe(["a river beside farmland", "a dense forest"], num_inference_steps=2, generator=generators,
+                 output_type="np").images  # fmt: skip
+    plain = (plain * 255).round().astype(np.uint8)
+    assert plain.shape == images.shape and not np.array_equal(plain, images)
+
+
+def test_adapter_base_is_a_folder_to_bundle_or_a_pinned_hub_id(tmp_path):
+    from dldc.registry.adapter_model import adapter_base
+
+    base = tmp_path / "models" / "tiny"
+    base.mkdir(parents=True)
+    (base / "model_index.json").write_text("{}")
+    adapter = make_adapter(tmp_path / "adapter", 1.0)
+    # Nothing recorded: the evaluation's base; a folder here is bundled.
+    found = adapter_base(adapter, evaluated=str(base))
+    assert found.bundled and found.tag == "bundled:tiny"
+    # finetune.json's base and revision win over the evaluation's; a hub id stays a reference.
+    record = {"base": "org/sd", "config": {"base": "org/sd", "revision": "abc123"}}
+    (adapter / "finetune.json").write_text(json.dumps(record))
+    found = adapter_base(adapter, evaluated="/pod/elsewhere/base")
+    assert not found.bundled and (found.location, found.revision, found.tag) == ("org/sd", "abc123", "org/sd@abc123")
+    # promote.base wins over both; `id@revision` pins it.
+    assert adapter_base(adapter, configured="other/sd@def456").tag == "other/sd@def456"
+    # A path that exists only on another pod is never a tag.
+    (adapter / "finetune.json").write_text(json.dumps({"base": "/pod/data/base/model"}))
+    with pytest.raises(FileNotFoundError, match="neither a pipeline folder on this machine nor a hub id"):
+        adapter_base(adapter, evaluated="/pod/elsewhere/base")
+
+
+def test_hub_base_model_pins_the_trained_revision_and_runs_nothing(tmp_path):
+    from mlflow.models import Model
+
+    from dldc.registry.adapter_model import BaseReference, save_adapter_model
+
+    adapter = make_adapter(tmp_path / "adapter", 1.0)
+    out = tmp_path / "model"
+    save_adapter_model(adapter, BaseReference("org/sd", "abc123", bundled=False), out, {"adapter_sha256": "x"})
+    model = Model.load(str(out / "MLmodel"))
+    flavor = model.flavors["diffusers"]
+    assert (flavor["base_model"], flavor["base_model_revision"]) == ("org/sd", "abc123")
+    assert model.flavors["python_function"]["loader_module"] == "mlflow.diffusers"
+    assert [spec.type.name for spec in model.signature.inputs.inputs] == ["string"]
+    assert model.signature.outputs.inputs[0].type.name == "binary"
+    assert (out / "adapter_weights" / "pytorch_lora_weights.safetensors").is_file()
+    assert model.metadata == {"adapter_sha256": "x"} and model.saved_input_example_info is not None
+
+
+def _with_replicates(folder: Path, centres: dict[tuple[str, str], float], spread: dict[str, float]) -> Path:
+    """bootstrap.parquet for an evaluation: arm ``a``'s replicate ``i`` is its centre + spread[a] * (±1)."""
+    import pandas as pd
+
+    rows = [{"scene": "all", "arm": arm, "metric": metric, "replicate": i,
+             "value": centre + spread.get(arm, 0.0) * (1 if i % 2 else -1) + 0.01 * (i % 3)}
+            for (arm, metric), centre in centres.items() for i in range(40)]  # fmt: skip
+    pd.DataFrame(rows).to_parquet(folder / "bootstrap.parquet")
+    return folder
+
+
+def test_champion_in_the_same_evaluation_needs_a_clear_interval(cfg_for, tmp_path, mlflow_uri):
+    champion_adapter, candidate_adapter = make_adapter(tmp_path / "a1", 1.0), make_adapter(tmp_path / "a2", 2.0)
+    first = fake_evaluation(
+        tmp_path / "e1", {"clean": {"adapter": str(champion_adapter), "metrics": {FD: 5.0, CLIP: 20.0}}}
+    )
+    assert run_promote(cfg_for(first, baselines=[]))["outcome"] == "promoted"
+    # The candidate beats the champion's arm on point estimates by more than the margins (0 here) ...
+    arms = {"champion": {"adapter": str(champion_adapter), "metrics": {FD: 5.0, CLIP: 20.0}},
+            "clean": {"adapter": str(candidate_adapter), "metrics": {FD: 4.0, CLIP: 21.0}}}  # fmt: skip
+    centres = {(arm, metric): value for arm, info in arms.items() for metric, value in info["metrics"].items()}
+    # ... but on these draws the paired differences straddle zero: noise, not promoted.
+    noisy = _with_replicates(fake_evaluation(tmp_path / "e2", arms), centres, {"clean": 3.0, "champion": -3.0})
+    decision = run_promote(cfg_for(noisy, out="p2", baselines=[]))
+    assert decision["outcome"] == "rejected" and "not clear of noise" in decision["reason"]
+    assert (
+        decision["champion_evidence"].startswith("paired_bootstrap")
+        and decision["champion_before"]["arm"] == "champion"
+    )
+    assert [c["interval_clear"] for c in decision["champion_checks"]] == [False, False]
+    assert all(c["passed"] for c in decision["criteria"])  # the point estimates alone would have promoted
+    name = cfg_for(noisy).registry.model_name
+    tags = client(mlflow_uri).get_model_version(name, decision["candidate"]["version"]).tags
+    assert tags["promotion.evidence"] == "paired_bootstrap"
+    assert [c["ci_low"] < 0 < c["ci_high"] for c in json.loads(tags["promotion.vs_champion"])] == [True, True]
+    # The same point estimates with the paired differences all on one side: promoted.
+    clear = _with_replicates(fake_evaluation(tmp_path / "e3", arms), centres, {})
+    decision = run_promote(cfg_for(clear, out="p3", baselines=[]))
+    assert decision["outcome"] == "promoted" and all(c["interval_clear"] for c in decision["champion_checks"])
+    assert client(mlflow_uri).get_model_version_by_alias(name, "champion").version == decision["candidate"]["version"]

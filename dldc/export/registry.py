@@ -7,9 +7,16 @@ alias (``dldc-iel-scorer@exported`` by default). :func:`fetch_export` downloads 
 alias points at and checks it like any export folder, so a pipeline run can use exactly that
 scorer (``dldc fetch-scorer dldc-iel-scorer@exported --out data/scorer-onnx``, then ``onnx:…``).
 
-The registered version's source is the run's artifact folder: MLflow's registry stores a
-pointer, not a copy, and the folder is self-describing (``export.json``), so no pyfunc wrapper
-is needed to use it.
+The export is logged as a pyfunc MLflow model (:mod:`dldc.export.scorer_pyfunc`: the export
+folder is its ``export`` artifact, ``dldc`` ships as its code), and the registered version's
+source is that model, so a registered scorer loads and scores without dldc installed::
+
+    model = mlflow.pyfunc.load_model("models:/dldc-iel-scorer@exported")
+    model.predict(pd.DataFrame({"image": [png_bytes], "caption": ["a river"]}))  # column ``cosine``
+
+Logging runs nothing: the signature and pip requirements are given, not inferred.
+:func:`fetch_export` reads the export folder out of the model (or, for versions registered
+before, the plain folder they point at).
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from dldc.iel.onnx_scorer import read_export_meta, verify_files
 from dldc.io import atomic_dir
 
 ARTIFACT_PATH = "scorer"
+PYFUNC_CODE = Path(__file__).with_name("scorer_pyfunc.py")
+EXPORT_ARTIFACT = "export"
 
 
 def log_export(export_dir: str | Path, meta: dict[str, Any], registered_model: str | None, alias: str | None) -> dict:
@@ -54,7 +63,9 @@ def log_export(export_dir: str | Path, meta: dict[str, Any], registered_model: s
             "export.parity_passed": str(meta["parity"]["passed"]).lower(),
         }
     )
-    mlflow.log_artifacts(str(export_dir), artifact_path=ARTIFACT_PATH)
+    with tempfile.TemporaryDirectory() as staging:
+        save_scorer_model(export_dir, Path(staging) / "model")
+        mlflow.log_artifacts(str(Path(staging) / "model"), artifact_path=ARTIFACT_PATH)
     artifact_uri = f"{run.info.artifact_uri.rstrip('/')}/{ARTIFACT_PATH}"
     result: dict[str, Any] = {"artifact_uri": artifact_uri, "name": None, "version": None, "alias": None}
     if not registered_model:
@@ -110,10 +121,69 @@ def fetch_export(reference: str, out: str | Path, tracking: TrackingConfig) -> P
     else:
         raise ValueError(f"expected NAME@ALIAS or NAME/VERSION, got {reference!r}")
     with tempfile.TemporaryDirectory() as scratch, atomic_dir(out) as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=scratch))
+        local = _export_folder(Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=scratch)))
         verify_files(local, read_export_meta(local))
         shutil.copytree(local, tmp, dirs_exist_ok=True)
     return Path(out)
+
+
+def save_scorer_model(export_dir: str | Path, out: str | Path) -> None:
+    """Write the pyfunc MLflow model of an export folder at ``out`` (see the module docstring); runs nothing."""
+    import importlib.metadata
+
+    import mlflow
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import DataType, Schema
+    from mlflow.types.schema import ColSpec
+
+    import dldc
+
+    signature = ModelSignature(
+        inputs=Schema([ColSpec(DataType.binary, "image"), ColSpec(DataType.string, "caption"),
+                       ColSpec(DataType.string, "image_id", required=False)]),
+        outputs=Schema([ColSpec(DataType.double, "cosine")]),
+    )  # fmt: skip
+    requirements = []
+    for package in ("onnxruntime", "onnxruntime-gpu", "torch", "numpy", "pandas", "pyarrow", "pillow",
+                    "open_clip_torch", "transformers", "tqdm", "mlflow"):  # fmt: skip
+        try:
+            requirements.append(f"{package}=={importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    with tempfile.TemporaryDirectory() as staging:
+        # The dldc package as the model's code, without caches of compiled bytecode.
+        code = shutil.copytree(Path(dldc.__file__).parent, Path(staging) / "dldc",
+                               ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))  # fmt: skip
+        mlflow.pyfunc.save_model(
+            path=str(out),
+            python_model=str(PYFUNC_CODE),
+            artifacts={EXPORT_ARTIFACT: str(export_dir)},
+            code_paths=[str(code)],
+            signature=signature,
+            input_example=pd.DataFrame({"image": [_example_png()], "caption": ["an aerial image of a river"]}),
+            pip_requirements=requirements,
+        )
+
+
+def _example_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (70, 110, 60)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _export_folder(local: Path) -> Path:
+    """The export folder inside a downloaded model version (or the version's folder itself, as registered before)."""
+    if not (local / "MLmodel").is_file():
+        return local
+    from mlflow.models import Model
+
+    pyfunc = Model.load(str(local / "MLmodel")).flavors["python_function"]
+    return local / pyfunc["artifacts"][EXPORT_ARTIFACT]["path"]
 
 
 def _registered_model_exists(client: Any, name: str) -> bool:

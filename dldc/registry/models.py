@@ -1,11 +1,24 @@
-"""Fine-tuned adapters as versions of an MLflow registered model.
+"""Fine-tuned adapters as versions of an MLflow registered model that loads and generates.
 
 Each LoRA adapter (the safetensors + JSON files ``dldc finetune`` writes, which diffusers'
-``load_lora_weights`` reads) is logged as plain artifacts of a run (``adapter/``) and registered
-as a version of ``registry.model_name`` with :meth:`mlflow.MlflowClient.create_model_version`
-on that artifact URI (MLflow 3's ``register_model`` only accepts logged MLflow models).
-Load a registered adapter back with
-``mlflow.artifacts.download_artifacts("models:/dldc-t2i-lora@champion")``.
+``load_lora_weights`` reads) is saved as an MLflow model (:mod:`dldc.registry.adapter_model`):
+the ``mlflow.diffusers`` flavor with the base as a pinned hub reference, or, for a base folder
+such as the demo's, a pyfunc model that ships the base inside it. The model is logged into the
+promote stage's run (``model/``) and registered as a version of ``registry.model_name``
+(:meth:`mlflow.MlflowClient.create_model_version` on that artifact URI). Saving it runs no model.
+
+Load and generate::
+
+    import mlflow
+    model = mlflow.pyfunc.load_model("models:/dldc-t2i-lora@champion")
+    pngs = model.predict(["an aerial image of a river", "a dense forest"],
+                         params={"num_inference_steps": 20, "seed": 0})
+    # a list of PNG-encoded images (bytes), one per prompt:
+    # numpy.asarray(PIL.Image.open(io.BytesIO(pngs[0])))  ->  uint8 array, height x width x 3
+
+``seed`` is honoured by bundled-base models only (``mlflow.diffusers``' pyfunc draws fresh
+noise); a hub-base version also loads as a diffusers pipeline with
+``mlflow.diffusers.load_model(uri).load_pipeline()``.
 
 Version tags:
 
@@ -14,7 +27,10 @@ tag                  value
 ==================== ==============================================================
 adapter_sha256       digest of the weight files (names and bytes): the identity of
                      an adapter; the same weights are registered once
-arm, base_model      the evaluation arm and the model the adapter applies to
+arm                  the evaluation arm the candidate was
+base_model           the base the adapter applies to: ``<hub id>@<revision>`` (or
+                     ``<hub id>`` when the adapter recorded no revision), or
+                     ``bundled:<folder name>`` for a base shipped inside the model
 data.manifest        the training manifest, ``data.manifest_sha256`` its hash,
                      ``data.dvc_md5`` / ``data.dvc_stage`` DVC's record of it,
                      ``data.git_rev`` / ``data.git_dirty`` the code revision
@@ -23,7 +39,11 @@ eval.protocol        fingerprint of the evaluation protocol (real images, prompt
                      fingerprints are not comparable
 eval.<metric>        the metric's value on the whole test split (``eval.FID``,
                      ``eval.CLIPScore-clip``, ...)
-promotion.*          the last promotion decision: outcome, reason, compared_with
+promotion.*          the last promotion decision: outcome, reason, compared_with,
+                     evidence (``paired_bootstrap`` when the champion is an arm of
+                     the same evaluation, else ``point_estimates``), vs_champion /
+                     vs_baselines (JSON: per arm and metric the delta, its
+                     paired-bootstrap interval and whether it passed)
 ==================== ==============================================================
 """
 
@@ -33,15 +53,17 @@ import fnmatch
 import hashlib
 import json
 import math
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from dldc.registry.adapter_model import BaseReference, save_adapter_model, stage_adapter
+
 EVAL_TAG_PREFIX = "eval."
 PROTOCOL_TAG = "eval.protocol"
 DIGEST_TAG = "adapter_sha256"
-ARTIFACT_PATH = "adapter"
+BASE_TAG = "base_model"
+ARTIFACT_PATH = "model"
 _TAG_LIMIT = 5000  # MLflow's tag value limit is 5000 characters (8000 in newer stores)
 
 
@@ -129,17 +151,20 @@ class Registry:
         folder: str | Path,
         patterns: list[str],
         run_id: str,
+        base: BaseReference,
         tags: dict[str, Any] | None = None,
         data: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None,
         protocol: str | None = None,
     ) -> Any:
-        """Register an adapter folder (once per distinct set of files) and tag it.
+        """Register an adapter folder as a loadable MLflow model (once per distinct weights) and tag it.
 
         Args:
             folder: the adapter folder.
             patterns: which top-level files are the adapter (``registry.adapter_files``).
-            run_id: the run the files are logged into (``adapter/``) when they are new.
+            run_id: the run the model is logged into (``model/``) when the weights are new.
+            base: the base the adapter applies to (:func:`~dldc.registry.adapter_model.adapter_base`):
+                referenced (hub id and revision) or bundled into the model.
             tags: extra version tags.
             data: the data version (:func:`dldc.registry.data_version.data_version`).
             metrics: evaluation metrics (whole test split) → ``eval.<metric>`` tags.
@@ -150,19 +175,19 @@ class Registry:
         """
         digest = adapter_digest(folder, patterns)
         version = self.find(digest)
-        all_tags = {DIGEST_TAG: digest, **(tags or {}), **self._data_tags(data or {})}
+        all_tags = {DIGEST_TAG: digest, BASE_TAG: base.tag, **(tags or {}), **self._data_tags(data or {})}
         if metrics:
             all_tags.update({f"{EVAL_TAG_PREFIX}{name}": value for name, value in metrics.items()})
         if protocol:
             all_tags[PROTOCOL_TAG] = protocol
         if version is None:
-            source, run_id = self._log_files(folder, patterns, run_id)
+            source = self._log_model(folder, patterns, run_id, base, {DIGEST_TAG: digest, BASE_TAG: base.tag})
             version = self.client.create_model_version(
                 self.model_name,
                 source=source,
                 run_id=run_id,
                 tags={k: _tag_value(v) for k, v in all_tags.items() if v is not None},
-                description=f"LoRA adapter from {folder}",
+                description=f"LoRA adapter on {base.tag}",
             )
         else:
             for key, value in all_tags.items():
@@ -170,14 +195,16 @@ class Registry:
                     self.client.set_model_version_tag(self.model_name, version.version, key, _tag_value(value))
         return self.client.get_model_version(self.model_name, version.version)
 
-    def _log_files(self, folder: str | Path, patterns: list[str], run_id: str) -> tuple[str, str]:
-        # Only the adapter's own files: no checkpoints or optimizer states from sub-folders.
+    def _log_model(
+        self, folder: str | Path, patterns: list[str], run_id: str, base: BaseReference, metadata: dict[str, str]
+    ) -> str:
+        # Only the adapter's own files go into the model: no checkpoints or optimizer states from sub-folders.
         with tempfile.TemporaryDirectory() as staging:
-            for path in adapter_files(folder, patterns):
-                shutil.copy2(path, Path(staging) / path.name)
-            self.client.log_artifacts(run_id, staging, artifact_path=ARTIFACT_PATH)
+            adapter = stage_adapter(adapter_files(folder, patterns), Path(staging) / "adapter")
+            save_adapter_model(adapter, base, Path(staging) / ARTIFACT_PATH, metadata)
+            self.client.log_artifacts(run_id, str(Path(staging) / ARTIFACT_PATH), artifact_path=ARTIFACT_PATH)
         artifact_uri = self.client.get_run(run_id).info.artifact_uri
-        return f"{artifact_uri.rstrip('/')}/{ARTIFACT_PATH}", run_id
+        return f"{artifact_uri.rstrip('/')}/{ARTIFACT_PATH}"
 
     @staticmethod
     def _data_tags(data: dict[str, Any]) -> dict[str, Any]:
@@ -215,6 +242,17 @@ class Registry:
             "promotion.compared_with": before.get("version") or "none",
             "promotion.time": decision["time"],
         }
+        if decision.get("champion_evidence"):
+            tags["promotion.evidence"] = decision["champion_evidence"].split(":")[0]
+        # The intervals the gate read: vs the champion's arm (same draws) and vs each baseline arm.
+        for prefix, checks in (("promotion.vs_champion", decision.get("champion_checks")),
+                               ("promotion.vs_baselines", decision.get("baselines"))):  # fmt: skip
+            compared = [c for c in checks or [] if c.get("metric")]
+            if compared:
+                tags[prefix] = [
+                    {key: c[key] for key in ("baseline", "metric", "delta", "ci_low", "ci_high", "passed")}
+                    for c in compared
+                ]
         for key, value in tags.items():
             self.client.set_model_version_tag(self.model_name, version, key, _tag_value(value))
 

@@ -4,17 +4,25 @@ Flow (:func:`promote`):
 
 1. read the evaluation (``dldc evaluate``'s ``results.json``) and the candidate arm's metrics
    (``promote.scene``, default the whole test split);
-2. register the candidate's adapter as a model version (:func:`dldc.registry.models.register_adapter`;
-   the same adapter files are registered once, later evaluations only update its tags);
+2. register the candidate's adapter as a version of a loadable MLflow model
+   (:meth:`dldc.registry.models.Registry.register_adapter`; its base from ``promote.base``, the
+   adapter's ``finetune.json`` or the evaluation, :mod:`dldc.registry.adapter_model`); the same
+   adapter files are registered once, later evaluations only update its tags;
 3. find the current champion (``registry.alias``) and its metrics *under the same protocol*:
    the champion's adapter evaluated as an arm of this very evaluation (best: same draws), else
    the metrics tagged on its version when their protocol fingerprint equals this evaluation's;
 4. :func:`decide`: the candidate must beat the champion on every ``promote.criteria`` metric by
    its margin, in the direction the evaluation records for the metric (its ``higher_is_better``:
    lower FID/KID/FD/KD, higher CLIP scores). A first candidate with no champion is promoted, and
-   the decision says so. :func:`baseline_checks`: it must also beat the ``promote.baselines``
-   arms of the same evaluation (``raw``, ``global``) with the paired-bootstrap interval clear of
-   zero, and no scene may be worse than a baseline by more than ``promote.scene_tolerance``;
+   the decision says so. When the champion is an arm of this evaluation (same draws), the gap
+   must also be clear of noise: the paired-bootstrap interval of candidate − champion wholly on
+   the better side of zero, and no scene behind by more than ``promote.scene_tolerance``
+   (:func:`baseline_checks` against the champion's arm; ``champion_checks`` in the decision).
+   Otherwise only point estimates exist for the champion (its version tags) and the margins
+   decide; ``champion_evidence`` says which evidence was used. :func:`baseline_checks`: it must
+   also beat the ``promote.baselines`` arms of the same evaluation (``raw``, ``global``) with the
+   paired-bootstrap interval clear of zero, and no scene may be worse than a baseline by more
+   than ``promote.scene_tolerance``;
 5. record the decision: ``decision.json`` and ``promotion.*`` tags on the candidate version
    (and the alias, when promoted). Every candidate also gets ``registry.challenger_alias``
    (``challenger``), whatever the decision.
@@ -43,6 +51,7 @@ from dldc.config import DldcConfig, PromoteCriterion
 from dldc.evaluate import ALL_SCENES, metric_directions, read_evaluation, read_replicates
 from dldc.evaluate.bootstrap import paired_interval
 from dldc.io import write_json
+from dldc.registry.adapter_model import adapter_base
 from dldc.registry.data_version import data_version, manifest_from_adapter
 from dldc.registry.models import (
     EVAL_TAG_PREFIX,
@@ -268,15 +277,15 @@ def promote(cfg: DldcConfig, run: Any) -> dict[str, Any]:
     manifest = section.data_manifest or manifest_from_adapter(adapter)
     version_info = data_version(manifest)
 
+    evaluated_base = results["arms"][section.candidate_arm].get("model")
+    base = adapter_base(adapter, section.base, evaluated_base if isinstance(evaluated_base, str) else None)
     registry = Registry(cfg.tracking.resolved_uri(), cfg.registry.model_name)
     candidate = registry.register_adapter(
         adapter,
         cfg.registry.adapter_files,
         run_id=run.run_id,
-        tags={
-            "arm": section.candidate_arm,
-            "base_model": str(results["arms"][section.candidate_arm].get("model")),
-        },
+        base=base,
+        tags={"arm": section.candidate_arm},
         data=version_info,
         metrics=metrics,
         protocol=protocol,
@@ -293,6 +302,7 @@ def promote(cfg: DldcConfig, run: Any) -> dict[str, Any]:
             "arm": section.candidate_arm,
             "adapter": str(adapter),
             "adapter_sha256": candidate.tags.get("adapter_sha256"),
+            "base_model": base.tag,
             "metrics": {c.metric: metrics.get(c.metric) for c in section.criteria},
             "data": version_info,
         },
@@ -304,9 +314,9 @@ def promote(cfg: DldcConfig, run: Any) -> dict[str, Any]:
         reason = f"version {candidate.version} (these adapter files) is already {cfg.registry.alias}"
         decision.update(promoted=False, outcome="already_champion", reason=reason)
     else:
-        champion_metrics = None
+        champion_metrics, champion_arm = None, None
         if champion is not None:
-            champion_metrics, source = _champion_metrics(champion, results, section.scene, cfg, protocol)
+            champion_metrics, source, champion_arm = _champion_metrics(champion, results, section.scene, cfg, protocol)
             if champion_metrics is None and not section.require_same_protocol:
                 champion_metrics = Registry.metrics_from_tags(champion.tags)
                 source = "version tags (another protocol: numbers not strictly comparable)"
@@ -315,6 +325,7 @@ def promote(cfg: DldcConfig, run: Any) -> dict[str, Any]:
                 "adapter_sha256": champion.tags.get("adapter_sha256"),
                 "metrics_source": source,
                 "metrics": champion_metrics,
+                "arm": champion_arm,
             }
         if champion is not None and champion_metrics is None:
             reason = (
@@ -327,19 +338,26 @@ def promote(cfg: DldcConfig, run: Any) -> dict[str, Any]:
         else:
             directions = metric_directions(results["metrics"])
             promoted, criteria, reason = decide(metrics, champion_metrics, section.criteria, directions)
+            metric_names = [c.metric for c in section.criteria]
+            champion_checks = []
+            if champion_arm is not None:
+                # Same draws as the candidate: the paired interval says whether the gap is more than noise.
+                champion_checks = baseline_checks(section.evaluation, results, section.candidate_arm, [champion_arm],
+                                                  metric_names, section.scene, section.scene_tolerance)  # fmt: skip
+                unclear = [c for c in champion_checks if c["passed"] is False]
+                if promoted and unclear:
+                    promoted = False
+                    reason = "beats the champion on point estimates, but not clear of noise: " + _failures(unclear)
+            decision["champion_evidence"] = _champion_evidence(champion, champion_arm)
             checks = baseline_checks(section.evaluation, results, section.candidate_arm, section.baselines,
-                                     [c.metric for c in section.criteria], section.scene, section.scene_tolerance)
+                                     metric_names, section.scene, section.scene_tolerance)  # fmt: skip
             failed = [c for c in checks if c["passed"] is False]
             if promoted and failed:
                 promoted = False
-                reason = "beats the champion, but not the baselines: " + "; ".join(
-                    f"{c['metric']} vs {c['baseline']}: delta {c['delta']} [{c['ci_low']}, {c['ci_high']}]"
-                    + (f", worse in {', '.join(c['scenes_worse'])}" if c["scenes_worse"] else "")
-                    for c in failed
-                )
+                reason = "beats the champion, but not the baselines: " + _failures(failed)
             outcome = "promoted" if promoted else "rejected"
             decision.update(promoted=promoted, outcome=outcome, reason=reason, criteria=[asdict(c) for c in criteria],
-                            baselines=checks)  # fmt: skip
+                            champion_checks=champion_checks, baselines=checks)  # fmt: skip
             if promoted:
                 registry.set_alias(cfg.registry.alias, candidate.version)
     registry.record_decision(candidate.version, decision)
@@ -349,6 +367,23 @@ def promote(cfg: DldcConfig, run: Any) -> dict[str, Any]:
     run.set_tags({"promotion.outcome": decision["outcome"], "promotion.candidate_version": candidate.version})
     run.log_metrics({"promoted": int(decision["promoted"])})
     return decision
+
+
+def _failures(checks: list[dict[str, Any]]) -> str:
+    return "; ".join(
+        f"{c['metric']} vs {c['baseline']}: delta {c['delta']} [{c['ci_low']}, {c['ci_high']}]"
+        + (f", worse in {', '.join(c['scenes_worse'])}" if c["scenes_worse"] else "")
+        for c in checks
+    )
+
+
+def _champion_evidence(champion: Any, champion_arm: str | None) -> str:
+    """How the candidate was compared with the champion: the decision's ``champion_evidence``."""
+    if champion is None:
+        return "none: no champion"
+    if champion_arm is not None:
+        return f"paired_bootstrap: the champion is arm {champion_arm!r} of this evaluation (same draws)"
+    return "point_estimates: the champion's metrics come from its version tags (other draws), compared with margins"
 
 
 def _arm_adapter(results: dict[str, Any], arm: str) -> str:
@@ -363,8 +398,8 @@ def _arm_adapter(results: dict[str, Any], arm: str) -> str:
 
 def _champion_metrics(
     champion: Any, results: dict[str, Any], scene: str, cfg: DldcConfig, protocol: str
-) -> tuple[dict[str, float] | None, str | None]:
-    """The champion's metrics comparable with this evaluation, and where they came from."""
+) -> tuple[dict[str, float] | None, str | None, str | None]:
+    """The champion's metrics comparable with this evaluation, where they came from, and its arm here (if one)."""
     digest = champion.tags.get("adapter_sha256")
     for arm, info in results["arms"].items():
         folder = info.get("adapter")
@@ -375,9 +410,9 @@ def _champion_metrics(
         except ValueError:
             continue
         if same:
-            return arm_metrics(results, arm, scene), f"this evaluation, arm {arm!r}"
+            return arm_metrics(results, arm, scene), f"this evaluation, arm {arm!r}", arm
     if champion.tags.get(PROTOCOL_TAG) == protocol and scene == ALL_SCENES:
         tagged = Registry.metrics_from_tags(champion.tags)
         if tagged:
-            return tagged, f"version tags ({EVAL_TAG_PREFIX}*, same protocol {protocol})"
-    return None, None
+            return tagged, f"version tags ({EVAL_TAG_PREFIX}*, same protocol {protocol})", None
+    return None, None, None
