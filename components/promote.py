@@ -13,10 +13,17 @@ def promote(
     candidate_arm: str,
     settings: list,
     profile: str,
+    base_model: dsl.Input[dsl.Model] = None,
 ):
-    """Register `adapter` (the `candidate_arm` of `evaluation`) in MLflow and decide on the champion alias."""
+    """Register `adapter` (the `candidate_arm` of `evaluation`) in MLflow and decide on the champion alias.
+
+    `base_model` is the base the adapter applies to (build_base's folder, bundled into the registered
+    model; or name_base's reference, registered as the hub id it names): the paths the adapter and the
+    evaluation recorded belong to other pods.
+    """
     from dldc.run import run_stage
 
+    base = [f"promote.base={base_model.path}"] if base_model is not None else []
     run_stage(
         [
             "promote",
@@ -29,6 +36,6 @@ def promote(
             "--out",
             decision.path,
         ],
-        settings,
+        [*settings, *base],
         profile=profile,
     )

@@ -79,10 +79,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {compile_pipeline(args.out)}")
     elif args.command == "run-local":
         from pipelines import local
-        from pipelines.dldc_pipeline import dldc_pipeline
 
         local.init(args.root)
-        dldc_pipeline(**parse_params(args.param))
+        local.run(**parse_params(args.param))
         print(f"finished; artifacts under {args.root}")
     else:
         print(f"started run {submit(args)} on {args.host}")

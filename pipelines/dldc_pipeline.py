@@ -226,7 +226,7 @@ def dldc_pipeline(
         )
         _place(
             promote(evaluation=evaluate_task.outputs["evaluation"], adapter=adapters["clean"].outputs["adapter"],
-                    candidate_arm="clean", **common),  # fmt: skip
+                    base_model=base, candidate_arm="clean", **common),  # fmt: skip
             "promote",
         ).set_caching_options(False)  # the registry changes between runs: a cached decision would be stale
         _clean_dataset(manifest, captions, selection, generations=generate_task.outputs["generations"],

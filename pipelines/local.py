@@ -31,6 +31,29 @@ def _one_of_artifacts(cls: Any, dag_outputs_spec: Any, io_store: Any) -> dict[st
     return outputs
 
 
+def run(**params: Any) -> Any:
+    """Run the dldc pipeline once (after :func:`init`), as one MLflow run group.
+
+    On a cluster each pod reads its run's id from the ``pipeline/runid`` label; here every task is a
+    subprocess of this one, so the run's group goes into their environment (``DLDC_RUN_GROUP``).
+    """
+    import os
+    import uuid
+
+    from dldc.tracking import RUN_GROUP_ENV
+    from pipelines.dldc_pipeline import dldc_pipeline
+
+    before = os.environ.get(RUN_GROUP_ENV)
+    os.environ[RUN_GROUP_ENV] = f"kfp-local-{uuid.uuid4().hex[:12]}"
+    try:
+        return dldc_pipeline(**params)
+    finally:
+        if before is None:
+            os.environ.pop(RUN_GROUP_ENV, None)
+        else:
+            os.environ[RUN_GROUP_ENV] = before
+
+
 def init(pipeline_root: str | Path) -> None:
     """``kfp.local.init`` with the subprocess runner in this interpreter, and artifact ``dsl.OneOf`` resolved."""
     from kfp import local

@@ -36,9 +36,11 @@ def test_pipeline_compiles_to_ir_yaml_with_the_stage_graph_of_dvc_yaml(tmp_path)
     stages = dvc_stages()
     kfp = {stage_of(task) for task in kfp_tasks(spec)}
     assert kfp - KFP_ONLY == {stage_of(name) for name in stages}
-    # The pipeline's segment reads SynthRS from ingest's copy (later pods get only the manifest artifact);
-    # `dvc repro` reads synth's folder.
-    assert kfp_edges(spec) - {("ingest", "segment")} == dvc_edges(stages) - {("synth", "segment")}
+    # Later pods get only their input artifacts, so in the pipeline segment reads SynthRS from ingest's copy
+    # and promote takes the base (`dvc repro` reads synth's folder, and the base the adapter records).
+    assert kfp_edges(spec) - {("ingest", "segment"), ("build_base", "promote")} == dvc_edges(stages) - {
+        ("synth", "segment")
+    }
     specs = kfp_task_specs(spec)
     loops = {name: task["parameterIterator"]["items"]["inputParameter"]
              for name, (task, _) in specs.items() if "parameterIterator" in task}  # fmt: skip

@@ -17,14 +17,13 @@ def test_your_dataset_through_kfp_local_with_no_synthrs_task(tmp_path, mlflow_ur
     """
     from dldc.data.manifest import dataset_root, read_manifest
     from pipelines import local
-    from pipelines.dldc_pipeline import dldc_pipeline
 
     monkeypatch.chdir(tmp_path)
     local.init(tmp_path / "kfp-root")
     settings = [f"tracking.uri={mlflow_uri}", "tracking.experiment=t-kfp-rsicd", "ingest.workers=1",
                 "indomain.architecture=indomain-test", "indomain.epochs=1"]  # fmt: skip
-    dldc_pipeline(dataset_uri=str(rsicd_root), profile="rsicd-dev", train_models=False, select_mode="proxy",
-                  caption_rounds=0, score_part_pairs=465, settings=settings)  # fmt: skip
+    local.run(dataset_uri=str(rsicd_root), profile="rsicd-dev", train_models=False, select_mode="proxy",
+              caption_rounds=0, score_part_pairs=465, settings=settings)  # fmt: skip
     (run,) = (tmp_path / "kfp-root").iterdir()
     ran = {path.name for path in run.iterdir()}
     parts = {name for name in ran if name.startswith("for-loop-4-iteration-")}

@@ -79,7 +79,7 @@ def recorded_base(folder: str | Path) -> tuple[str | None, str | None]:
         return None, None
     config = report.get("config") if isinstance(report.get("config"), dict) else {}
     base = report.get("base") or config.get("base")
-    revision = config.get("revision")
+    revision = report.get("revision") or config.get("revision")  # the resolved revision, where recorded
     return (base if isinstance(base, str) else None), (revision if isinstance(revision, str) else None)
 
 
@@ -109,10 +109,13 @@ def adapter_base(folder: str | Path, configured: str | None = None, evaluated: s
     Raises:
         FileNotFoundError: no candidate is a pipeline folder here or a hub id.
     """
+    from dldc.t2i.models import resolve_base
+
     recorded, recorded_revision = recorded_base(folder)
     candidates = []
     if configured:
-        candidates.append(parse_base(configured))
+        named = resolve_base(configured)  # a folder standing for a hub id (`dldc build-base --from`)
+        candidates.append(named if named[0] != configured else parse_base(configured))
     if recorded:
         candidates.append((recorded, recorded_revision))
     if evaluated:

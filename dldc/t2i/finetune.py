@@ -437,7 +437,9 @@ def _finetune(
         "config": cfg.model_dump(mode="json"),
         "manifest": str(cfg.manifest),
         "manifest_sha256": manifest_sha,
-        "base": resolve_base(cfg.base, cfg.revision)[0],  # the hub id, not a reference folder
+        # What the adapter applies to: the hub id and revision a reference folder names, not the folder.
+        "base": resolve_base(cfg.base, cfg.revision)[0],
+        "revision": resolve_base(cfg.base, cfg.revision)[1],
         "base_digest": base_digest(cfg.base, cfg.revision),
         "fingerprint": run_id,
         "adapter": adapter.name,
