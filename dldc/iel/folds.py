@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from typing import Any
 
 
 def stable_hash(image_id: str, seed: int) -> int:
@@ -64,6 +65,22 @@ def assign_folds(image_ids: list[str], scenes: list[str], n_folds: int, seed: in
         raise ValueError(f"{len(image_ids)} images cannot fill {n_folds} folds; use folds <= {len(image_ids)}")
     order = sorted(zip(scenes, image_ids), key=lambda item: (item[0], stable_hash(item[1], seed)))
     return {image_id: position % n_folds for position, (_, image_id) in enumerate(order)}
+
+
+def text_keys(tokenizer: Any, texts: list[str]) -> list[str]:
+    """Each text as the tokenizer normalises it before BPE: two texts with the same key get the
+    same tokens, so a model that trained on one has trained on the other.
+
+    open_clip's tokenizer cleans with ``clean_fn`` (``lower``: ftfy fix, HTML unescape, single
+    spaces, lower case); a tokenizer without one gets single spaces and lower case.
+
+    Example:
+        >>> import open_clip
+        >>> text_keys(open_clip.get_tokenizer("ViT-B-32"), ["Many  Planes &amp; a terminal ."])
+        ['many planes & a terminal .']
+    """
+    clean = getattr(tokenizer, "clean_fn", None) or (lambda text: " ".join(text.split()).lower())
+    return [clean(text) for text in texts]
 
 
 def ids_digest(image_ids: list[str]) -> str:

@@ -232,6 +232,7 @@ class IndomainScorer:
         self.context_length = int(config["model_cfg"]["text_cfg"].get("context_length", 77))
         self.tokenizer = open_clip.get_tokenizer(f"local-dir:{self.path}", context_length=self.context_length)
         self.trained_by: dict[str, int] = {}
+        self._text_keys: dict[str, str] = {}
         if TEXTS_FILE in files:
             texts = pq.read_table(self.path / TEXTS_FILE)
             self.trained_by = dict(zip(texts["text"].to_pylist(), texts["trained_by"].to_pylist()))
@@ -253,7 +254,9 @@ class IndomainScorer:
         fold = self.fold_of(image_id)
         if not self.trained_by:
             return fold
-        key = text_keys(self.tokenizer, [caption])[0]
+        key = self._text_keys.get(caption)
+        if key is None:  # ftfy's cleaning is the slow part of scoring a big manifest: once per text
+            key = self._text_keys[caption] = text_keys(self.tokenizer, [caption])[0]
         return scoring_fold(fold, self.trained_by.get(key, 0), self.n_folds)
 
     def fold_model(self, fold: int) -> IndomainFoldScorer:

@@ -47,7 +47,7 @@ from dldc.data.images import load_rgb
 from dldc.data.manifest import dataset_root, read_manifest
 from dldc.device import resolve_device
 from dldc.iel.base import l2_normalise
-from dldc.iel.folds import assign_folds, group_folds, ids_digest, stable_hash
+from dldc.iel.folds import assign_folds, group_folds, ids_digest, stable_hash, text_keys
 from dldc.iel.indomain_arch import (
     FOLDS_FILE,
     OPEN_CLIP_CONFIG_FILE,
@@ -138,22 +138,6 @@ def _decode(path: Path, size: int) -> torch.Tensor:
         return image_to_uint8(load_rgb(path), size)
     except (OSError, ValueError) as err:
         raise OSError(f"cannot read {path}: {err} (re-run ingest?)") from err
-
-
-def text_keys(tokenizer: Any, texts: list[str]) -> list[str]:
-    """Each text as the tokenizer normalises it before BPE: two texts with the same key get the
-    same tokens, so a model that trained on one has trained on the other.
-
-    open_clip's tokenizer cleans with ``clean_fn`` (``lower``: ftfy fix, HTML unescape, single
-    spaces, lower case); a tokenizer without one gets single spaces and lower case.
-
-    Example:
-        >>> import open_clip
-        >>> text_keys(open_clip.get_tokenizer("ViT-B-32"), ["Many  Planes &amp; a terminal ."])
-        ['many planes & a terminal .']
-    """
-    clean = getattr(tokenizer, "clean_fn", None) or (lambda text: " ".join(text.split()).lower())
-    return [clean(text) for text in texts]
 
 
 def prepare_data(manifest: str | Path, image_size: int, tokenizer: Any, progress: bool = False) -> TrainingData:
