@@ -162,6 +162,15 @@ def repeated_text_figures(scored: pd.DataFrame, keys: np.ndarray, truth: pd.Data
             "repeated": round(float(values[rep].mean()), 4),
             "unique": round(float(values[~rep].mean()), 4),
         }
+        if column != "fused":  # which signal puts repeated texts at the top
+            by_signal = np.argsort(np.nan_to_num(values, nan=0.0), kind="stable")
+            figures[f"share_bottom_20_by_{column}"] = round(float(rep[by_signal[:tail]].mean()), 4)
+    # Are the repeated captions the generic, shorter ones?
+    words = np.array([len(key.split()) for key in keys[genuine]])
+    figures["mean_words"] = {
+        "repeated": round(float(words[rep].mean()), 2),
+        "unique": round(float(words[~rep].mean()), 2),
+    }
     return figures
 
 
