@@ -437,7 +437,17 @@ def train_fold(
     heldout_images = np.flatnonzero(folds == fold)
     batch_size = min(cfg.batch_size, len(train_images))
     if batch_size < 2:
-        raise ValueError(f"fold {fold}: {len(train_images)} training image(s); contrastive training needs 2")
+        left_out = len(outside_images) - len(train_images)
+        dropped = f", {left_out} left out by the drop rule" if cfg.fold_groups == "text" else ""
+        raise ValueError(
+            f"fold {fold}: {len(train_images)} training image(s){dropped}; contrastive training needs 2"
+            + (
+                " (every caption text outside the fold also occurs in it: vary the captions, or use "
+                "indomain.fold_groups=image and accept that repeated text leaks)"
+                if dropped
+                else ""
+            )
+        )
     steps_per_epoch = len(train_images) // batch_size  # drop the ragged tail; shuffling rotates it
     total_steps = steps_per_epoch * cfg.epochs
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN, device=device)
