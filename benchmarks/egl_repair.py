@@ -347,16 +347,26 @@ def main() -> None:
     parser.add_argument("--min-gain", type=float, default=CaptionConfig().min_gain)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--augment", choices=["dihedral", "none"], default="none", help="in-domain training views")
+    parser.add_argument("--epochs", type=int, default=IndomainConfig().epochs, help="in-domain training epochs")
+    parser.add_argument(
+        "--fold-groups", choices=["text", "image"], default=IndomainConfig().fold_groups,
+        help="in-domain fold rule: text (repeated text cannot leak) or image (the earlier rule)",
+    )  # fmt: skip
+    parser.add_argument("--name", default="egl_repair", help="result file name in benchmarks/results")
     parser.add_argument("--work", type=Path, default=None, help="Keep intermediate data here (default: a temp dir).")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="egl-repair-"))
     started = time.perf_counter()
 
     # Data and scorer: reused from --work when the digest of their settings and inputs matches.
-    root, manifest, scorer_dir = work / "synthrs", work / "ingest" / "manifest.parquet", work / "scorer"
+    root, manifest = work / "synthrs", work / "ingest" / "manifest.parquet"
+    scorer_dir = work / f"scorer-{args.fold_groups}"
     synth = {"n_images": args.n_images, "size": 64, "noise_rate": args.noise_rate, "seed": args.seed}
     ingest_cfg = IngestConfig(root=str(root), out=str(manifest.parent))
-    scorer_cfg = IndomainConfig(manifest=str(manifest), out=str(scorer_dir), seed=args.seed, augment=args.augment)
+    scorer_cfg = IndomainConfig(
+        manifest=str(manifest), out=str(scorer_dir), seed=args.seed, augment=args.augment, epochs=args.epochs,
+        fold_groups=args.fold_groups,
+    )  # fmt: skip
     steps = cached_synthrs_ingest(root, synth, ingest_cfg)
     steps["scorer"] = cached_step(
         scorer_dir,
@@ -368,7 +378,7 @@ def main() -> None:
     scorer_used = steps["scorer"]["config"]["indomain"]
 
     # Scores and repairs: always this run's, in a fresh folder (the loop's shard caches start empty).
-    run = work / "run"
+    run = work / f"run-{args.fold_groups}"
     shutil.rmtree(run, ignore_errors=True)
     score_cfg = ScoreConfig(manifest=str(manifest), out=str(run / "scores"), scorers=[f"indomain:{scorer_dir}"])
     scorers = [create_scorer(spec) for spec in score_cfg.scorers]
@@ -422,7 +432,7 @@ def main() -> None:
 
     noisy_share = float(truth["noisy"].mean())
     write_result(
-        "egl_repair",
+        args.name,
         {
             "dataset": f"SynthRS {synth['n_images']} images, {synth['size']} px, noise rate {synth['noise_rate']} "
                        f"(seed {synth['seed']})",
@@ -430,7 +440,8 @@ def main() -> None:
             "noisy_pairs": int(truth["noisy"].sum()),
             "noisy_share": round(noisy_share, 4),
             "scorer": {"kind": "in-domain, cross-fitted", **{k: scorer_used[k] for k in (
-                "architecture", "folds", "epochs", "batch_size", "augment", "seed")}},
+                "architecture", "folds", "epochs", "batch_size", "augment", "seed", "fold_groups")},
+                "fold_rule": json.loads((scorer_dir / "indomain.json").read_text())["fold_rule"]},
             "settings": {"rounds": args.rounds, "threshold": args.threshold, "min_gain": args.min_gain},
             "targets": {"repaired": ">= 0.70", "clean_replaced": "<= 0.05"},
             "checker": checker,

@@ -179,6 +179,7 @@ STAGE = {
         (
             "open_clip_config.json",
             "folds.parquet",
+            "texts.parquet",
             "fold-0.safetensors",
             "fold-1.safetensors",
             "fold-0.scene.safetensors",

@@ -182,6 +182,11 @@ class IndomainConfig(_Section):
         augment: training views of the images: ``dihedral`` (random flips and 90° rotations: a
             top-down tile has no "up"; best for scene-level noise) or ``none`` (the tower can then
             learn positions, for captions that name them: "a lake at the top left").
+        fold_groups: ``text`` (default): images that share a caption text (as the tokenizer
+            normalises it) share a fold, and where such a group is too large to keep whole,
+            training of fold k drops the pairs whose text occurs in fold k — no fold model trains
+            on a text it scores (:func:`dldc.iel.folds.group_folds`). ``image``: folds by image
+            only (the earlier behaviour; a repeated text leaks into the models that score it).
     """
 
     manifest: str = "data/ingest/manifest.parquet"
@@ -198,6 +203,7 @@ class IndomainConfig(_Section):
     scene_head: bool = True
     scene_alpha: float = Field(1.0, gt=0)
     augment: Literal["dihedral", "none"] = "dihedral"
+    fold_groups: Literal["text", "image"] = "text"
 
 
 class ScoreConfig(_Section):

@@ -16,7 +16,7 @@ from dldc.egl.loop import ReferenceFusion, caption_manifest, signal_columns
 from dldc.egl.mask2text import Mask2TextCaptioner
 from dldc.iel.engine import score_manifest
 from dldc.iel.factory import create_scorer
-from dldc.iel.indomain import train_indomain
+from dldc.iel.indomain import text_keys, train_indomain
 
 pytestmark = pytest.mark.slow  # every test here uses a trained in-domain scorer
 
@@ -144,7 +144,7 @@ def test_captions_parquet_has_every_candidate_with_lineage(world, first_run):
     assert means == sorted(means)
 
 
-def test_candidates_are_scored_by_the_fold_model_that_never_saw_their_image(world, first_run):
+def test_candidates_are_scored_by_a_fold_model_that_never_saw_their_image_or_text(world, first_run):
     scorer = world["scorers"][0]
     captions = pd.read_parquet(first_run.captions)
     scored = captions[(captions["round"] > 0) & (captions["status"] == "scored")].head(6)
@@ -154,7 +154,11 @@ def test_candidates_are_scored_by_the_fold_model_that_never_saw_their_image(worl
 
     for row in scored.itertuples():
         image = manifest.loc[manifest["image_id"] == row.image_id, "image"].iloc[0]
-        model = scorer.fold_model(scorer.fold_of(row.image_id))
+        fold = scorer.fold_for(row.image_id, row.caption)
+        # The image's own fold unless that model trained on the text (then one that did not).
+        key = text_keys(scorer.tokenizer, [row.caption])[0]
+        assert scorer.trained_by.get(key, 0) >> fold & 1 == 0
+        model = scorer.fold_model(fold)
         image_embedding = model.encode_images(model.preprocess(load_rgb(root / image)).unsqueeze(0))
         text_embedding = model.encode_texts([row.caption])
         assert float((image_embedding * text_embedding).sum()) == pytest.approx(row.indomain, abs=1e-4)

@@ -15,6 +15,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import onnx
+import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
@@ -320,6 +321,12 @@ def test_indomain_folds_export_as_a_crossfit_scorer(manifest, calibration, tmp_p
     assert isinstance(scorer, OnnxCrossFitScorer) and isinstance(scorer, CrossFitScorer)
     assert not isinstance(scorer, Scorer) and scorer.name == "indomain" and scorer.n_folds == 2
     assert all(scorer.fold_of(i) == source.fold_of(i) for i in list(source.folds)[:20] + ["unseen-id"])
+    # Text folds travel with the export: a text goes to the same fold model as in the source.
+    assert scorer.trained_by == source.trained_by and scorer.trained_by
+    texts = list(dict.fromkeys(pd.read_parquet(manifest)["caption"]))[:15]
+    ids = list(source.folds)[:15]
+    assert all(scorer.fold_for(i, t) == source.fold_for(i, t) for i in ids for t in texts)
+    assert any(source.fold_for(i, t) != source.fold_of(i) for i in ids for t in texts)  # some texts re-routed
 
     cfgs = {
         label: ScoreConfig(manifest=manifest, out=str(tmp_path / label), scorers=["x:y"], device="cpu")

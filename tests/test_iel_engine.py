@@ -118,6 +118,12 @@ def test_library_scorers_take_the_engine_route_of_their_protocol(tmp_path):
     manifest = _manifest(tmp_path)
     single = create_scorer(f"open_clip:{write_open_clip_config(tmp_path / 'oc')}", device="cpu")
     settings = {"architecture": "indomain-test", "folds": 2, "epochs": 1, "batch_size": 16, "device": "cpu"}
+    # Every image here shares "a very long caption that goes on": text folds would (rightly) leave
+    # nothing to train on; this test is about the engine's route, so folds by image.
+    settings["fold_groups"] = "image"
+    with pytest.raises(ValueError, match="drop rule"):
+        text = {**settings, "fold_groups": "text"}
+        train_indomain(IndomainConfig(manifest=str(manifest), out=str(tmp_path / "text"), **text), progress=False)
     train_indomain(IndomainConfig(manifest=str(manifest), out=str(tmp_path / "indomain"), **settings), progress=False)
     crossfit = load_indomain(tmp_path / "indomain", device="cpu")
     assert isinstance(single, Scorer) and not isinstance(single, CrossFitScorer)

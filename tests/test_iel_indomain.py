@@ -27,6 +27,7 @@ from dldc.iel.indomain import (
     FOLDS_FILE,
     OPEN_CLIP_CONFIG_FILE,
     REPORT_FILE,
+    TEXTS_FILE,
     assign_folds,
     create_indomain_model,
     embed_images,
@@ -41,6 +42,7 @@ from dldc.iel.indomain import (
     rank_auroc,
     resolve_architecture,
     scene_model_file,
+    text_keys,
     train_fold,
     train_indomain,
 )
@@ -87,7 +89,8 @@ def frame(manifest) -> pd.DataFrame:
 def test_outputs_written_atomically(trained):
     cfg, report = trained
     out = Path(cfg.out)
-    expected = {OPEN_CLIP_CONFIG_FILE, FOLDS_FILE, REPORT_FILE} | {fold_weights_file(k) for k in range(FOLDS)}
+    expected = {OPEN_CLIP_CONFIG_FILE, FOLDS_FILE, TEXTS_FILE, REPORT_FILE}
+    expected |= {fold_weights_file(k) for k in range(FOLDS)}
     expected |= {scene_model_file(k) for k in range(FOLDS)}
     assert {p.name for p in out.iterdir()} == expected
     assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []  # no temp folder left
@@ -116,16 +119,29 @@ def test_folds_partition_images_and_their_captions(trained, frame):
     assert (per_scene.apply(lambda f: np.ptp(f.value_counts().reindex(range(FOLDS), fill_value=0))) <= 1).all()
 
 
+def _trained_pairs(frame: pd.DataFrame, scorer, k: int) -> pd.Series:
+    """Pairs fold model k may train on: image outside fold k, text (as tokenized) not in fold k."""
+    keys = pd.Series(text_keys(scorer.tokenizer, frame["caption"].tolist()), index=frame.index)
+    outside = frame["image_id"].map(scorer.fold_of) != k
+    return outside & ~keys.isin(set(keys[~outside]))
+
+
 def test_fold_training_set_excludes_the_fold(trained, frame):
     cfg, report = trained
     scorer = load_indomain(cfg.out, device="cpu")
     images = frame.drop_duplicates("image_id")["image_id"].tolist()
     for fold in report["folds"]:
         k = fold["fold"]
-        train_ids = [i for i in images if scorer.fold_of(i) != k]
+        allowed = _trained_pairs(frame, scorer, k)
+        train_ids = sorted(set(frame.loc[allowed, "image_id"]))
         assert fold["train_image_ids_sha256"] == ids_digest(train_ids)
-        assert fold["train_images"] == len(train_ids) and fold["heldout_images"] == len(images) - len(train_ids)
-        assert fold["train_pairs"] == int(frame["image_id"].isin(train_ids).sum())
+        assert fold["train_images"] == len(train_ids)
+        assert fold["heldout_images"] == sum(scorer.fold_of(i) == k for i in images)
+        assert fold["train_pairs"] == int(allowed.sum())
+        outside = int((frame["image_id"].map(scorer.fold_of) != k).sum())
+        assert fold["dropped_pairs"] == outside - int(allowed.sum())
+    assert report["fold_rule"]["fold_groups"] == "text"
+    assert report["fold_rule"]["dropped_pairs"] == sum(f["dropped_pairs"] for f in report["folds"])
 
 
 def test_assign_folds_is_seeded_and_unseen_ids_fall_back_to_the_hash():
@@ -241,8 +257,8 @@ def test_scene_head_is_cross_fitted_and_finds_other_scene_captions(trained, fram
     tokenizer = open_clip.get_tokenizer("local-dir:" + cfg.out)
     images = frame.drop_duplicates("image_id")
     for k in range(FOLDS):
-        # The fold's scene model counts exactly the tokens of the captions outside fold k.
-        outside = frame[frame["image_id"].map(scorer.fold_of) != k]
+        # The fold's scene model counts exactly the tokens of the pairs its contrastive model trains on.
+        outside = frame[_trained_pairs(frame, scorer, k)]
         expected = SceneCaptionModel.fit(
             content_tokens(tokenizer(outside["caption"].tolist()), tokenizer.sot_token_id, tokenizer.eot_token_id),
             outside["scene"].tolist(),

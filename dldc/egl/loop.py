@@ -14,7 +14,9 @@ How a run goes (:func:`caption_manifest`):
    the token budget at a sentence boundary (:mod:`dldc.egl.prompts`).
 2. The candidates are scored by the IEL engine (:func:`dldc.iel.engine.score_manifest`) with
    the same scorers — a cross-fitted scorer scores a candidate for an image with the fold model
-   that never saw the image — and put on the round-0 scale of their scene
+   that never saw the image, unless that model trained on the candidate's text (a retrieval
+   candidate is another image's caption): then with one that did not
+   (:func:`dldc.iel.engine.pair_folds`) — and put on the round-0 scale of their scene
    (:class:`ReferenceFusion`), so a candidate and the caption it may replace are comparable.
 3. Per pair, the best candidate replaces the current caption if it scores higher by more than
    ``caption.min_gain`` (two pairs of one image never get the same text). The loop stops after

@@ -4,8 +4,12 @@ Without a VLM or masks, a good caption for an image is often one written for a v
 image of the same scene. Nearness is the in-domain scorer's image embedding (the IEL's own view
 of the images, :mod:`dldc.iel.indomain`): for an image in fold ``k`` the neighbours are ranked
 by fold model ``k`` — the model that never saw that image — so the query image's own captions
-cannot leak into its neighbourhood. Embeddings come from, and go to, the IEL embedding store
-(:mod:`dldc.iel.store`), so images that ``dldc score`` encoded are not encoded again.
+cannot leak into its neighbourhood. The neighbours of a cross-fitted scorer are searched among
+the images of fold ``k`` only: their captions are texts fold model ``k`` has not trained on (with
+the in-domain scorer's text folds, a text occurring in fold ``k`` is never in its training), so
+the candidate is scored by a model that has seen neither the image nor the text. Embeddings come
+from, and go to, the IEL embedding store (:mod:`dldc.iel.store`), so images that ``dldc score``
+encoded are not encoded again.
 
 The pool of captions to propose excludes the image itself and the *known-low* pairs (those
 below the loop's threshold at round 0): a noisy caption of a neighbour is no repair. Within a
@@ -80,6 +84,13 @@ class RetrievalCaptioner:
         pool_digest = hashlib.sha256("\x1f".join(pool["pair_id"] + "\x1e" + pool["caption"]).encode()).hexdigest()[:12]
         self.fingerprint = f"retrieval:{self.model_id}:n{neighbours}:pool-{pool_digest}"
 
+    def _same_fold(self, image_id: str, images: pd.DataFrame) -> pd.DataFrame:
+        """``images`` restricted to the fold of ``image_id`` (all of them for a single model)."""
+        if isinstance(self.scorer, CrossFitScorer) and not isinstance(self.scorer, Scorer):
+            fold = self.scorer.fold_of(image_id)
+            return images[[self.scorer.fold_of(i) == fold for i in images["image_id"]]]
+        return images
+
     def _model(self, image_id: str) -> Scorer:
         if isinstance(self.scorer, CrossFitScorer) and not isinstance(self.scorer, Scorer):
             return self.scorer.fold_model(self.scorer.fold_of(image_id))
@@ -108,7 +119,8 @@ class RetrievalCaptioner:
         return store.get("image", keys)
 
     def neighbours_of(self, request: CaptionRequest, embeddings: dict[str, torch.Tensor]) -> list[tuple[str, float]]:
-        """The nearest same-scene images (``image_id``, cosine), nearest first, the image itself excluded.
+        """The nearest same-scene (and same-fold) images (``image_id``, cosine), nearest first, the
+        image itself excluded.
 
         Args:
             request: the pair to find neighbours for.
@@ -117,7 +129,7 @@ class RetrievalCaptioner:
         candidates = self.images_by_scene.get(request.scene)
         if candidates is None:
             return []
-        candidates = candidates[candidates["image_id"] != request.image_id]
+        candidates = self._same_fold(request.image_id, candidates[candidates["image_id"] != request.image_id])
         if candidates.empty:
             return []
         query = embeddings[self._sha_of(request)]
@@ -141,6 +153,7 @@ class RetrievalCaptioner:
             for scene in {requests[i].scene for i in positions}:
                 pool = self.images_by_scene.get(scene)
                 if pool is not None:
+                    pool = self._same_fold(requests[positions[0]].image_id, pool)
                     images.update(zip(pool["image_sha256"], pool["image"]))
             items = list(images.items())
             matrix = self.embed(model, items)

@@ -290,10 +290,13 @@ def _export_crossfit(source: Any, folder: Path, cfg: ExportConfig) -> tuple[Towe
         towers.append(names)
     shutil.rmtree(staging)
 
-    from dldc.iel.indomain_arch import FOLDS_FILE
+    from dldc.iel.indomain_arch import FOLDS_FILE, TEXTS_FILE
 
     shutil.copy2(Path(source.path) / FOLDS_FILE, folder / FOLDS_FILE)
     extra: dict[str, Any] = {"folds": source.n_folds, "seed": source.seed, "folds_file": FOLDS_FILE}
+    if getattr(source, "trained_by", None):  # text folds: which fold models trained on each text
+        shutil.copy2(Path(source.path) / TEXTS_FILE, folder / TEXTS_FILE)
+        extra["texts_file"] = TEXTS_FILE
     if getattr(source, "has_scene_head", False):
         scene_files = []
         for fold in range(source.n_folds):

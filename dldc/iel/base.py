@@ -54,7 +54,13 @@ class Scorer(Protocol):
 
 @runtime_checkable
 class CrossFitScorer(Protocol):
-    """K fold models; pair ``p`` is scored by ``fold_model(fold_of(p.image_id))``."""
+    """K fold models; pair ``p`` is scored by ``fold_model(fold_of(p.image_id))``.
+
+    A scorer that knows which texts each fold model trained on may also offer
+    ``fold_for(image_id, caption)`` (the in-domain scorer does); the engine then uses it, so a
+    text scored on another image is not judged by a model that learnt it
+    (:func:`dldc.iel.engine.pair_folds`).
+    """
 
     scorer_id: str
     name: str

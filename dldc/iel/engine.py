@@ -7,7 +7,8 @@ How a run goes:
    (:mod:`dldc.iel.store`) lacks are encoded: each distinct image file (by sha256) and each
    distinct caption text once, images decoded and preprocessed by DataLoader workers while
    the model runs, in batches that halve and retry on CUDA out-of-memory. A cross-fitted
-   scorer encodes each pair with the fold model that never saw its image.
+   scorer encodes each pair with the fold model that never saw its image and, for the
+   in-domain scorer with text folds, never trained on its caption text (:func:`pair_folds`).
 3. The pair's score is the cosine of the two L2-normalised embeddings. The shard's raw
    scores are written atomically to ``shards/shard-<i>.parquet`` with a key over its pairs
    and scorers, and its sha256 beside it (``shard-<i>.parquet.sha256``); a re-run skips every
@@ -340,7 +341,7 @@ def _score_rows(
         cosine = [0.0] * len(rows)
         tokens = [0] * len(rows)
         context = 0
-        folds = [scorer.fold_of(image_id) for image_id in rows["image_id"]]
+        folds = pair_folds(scorer, rows)
         for fold in sorted(set(folds)):
             positions = [i for i, f in enumerate(folds) if f == fold]
             sub = _score_rows(scorer.fold_model(fold), rows.iloc[positions], root, stores, store_root, encoder, bar)
@@ -378,15 +379,25 @@ def _score_rows(
     return cosine.tolist(), store.tokens(caption_keys), scorer.context_length
 
 
+def pair_folds(scorer: CrossFitScorer, rows: pd.DataFrame) -> list[int]:
+    """The fold model that scores each row: one that trained on neither its image nor, where the
+    scorer knows its training texts (``fold_for``), its caption text (see
+    :meth:`dldc.iel.indomain.IndomainScorer.fold_for`); else the image's held-out fold."""
+    fold_for = getattr(scorer, "fold_for", None)
+    if fold_for is None:
+        return [scorer.fold_of(image_id) for image_id in rows["image_id"]]
+    return [fold_for(image_id, caption) for image_id, caption in zip(rows["image_id"], rows["caption"])]
+
+
 def has_scene_head(scorer: Scorer | CrossFitScorer) -> bool:
     """Whether a cross-fitted scorer also reports caption–scene consistency (the in-domain one can)."""
     return bool(getattr(scorer, "has_scene_head", False))
 
 
 def _scene_fit_rows(scorer: CrossFitScorer, rows: pd.DataFrame) -> list[float]:
-    """``P(image's scene | caption)`` of each row, from the fold model that never saw the image."""
+    """``P(image's scene | caption)`` of each row, from the fold model that never saw the pair (:func:`pair_folds`)."""
     values = [0.0] * len(rows)
-    folds = [scorer.fold_of(image_id) for image_id in rows["image_id"]]
+    folds = pair_folds(scorer, rows)
     captions, scenes = rows["caption"].tolist(), rows["scene"].astype(str).tolist()
     for fold in sorted(set(folds)):
         positions = [i for i, f in enumerate(folds) if f == fold]

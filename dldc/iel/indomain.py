@@ -6,6 +6,15 @@ own image–text alignment instead. To score every pair with a model that never 
 (each with all its captions) are split into K folds; fold model ``k`` is trained on every pair
 whose image is *not* in fold ``k`` (all splits) and scores only the pairs of fold ``k``.
 
+Caption *text* repeats across images (generic captions, copy-paste noise, swapped captions), so
+"never saw the pair" also needs "never saw the text": by default (``fold_groups: text``) images
+that share a normalised caption text share a fold, and where such a group is too large to keep
+whole the training of fold ``k`` drops every pair whose text occurs in fold ``k``
+(:func:`dldc.iel.folds.group_folds`, :func:`training_pairs`; the scene head obeys the same rule;
+``indomain.json``'s ``fold_rule`` records the rule and the pairs it dropped per fold). A text
+scored on an image other than its own (an EGL candidate) goes to a fold model that did not train
+on it (:meth:`IndomainScorer.fold_for`, from ``texts.parquet``).
+
 The pieces, behind this module's public face (``__all__``):
 
 * :mod:`dldc.iel.indomain_arch` — the open_clip architecture config, the model, its pixels
@@ -22,6 +31,8 @@ Output folder (written atomically: built in a temporary sibling, then renamed)::
       fold-<k>.safetensors     weights of fold model k (trained without fold k), k = 0..K-1
       fold-<k>.scene.safetensors  fold k's caption -> scene naive Bayes (scene_head; scene_text.py)
       folds.parquet            image_id (string), fold (int32): the held-out fold of each image
+      texts.parquet            (fold_groups: text) text (normalised, string), trained_by (int64):
+                               bitmask of the fold models that trained on the text
       indomain.json            config, data counts, per-fold losses, held-out metrics, timings, and
                                ``files``: the sha256 of every file above
 
@@ -44,12 +55,13 @@ from safetensors.torch import load_file
 
 from dldc.device import resolve_device
 from dldc.iel.base import l2_normalise
-from dldc.iel.folds import assign_folds, hash_fold, ids_digest, stable_hash
+from dldc.iel.folds import FoldPlan, assign_folds, group_folds, hash_fold, ids_digest, scoring_fold, stable_hash
 from dldc.iel.indomain_arch import (
     FOLDS_FILE,
     OPEN_CLIP_CONFIG_FILE,
     REPORT_FILE,
     SCORER_NAME,
+    TEXTS_FILE,
     IndomainPreprocess,
     create_indomain_model,
     encode_tokens,
@@ -63,15 +75,21 @@ from dldc.iel.indomain_train import (
     contrastive_loss,
     embed_images,
     embed_tokens,
+    plan_folds,
     prepare_data,
     rank_auroc,
+    text_keys,
+    texts_trained_by,
     train_fold,
     train_indomain,
+    training_pairs,
 )
 from dldc.iel.scene_text import SceneCaptionModel, content_tokens
 
 __all__ = [
     "FOLDS_FILE",
+    "TEXTS_FILE",
+    "FoldPlan",
     "OPEN_CLIP_CONFIG_FILE",
     "REPORT_FILE",
     "SCORER_NAME",
@@ -85,17 +103,23 @@ __all__ = [
     "embed_tokens",
     "encode_tokens",
     "fold_weights_file",
+    "group_folds",
     "hash_fold",
     "ids_digest",
     "image_to_uint8",
     "load_indomain",
+    "plan_folds",
     "prepare_data",
     "rank_auroc",
     "resolve_architecture",
     "scene_model_file",
+    "scoring_fold",
     "stable_hash",
+    "text_keys",
+    "texts_trained_by",
     "train_fold",
     "train_indomain",
+    "training_pairs",
 ]
 
 
@@ -166,6 +190,8 @@ class IndomainScorer:
         path: the output folder.
         folds: ``{image_id: fold}`` from ``folds.parquet``.
         seed: the training seed (used by the :func:`hash_fold` fallback).
+        trained_by: ``{normalised text: bitmask of the fold models that trained on it}`` from
+            ``texts.parquet``; empty for a scorer trained with image folds (``fold_groups: image``).
     """
 
     def __init__(self, path: str | Path, device: str = "auto"):
@@ -179,6 +205,8 @@ class IndomainScorer:
         self.folds = dict(zip(table["image_id"].to_pylist(), table["fold"].to_pylist()))
         self.has_scene_head = bool(report.get("scene_head", False))
         files = [OPEN_CLIP_CONFIG_FILE, FOLDS_FILE] + [fold_weights_file(k) for k in range(self.n_folds)]
+        if (report.get("fold_rule") or {}).get("fold_groups") == "text":
+            files.append(TEXTS_FILE)
         if self.has_scene_head:
             files += [scene_model_file(k) for k in range(self.n_folds)]
         missing = [name for name in files if not (self.path / name).is_file()]
@@ -203,12 +231,33 @@ class IndomainScorer:
         self.image_size = image_size_of(config["model_cfg"])
         self.context_length = int(config["model_cfg"]["text_cfg"].get("context_length", 77))
         self.tokenizer = open_clip.get_tokenizer(f"local-dir:{self.path}", context_length=self.context_length)
+        self.trained_by: dict[str, int] = {}
+        self._text_keys: dict[str, str] = {}
+        if TEXTS_FILE in files:
+            texts = pq.read_table(self.path / TEXTS_FILE)
+            self.trained_by = dict(zip(texts["text"].to_pylist(), texts["trained_by"].to_pylist()))
         self._models: dict[int, IndomainFoldScorer] = {}
 
     def fold_of(self, image_id: str) -> int:
         """The fold an image was held out in; unseen ids fall back to :func:`hash_fold`."""
         fold = self.folds.get(image_id)
         return int(fold) if fold is not None else hash_fold(image_id, self.n_folds, self.seed)
+
+    def fold_for(self, image_id: str, caption: str) -> int:
+        """The fold model to score ``caption`` on ``image_id`` with (:func:`scoring_fold`).
+
+        The image's fold unless that fold's model trained on the text (as the tokenizer
+        normalises it): a manifest pair always gets its image's fold (no fold model trains on a
+        text of its own fold); a candidate text taken from another image (EGL retrieval) goes to
+        a fold model that has not seen it. Image folds (no ``texts.parquet``): the image's fold.
+        """
+        fold = self.fold_of(image_id)
+        if not self.trained_by:
+            return fold
+        key = self._text_keys.get(caption)
+        if key is None:  # ftfy's cleaning is the slow part of scoring a big manifest: once per text
+            key = self._text_keys[caption] = text_keys(self.tokenizer, [caption])[0]
+        return scoring_fold(fold, self.trained_by.get(key, 0), self.n_folds)
 
     def fold_model(self, fold: int) -> IndomainFoldScorer:
         """The model trained without fold ``fold`` (loaded from safetensors on first use)."""

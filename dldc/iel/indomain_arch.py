@@ -32,6 +32,7 @@ from PIL import Image, ImageOps
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
 FOLDS_FILE = "folds.parquet"
+TEXTS_FILE = "texts.parquet"  # normalised text -> bitmask of the fold models that trained on it
 REPORT_FILE = "indomain.json"
 SCORER_NAME = "indomain"
 

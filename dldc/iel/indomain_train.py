@@ -47,11 +47,12 @@ from dldc.data.images import load_rgb
 from dldc.data.manifest import dataset_root, read_manifest
 from dldc.device import resolve_device
 from dldc.iel.base import l2_normalise
-from dldc.iel.folds import assign_folds, ids_digest, stable_hash
+from dldc.iel.folds import assign_folds, group_folds, ids_digest, stable_hash, text_keys
 from dldc.iel.indomain_arch import (
     FOLDS_FILE,
     OPEN_CLIP_CONFIG_FILE,
     REPORT_FILE,
+    TEXTS_FILE,
     create_indomain_model,
     encode_tokens,
     fold_weights_file,
@@ -112,6 +113,8 @@ class TrainingData:
         pair_caption: caption index of each manifest pair.
         pairs_of_image: pair indices of each image.
         decode_seconds: time spent decoding images.
+        caption_keys: each caption as the tokenizer normalises it (:func:`text_keys`): captions
+            with the same key are the same text to the model, and to the fold rules.
     """
 
     image_ids: list[str]
@@ -123,6 +126,11 @@ class TrainingData:
     pair_caption: np.ndarray
     pairs_of_image: list[np.ndarray] = field(repr=False)
     decode_seconds: float = 0.0
+    caption_keys: list[str] = field(default_factory=list, repr=False)
+
+    def pair_keys(self) -> np.ndarray:
+        """The normalised text of each pair (object array aligned with ``pair_image``)."""
+        return np.asarray(self.caption_keys, dtype=object)[self.pair_caption]
 
 
 def _decode(path: Path, size: int) -> torch.Tensor:
@@ -179,10 +187,63 @@ def prepare_data(manifest: str | Path, image_size: int, tokenizer: Any, progress
         pair_caption=pair_caption,
         pairs_of_image=[order[bounds[i] : bounds[i + 1]] for i in range(len(image_ids))],
         decode_seconds=decode_seconds,
+        caption_keys=text_keys(tokenizer, captions),
     )
 
 
 # --------------------------------------------------------------------------- training
+
+
+def plan_folds(data: TrainingData, n_folds: int, seed: int, fold_groups: str = "text") -> tuple[np.ndarray, dict]:
+    """The fold of each image (aligned with ``data.image_ids``) and the record of the rule used.
+
+    ``fold_groups="text"``: :func:`dldc.iel.folds.group_folds` over the normalised caption texts;
+    ``"image"``: :func:`dldc.iel.folds.assign_folds` (by image only; texts may leak).
+    """
+    if fold_groups == "image":
+        assignment = assign_folds(data.image_ids, data.scenes, n_folds, seed)
+        return np.array([assignment[i] for i in data.image_ids]), {"fold_groups": "image"}
+    if fold_groups != "text":
+        raise ValueError(f"fold_groups must be 'text' or 'image', got {fold_groups!r}")
+    keys = np.asarray(data.caption_keys, dtype=object)
+    texts = [sorted(set(keys[data.pair_caption[pairs]])) for pairs in data.pairs_of_image]
+    plan = group_folds(data.image_ids, data.scenes, texts, n_folds, seed)
+    record = {
+        "fold_groups": "text",
+        "components": plan.components,
+        "largest_component": plan.largest_component,
+        "max_group": plan.max_group,
+        "split_components": plan.split_components,
+        "cut_texts": len(plan.cut_texts),
+        "spanning_texts": len(plan.spanning_texts()),
+    }
+    return np.array([plan.folds[i] for i in data.image_ids]), record
+
+
+def training_pairs(data: TrainingData, folds: np.ndarray, fold: int, fold_groups: str = "text") -> np.ndarray:
+    """Which pairs fold model ``fold`` (and its scene head) trains on, as a bool mask over pairs.
+
+    Pairs of images outside the fold; with ``fold_groups="text"`` also minus every pair whose
+    normalised text occurs on an image of the fold (the drop rule: only texts that span folds,
+    those of components too large to keep whole, lose pairs). So no fold model trains on a text
+    it will score, whichever image the text sits on.
+    """
+    outside = folds[data.pair_image] != fold
+    if fold_groups == "image":
+        return outside
+    keys = data.pair_keys()
+    in_fold = set(keys[~outside].tolist())
+    return outside & ~np.isin(keys, list(in_fold))
+
+
+def texts_trained_by(data: TrainingData, folds: np.ndarray, n_folds: int, fold_groups: str = "text") -> dict[str, int]:
+    """``{normalised text: bitmask of the fold models that trained on it}`` (0: none did)."""
+    keys = data.pair_keys()
+    trained = dict.fromkeys(data.caption_keys, 0)
+    for fold in range(n_folds):
+        for key in set(keys[training_pairs(data, folds, fold, fold_groups)].tolist()):
+            trained[key] |= 1 << fold
+    return trained
 
 
 def fold_seed(seed: int, fold: int) -> int:
@@ -368,16 +429,30 @@ def train_fold(
     model.train()
     optimizer = _optimizer(model, cfg, device)
 
-    train_images = np.flatnonzero(folds != fold)
+    allowed = training_pairs(data, folds, fold, cfg.fold_groups)
+    outside_images = np.flatnonzero(folds != fold)
+    # The drop rule can leave an image without a caption to train on: it then sits out.
+    pairs_of = {i: data.pairs_of_image[i][allowed[data.pairs_of_image[i]]] for i in outside_images}
+    train_images = np.array([i for i in outside_images if len(pairs_of[i])], dtype=np.int64)
     heldout_images = np.flatnonzero(folds == fold)
     batch_size = min(cfg.batch_size, len(train_images))
     if batch_size < 2:
-        raise ValueError(f"fold {fold}: {len(train_images)} training image(s); contrastive training needs 2")
+        left_out = len(outside_images) - len(train_images)
+        dropped = f", {left_out} left out by the drop rule" if cfg.fold_groups == "text" else ""
+        raise ValueError(
+            f"fold {fold}: {len(train_images)} training image(s){dropped}; contrastive training needs 2"
+            + (
+                " (every caption text outside the fold also occurs in it: vary the captions, or use "
+                "indomain.fold_groups=image and accept that repeated text leaks)"
+                if dropped
+                else ""
+            )
+        )
     steps_per_epoch = len(train_images) // batch_size  # drop the ragged tail; shuffling rotates it
     total_steps = steps_per_epoch * cfg.epochs
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN, device=device)
     std = torch.tensor(open_clip.OPENAI_DATASET_STD, device=device)
-    pair_counts = torch.tensor([len(data.pairs_of_image[i]) for i in train_images])
+    pair_counts = torch.tensor([len(pairs_of[i]) for i in train_images])
 
     epoch_losses: list[float] = []
     bar = tqdm(total=total_steps, desc=f"fold {fold}/{len(set(folds.tolist()))}", disable=not progress, leave=False)
@@ -390,7 +465,7 @@ def train_fold(
         for batch_start in range(0, steps_per_epoch * batch_size, batch_size):
             rows = order[batch_start : batch_start + batch_size]
             images = train_images[rows.numpy()]
-            chosen = [data.pairs_of_image[i][p] for i, p in zip(images, pick[rows].tolist())]
+            chosen = [pairs_of[i][p] for i, p in zip(images, pick[rows].tolist())]
             caption_ids, positive = batch_texts(data, images, chosen)
             pixels = augment(data.pixels[images], generator) if cfg.augment == "dihedral" else data.pixels[images]
             for group in optimizer.param_groups:
@@ -417,7 +492,9 @@ def train_fold(
         "fold": fold,
         "seed": seed,
         "train_images": len(train_images),
-        "train_pairs": int(sum(len(data.pairs_of_image[i]) for i in train_images)),
+        "train_pairs": int(allowed.sum()),
+        # Pairs of images outside the fold withheld because their text occurs in the fold.
+        "dropped_pairs": int((folds[data.pair_image] != fold).sum() - allowed.sum()),
         "train_image_ids_sha256": ids_digest(train_ids),
         "heldout_images": len(heldout_images),
         "steps": total_steps,
@@ -431,10 +508,11 @@ def train_fold(
 
 
 def fit_scene_model(
-    data: TrainingData, folds: np.ndarray, fold: int, tokenizer: Any, alpha: float
+    data: TrainingData, folds: np.ndarray, fold: int, tokenizer: Any, alpha: float, fold_groups: str = "text"
 ) -> SceneCaptionModel:
-    """Fit fold ``fold``'s caption–scene model on the pairs of every image outside that fold."""
-    train_pairs = np.flatnonzero(folds[data.pair_image] != fold)
+    """Fit fold ``fold``'s caption–scene model on the pairs its contrastive model trains on
+    (:func:`training_pairs`: the same drop rule)."""
+    train_pairs = np.flatnonzero(training_pairs(data, folds, fold, fold_groups))
     tokens = data.tokens[data.pair_caption[train_pairs]]
     captions = content_tokens(tokens, tokenizer.sot_token_id, tokenizer.eot_token_id)
     scenes = [data.scenes[i] for i in data.pair_image[train_pairs]]
@@ -484,8 +562,7 @@ def _train_indomain(cfg: IndomainConfig, progress: bool) -> dict[str, Any]:
     data = prepare_data(manifest, image_size, tokenizer, progress=progress)
     if len(data.image_ids) < cfg.folds:
         raise ValueError(f"{manifest} has {len(data.image_ids)} images, fewer than folds={cfg.folds}")
-    assignment = assign_folds(data.image_ids, data.scenes, cfg.folds, cfg.seed)
-    folds = np.array([assignment[image_id] for image_id in data.image_ids])
+    folds, fold_rule = plan_folds(data, cfg.folds, cfg.seed, cfg.fold_groups)
     device = resolve_device(cfg.device)
     # The caption–scene head needs at least two scene labels (a scene-less dataset has none).
     scene_head = cfg.scene_head and len(set(data.scenes)) >= 2
@@ -503,11 +580,22 @@ def _train_indomain(cfg: IndomainConfig, progress: bool) -> dict[str, Any]:
         write_json(tmp / OPEN_CLIP_CONFIG_FILE, {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg})
         folds_table = pa.table({"image_id": pa.array(data.image_ids, pa.string()), "fold": pa.array(folds, pa.int32())})
         pq.write_table(folds_table, tmp / FOLDS_FILE, compression="zstd")
+        if cfg.fold_groups == "text":
+            # Which fold models trained on each text, so that a text scored on another image (an
+            # EGL candidate) can go to a fold model that has not (dldc.iel.folds.scoring_fold).
+            trained = texts_trained_by(data, folds, cfg.folds)
+            texts_table = pa.table(
+                {
+                    "text": pa.array(list(trained), pa.string()),
+                    "trained_by": pa.array(list(trained.values()), pa.int64()),
+                }
+            )
+            pq.write_table(texts_table, tmp / TEXTS_FILE, compression="zstd")
         for fold in range(cfg.folds):
             model, stats = train_fold(model_name, data, folds, fold, cfg, progress=progress)
             save_weights(model, tmp / fold_weights_file(fold), {"fold": fold, "architecture": model_name})
             if scene_head:
-                scene_model = fit_scene_model(data, folds, fold, tokenizer, cfg.scene_alpha)
+                scene_model = fit_scene_model(data, folds, fold, tokenizer, cfg.scene_alpha, cfg.fold_groups)
                 scene_model.save(tmp / scene_model_file(fold))
             fold_stats.append(stats)
             heldout = stats["heldout"]
@@ -528,6 +616,12 @@ def _train_indomain(cfg: IndomainConfig, progress: bool) -> dict[str, Any]:
                 "scenes": len(set(data.scenes)),
             },
             "fold_sizes": np.bincount(folds, minlength=cfg.folds).tolist(),
+            # Which fold rule applied and what it cost (dldc.iel.folds.group_folds).
+            "fold_rule": {
+                **fold_rule,
+                "dropped_pairs": sum(s["dropped_pairs"] for s in fold_stats),
+                "dropped_pairs_per_fold": {str(s["fold"]): s["dropped_pairs"] for s in fold_stats},
+            },
             "scene_head": scene_head,
             "folds": fold_stats,
             "heldout_mean": _mean_metrics([s["heldout"] for s in fold_stats]),

@@ -140,6 +140,7 @@ class OnnxCrossFitScorer:
         scorer_id, name, n_folds: as the source's, the id in the ``onnx-<precision>:…`` form.
         has_scene_head: whether the folds carry the source's caption–scene model.
         folds: ``{image_id: fold}``; unseen ids fall back to :func:`dldc.iel.folds.hash_fold`.
+        trained_by: the source's ``texts.parquet`` (text folds), for :meth:`fold_for`; empty otherwise.
     """
 
     def __init__(self, folder: Path, meta: dict[str, Any], device: str, threads: int):
@@ -154,6 +155,10 @@ class OnnxCrossFitScorer:
         self.has_scene_head = bool(meta["crossfit"].get("scene_head", False))
         table = pq.read_table(folder / meta["crossfit"]["folds_file"])
         self.folds = dict(zip(table["image_id"].to_pylist(), table["fold"].to_pylist()))
+        self.trained_by: dict[str, int] = {}
+        if meta["crossfit"].get("texts_file"):
+            texts = pq.read_table(folder / meta["crossfit"]["texts_file"])
+            self.trained_by = dict(zip(texts["text"].to_pylist(), texts["trained_by"].to_pylist()))
         self._device = device
         self._threads = threads
         self._models: dict[int, OnnxScorer] = {}
@@ -167,6 +172,17 @@ class OnnxCrossFitScorer:
 
         fold = self.folds.get(image_id)
         return int(fold) if fold is not None else hash_fold(image_id, self.n_folds, self.seed)
+
+    def fold_for(self, image_id: str, caption: str) -> int:
+        """The fold model to score ``caption`` on ``image_id`` with, as the source scorer decides
+        (:meth:`dldc.iel.indomain.IndomainScorer.fold_for`)."""
+        from dldc.iel.folds import scoring_fold, text_keys
+
+        fold = self.fold_of(image_id)
+        if not self.trained_by:
+            return fold
+        key = text_keys(self.fold_model(fold).text_inputs.tokenizer, [caption])[0]
+        return scoring_fold(fold, self.trained_by.get(key, 0), self.n_folds)
 
     def fold_model(self, fold: int) -> OnnxScorer:
         """Fold ``fold``'s exported model (sessions created on first use)."""
