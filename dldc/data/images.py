@@ -351,7 +351,7 @@ def _hash_duplicates(hashes: list[int], max_distance: int) -> dict[int, tuple[in
 def _close_pairs(
     values: np.ndarray, order: np.ndarray, left: np.ndarray, counts: np.ndarray, max_distance: int, block: int = 1 << 22
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """``(later, earlier, distance)`` of the candidate pairs within ``max_distance``, at most ``block`` pairs at a time."""
+    """``(later, earlier, distance)`` of the candidate pairs within ``max_distance``, ``block`` pairs at a time."""
     found = []
     ends = np.cumsum(counts)
     start = 0
