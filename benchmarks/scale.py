@@ -337,17 +337,83 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def bookkeeping(n: int, work: Path, config: Path) -> dict[str, Any]:
+    """``dldc score`` in this process with the scorer's encoders timed from inside: the share of the
+    stage's wall time spent outside the model's forward passes, both clocks read in the same run."""
+    from dldc.config import IngestConfig, ScoreConfig
+    from dldc.data.ingest import ingest
+    from dldc.iel.engine import score_manifest
+    from dldc.iel.open_clip_scorer import load_open_clip
+
+    data = work / f"data-{n}"
+    step = cached_step(
+        data, {"step": "dataset", "pairs": n, "seed": 0, "version": 2}, lambda out: write_dataset(out, n)
+    )
+    run = work / f"bookkeeping-{n}"
+    shutil.rmtree(run, ignore_errors=True)
+    manifest = ingest(IngestConfig(root=str(data), out=str(run / "ingest")), progress=False).manifest
+    scorer = load_open_clip(str(config), None, "cpu")
+    inside = {"encode_images": 0.0, "encode_texts": 0.0, "token_counts": 0.0}
+
+    def timed(name: str) -> Any:
+        method = getattr(scorer, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                inside[name] += time.perf_counter() - started
+
+        return call
+
+    for name in inside:
+        setattr(scorer, name, timed(name))
+    scorer.encode_texts(["warm up"])
+    inside = dict.fromkeys(inside, 0.0)
+    cfg = ScoreConfig(manifest=str(manifest), out=str(run / "scores"), device="cpu")
+    started = time.perf_counter()
+    report = score_manifest(cfg, [scorer], progress=False).report
+    seconds = time.perf_counter() - started
+    model = inside["encode_images"] + inside["encode_texts"]
+    shutil.rmtree(run, ignore_errors=True)
+    return {
+        "pairs": report["pairs"],
+        "dataset": {**step["result"], **provenance(step)},
+        "score_seconds": round(seconds, 2),
+        "inside_scorer_seconds": {k: round(v, 2) for k, v in inside.items()},
+        "model_seconds": round(model, 2),
+        "bookkeeping_seconds": round(seconds - model, 2),
+        "bookkeeping_share": round((seconds - model) / seconds, 4),
+        "images_encoded": report["images_encoded"],
+        "texts_encoded": report["texts_encoded"],
+        "note": "model = wall time inside the scorer's encode_images / encode_texts (batch tokenisation "
+        "included); bookkeeping = the rest of score_manifest: manifest read, image decoding and "
+        "preprocessing (DataLoader, workers=0), store lookups, shard keys and files, token counts, fusion.",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--work", type=Path, default=Path("build/scale"))
     parser.add_argument("--keep", action="store_true", help="keep each size's stage outputs")
     parser.add_argument("--name", default="scale", help="result file stem")
+    parser.add_argument(
+        "--bookkeeping",
+        type=int,
+        metavar="N",
+        help="only time the score stage from inside at N pairs (scale-bookkeeping)",
+    )
     args = parser.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     config = work / "tiny-clip.json"
     config.write_text(json.dumps(TINY_OPEN_CLIP, indent=2))
+    if args.bookkeeping:
+        figures = bookkeeping(args.bookkeeping, work, config)
+        write_result(f"{args.name}-bookkeeping", {**figures, "scorer": {"open_clip_config": TINY_OPEN_CLIP}})
+        return
 
     runs: list[dict[str, Any]] = []
     model: dict[str, Any] = {}
