@@ -85,7 +85,8 @@ def test_provenance_has_every_pair_with_its_fate(rsicd_small, tmp_path):
     assert table.loc[kept["pair_id"], "status"].eq("kept").all()
     gone = frame.loc[~frame["pair_id"].isin(kept["pair_id"]), "pair_id"]
     assert table.loc[gone, "status"].eq("dropped").all()
-    assert table.loc[gone, "reason"].str.startswith("rank 1 of 10 in ").all()
+    scenes = frame.set_index("pair_id").loc[gone, "scene"]
+    assert table.loc[gone, "reason"].tolist() == [f"rank 1 of 10 in {s}, below the cut of ratio 0.3" for s in scenes]
     fixed = kept.iloc[0]
     row = table.loc[fixed["pair_id"]]
     assert row["final_caption"] == fixed["caption"] and row["caption_source"] == "egl:mask2text:synthrs"

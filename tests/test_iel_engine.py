@@ -266,3 +266,28 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_scores(tmp_path, monk
     result = score_manifest(cfg, [OomScorer()], progress=False)
     assert result.report["oom_retries"] >= 2
     pd.testing.assert_frame_equal(reference.frame, result.frame, atol=1e-6)
+
+
+def test_embedding_store_serves_every_part_between_appends_and_after_reopening(tmp_path):
+    from dldc.iel.store import EmbeddingStore, text_key
+
+    store = EmbeddingStore(tmp_path, "toy:scorer")
+    rng = np.random.default_rng(0)
+    expected, tokens = {}, {}
+    for part in range(40):  # many small parts, a lookup across all of them after each one
+        texts = [f"caption {part}-{i}" for i in range(int(rng.integers(1, 9)))]
+        keys = [text_key(t) for t in texts]
+        vectors = torch.tensor(rng.normal(size=(len(keys), 3)), dtype=torch.float32)
+        counts = [int(c) for c in rng.integers(1, 90, len(keys))]
+        assert store.missing("text", keys + keys[:1]) == keys
+        store.add("text", keys, vectors, counts)
+        expected.update(zip(keys, vectors))
+        tokens.update(zip(keys, counts))
+        sample = list(expected)[:: max(1, len(expected) // 7)] + keys
+        assert torch.equal(store.get("text", sample), torch.stack([expected[k] for k in sample]))
+        assert store.tokens(sample) == [tokens[k] for k in sample]
+    assert store.count("text") == len(expected) and store.count("image") == 0
+    reopened = EmbeddingStore(tmp_path, "toy:scorer")
+    keys = list(expected)[::-1]
+    assert torch.equal(reopened.get("text", keys), torch.stack([expected[k] for k in keys]))
+    assert reopened.tokens(keys) == [tokens[k] for k in keys] and reopened.missing("text", keys) == []

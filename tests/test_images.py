@@ -129,8 +129,13 @@ def test_near_duplicate_index_matches_brute_force():
     rng = np.random.default_rng(1)
     base = [int(x) for x in rng.integers(0, 2**63, 200, dtype=np.int64)]
     hashes = base + [h ^ (1 << int(rng.integers(0, 64))) ^ (1 << int(rng.integers(0, 64))) for h in base[:50]]
+    # Copies 3 to 13 bits away, some flips crowding one 16-bit band: every search plan (exact bands
+    # up to 3 bits, 16-bit bands probed within 1 or 2 bits, the fallback above that) is exercised.
+    for k, h in enumerate(base[50:110]):
+        bits = rng.choice(16, 3 + k % 11, replace=True) if k % 2 else rng.choice(64, 3 + k % 11, replace=False)
+        hashes.append(h ^ sum(1 << int(b) for b in set(bits.tolist())))
     prints = [img.Fingerprint(h, 30.0, bytes(48)) for h in hashes]
-    for distance in (0, 2, 5):
+    for distance in (0, 2, 3, 4, 5, 6, 7, 9, 11, 13):
         found = {i: (d.kept, d.distance) for i, d in img.near_duplicate_of(prints, distance).items()}
         within = lambda a, b: img.hamming(a.phash, b.phash) if img.hamming(a.phash, b.phash) <= distance else None  # noqa: B023, E731
         assert found == _brute_force(prints, within)

@@ -299,3 +299,20 @@ def test_a_url_root_is_fetched_with_fsspec(tmp_path):
         ingest(IngestConfig(format="folder", root=(tmp_path / "nothing").as_uri(), out=str(out)), progress=False)
     with pytest.raises(DatasetFormatError, match="cannot read nosuchscheme://x"):
         ingest(IngestConfig(format="folder", root="nosuchscheme://x", out=str(out)), progress=False)
+
+
+def test_a_manifest_written_from_a_frame_is_the_file_written_from_rows(tmp_path):
+    from dldc.data.manifest import ManifestMeta, read_manifest_meta, write_manifest
+
+    rows = [
+        {"pair_id": f"{i:04x}:{k}", "image_id": f"{i:04x}", "image": f"images/a_{i}.png", "image_sha256": "ab" * 32,
+         "width": 32 + i, "height": 32, "caption": f"caption {i} {k} é", "caption_source": "original",
+         "scene": "a" if i % 2 else "b", "split": "train"}
+        for i in range(50) for k in range(3)
+    ]  # fmt: skip
+    meta = ManifestMeta(source_format="karpathy", root="../ds", counts={"kept_pairs": 150})
+    write_manifest(tmp_path / "rows.parquet", rows, meta)
+    frame = pd.DataFrame(rows).sample(frac=1.0, random_state=0).sort_index()  # a frame as stages hold one
+    write_manifest(tmp_path / "frame.parquet", frame.assign(extra=1)[["extra", *reversed(frame.columns)]], meta)
+    assert (tmp_path / "rows.parquet").read_bytes() == (tmp_path / "frame.parquet").read_bytes()
+    assert read_manifest_meta(tmp_path / "frame.parquet") == read_manifest(tmp_path / "rows.parquet")[1] == meta

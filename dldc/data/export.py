@@ -181,11 +181,11 @@ def provenance(
         both = sorted(set(why.index) & set(final.index))
         if both:
             raise ValueError(f"{dropped}: {len(both)} pairs are both kept and dropped (e.g. {both[0]})")
-        reasons = {
-            pair: f"rank {int(row['rank'])} of {int(row['scene_size'])} in {row['scene']}, below the cut of ratio "
-                  f"{row['ratio']:g}"
-            for pair, row in why.iterrows()
-        }  # fmt: skip
+        ratio = why["ratio"].map({r: f"{r:g}" for r in why["ratio"].unique()})  # a few ratios, formatted once
+        reasons = dict(zip(why.index, (
+            "rank " + why["rank"].astype(int).astype(str) + " of " + why["scene_size"].astype(int).astype(str)
+            + " in " + why["scene"].astype(str) + ", below the cut of ratio " + ratio
+        ).tolist()))  # fmt: skip
         table.loc[table["pair_id"].isin(reasons), "reason"] = table["pair_id"].map(reasons)
         # A dropped pair's final caption is the one its fused score was measured on (EGL's, if repaired).
         table["final_caption"] = table["final_caption"].fillna(table["pair_id"].map(why["caption"]))
@@ -232,7 +232,12 @@ def _write_karpathy(root: Path, extra: dict[str, Any], kept: pd.DataFrame, out: 
     image_dir = extra.get("image_dir")
     if image_dir is None:  # manifests from before ingest recorded it: the reader's own default
         image_dir = "images" if (root / "images").is_dir() else ""
-    by_image = {image: rows for image, rows in kept.groupby("image", sort=False)}
+    # One pass over the kept pairs' columns (not a frame per image): (caption index, caption, source) per image.
+    by_image: dict[str, list[tuple[int, str, str]]] = {}
+    for image, pair_id, caption, source in zip(
+        kept["image"].tolist(), kept["pair_id"].tolist(), kept["caption"].tolist(), kept["caption_source"].tolist()
+    ):
+        by_image.setdefault(image, []).append((int(pair_id.rsplit(":", 1)[1]), caption, source))
     entries = []
     for entry in document["images"]:
         if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str):
@@ -247,12 +252,11 @@ def _write_karpathy(root: Path, extra: dict[str, Any], kept: pd.DataFrame, out: 
         if rows is None:
             continue
         chosen = []
-        for row in rows.itertuples():
-            index = int(row.pair_id.rsplit(":", 1)[1])
+        for index, caption, source in rows:
             sentence = sentences[index]
-            if row.caption_source != "original":
-                sentence = {**sentence, "raw": row.caption, "tokens": _tokens(row.caption)} if isinstance(
-                    sentence, dict) else row.caption  # fmt: skip
+            if source != "original":
+                sentence = {**sentence, "raw": caption, "tokens": _tokens(caption)} if isinstance(
+                    sentence, dict) else caption  # fmt: skip
             chosen.append((index, sentence))
         chosen.sort(key=lambda item: item[0])
         entry = {**entry, "sentences": [s for _, s in chosen]}

@@ -13,6 +13,7 @@ Every later stage reads images through :func:`load_rgb`, so the conversion rules
 from __future__ import annotations
 
 import hashlib
+import itertools
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -314,28 +315,77 @@ def near_duplicate_of(
 
 
 def _hash_duplicates(hashes: list[int], max_distance: int) -> dict[int, tuple[int, int]]:
-    # Candidates come from a band index (pigeonhole: two hashes within d bits agree exactly on
-    # at least one of d + 1 bands).
+    # Candidates come from a multi-index over bands of the hash (pigeonhole: two hashes within d
+    # bits agree within d // m bits on at least one of m disjoint bands). Bands of 16 bits keep
+    # the buckets sparse, so the candidate pairs are a small share of all pairs; they are found
+    # and measured with sorted arrays, in blocks, and only the close ones are walked in order.
+    # The result is the same as comparing every item with every earlier kept one.
     if len(hashes) < 2:
         return {}
-    n_bands = min(max_distance + 1, 64)
+    values = np.array(hashes, dtype=np.uint64)
+    n_bands, radius = _band_plan(max_distance)
     edges = [int(e) for e in np.linspace(0, 64, n_bands + 1)]
-    masks = [(((1 << (hi - lo)) - 1) << lo, lo) for lo, hi in zip(edges[:-1], edges[1:])]
-    buckets: list[dict[int, list[int]]] = [{} for _ in masks]
+    close: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        keys = (values >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
+        order = np.argsort(keys, kind="stable")
+        ranked = keys[order]
+        for flip in _flips(hi - lo, radius):
+            query = keys ^ np.uint64(flip)
+            left = np.searchsorted(ranked, query, "left")
+            counts = np.searchsorted(ranked, query, "right") - left
+            close += _close_pairs(values, order, left, counts, max_distance)
     duplicates: dict[int, tuple[int, int]] = {}
-    for index, value in enumerate(hashes):
-        best: tuple[int, int] | None = None
-        for (mask, shift), bucket in zip(masks, buckets):
-            for kept in bucket.get((value & mask) >> shift, ()):
-                distance = hamming(value, hashes[kept])
-                if distance <= max_distance and (best is None or (distance, kept) < (best[1], best[0])):
-                    best = (kept, distance)
-        if best is not None:
-            duplicates[index] = best
-            continue
-        for (mask, shift), bucket in zip(masks, buckets):
-            bucket.setdefault((value & mask) >> shift, []).append(index)
+    if not close:
+        return duplicates
+    later, earlier, distance = (np.concatenate(parts) for parts in zip(*close))
+    walk = np.lexsort((earlier, distance, later))  # by item, then the closest, then the earliest
+    is_duplicate = np.zeros(len(hashes), dtype=bool)
+    for item, other, bits in zip(later[walk].tolist(), earlier[walk].tolist(), distance[walk].tolist()):
+        if item not in duplicates and not is_duplicate[other]:  # items in order: ``other``'s fate is known
+            duplicates[item] = (other, bits)
+            is_duplicate[item] = True
     return duplicates
+
+
+def _close_pairs(
+    values: np.ndarray, order: np.ndarray, left: np.ndarray, counts: np.ndarray, max_distance: int, block: int = 1 << 22
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(later, earlier, distance)`` of the candidate pairs within ``max_distance``, ``block`` pairs at a time."""
+    found = []
+    ends = np.cumsum(counts)
+    start = 0
+    while start < len(values):
+        stop = max(start + 1, int(np.searchsorted(ends, (ends[start - 1] if start else 0) + block, "right")))
+        part = counts[start:stop]
+        total = int(part.sum())
+        if total:
+            item = np.repeat(np.arange(start, stop), part)
+            offset = np.arange(total) - np.repeat(np.cumsum(part) - part, part)
+            other = order[np.repeat(left[start:stop], part) + offset]
+            earlier = other < item
+            item, other = item[earlier], other[earlier]
+            distance = np.bitwise_count(values[item] ^ values[other])
+            near = distance <= max_distance
+            found.append((item[near], other[near], distance[near].astype(np.int64)))
+        start = stop
+    return found
+
+
+def _band_plan(max_distance: int) -> tuple[int, int]:
+    """``(bands, radius)`` of the hash index: exact-match bands up to 3 bits, else 4 bands of 16 bits
+    probed within ``max_distance // 4`` bits (while that stays a few hundred probes a band)."""
+    if max_distance >= 4 and max_distance // 4 <= 2:
+        return 4, max_distance // 4
+    return min(max_distance + 1, 64), 0
+
+
+def _flips(width: int, radius: int) -> list[int]:
+    """Every ``width``-bit mask with at most ``radius`` bits set (0 first)."""
+    masks = [0]
+    for bits in range(1, radius + 1):
+        masks += [sum(1 << b for b in chosen) for chosen in itertools.combinations(range(width), bits)]
+    return masks
 
 
 def _colour_duplicates(prints: list[Fingerprint], indices: list[int], tolerance: int) -> dict[int, NearDuplicate]:

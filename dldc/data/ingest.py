@@ -85,7 +85,12 @@ def caption_problem(caption: Any) -> tuple[str, str] | None:
     """A ``(reason, detail)`` when a caption cannot be used, else ``None``."""
     if not isinstance(caption, str):
         return INVALID_CAPTION, f"caption is {type(caption).__name__}, not text"
-    if "\ufffd" in caption or any(0xD800 <= ord(ch) <= 0xDFFF for ch in caption):
+    try:
+        caption.encode("utf-8")  # fails exactly on lone surrogates (U+D800..U+DFFF): one C pass, not one per character
+        undecodable = "\ufffd" in caption
+    except UnicodeEncodeError:
+        undecodable = True
+    if undecodable:
         return UNDECODABLE_CAPTION, "caption holds bytes that are not valid UTF-8"
     if not caption.strip():
         return EMPTY_CAPTION, "caption is empty or whitespace"

@@ -100,9 +100,16 @@ class ManifestMeta:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def write_manifest(path: str | Path, rows: list[dict[str, Any]], meta: ManifestMeta) -> None:
-    """Write manifest rows (dicts with the schema's columns) and metadata atomically."""
-    table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+def write_manifest(path: str | Path, rows: list[dict[str, Any]] | pd.DataFrame, meta: ManifestMeta) -> None:
+    """Write manifest rows and metadata atomically.
+
+    ``rows``: dicts with the schema's columns, or a frame that has them (converted column by
+    column, never row by row; the file is the same either way).
+    """
+    if isinstance(rows, pd.DataFrame):
+        table = pa.Table.from_pandas(rows[MANIFEST_SCHEMA.names], schema=MANIFEST_SCHEMA, preserve_index=False)
+    else:
+        table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
     table = table.replace_schema_metadata({METADATA_KEY: json.dumps(asdict(meta), sort_keys=True).encode()})
     write_parquet(path, table)
 
@@ -141,6 +148,14 @@ def read_manifest(path: str | Path) -> tuple[pd.DataFrame, ManifestMeta]:
     if table.num_rows == 0:
         raise EmptyManifestError(f"{path} has no pairs; nothing to do (its ingest.json or rejects.parquet says why)")
     return table.to_pandas(), meta
+
+
+def read_manifest_meta(path: str | Path) -> ManifestMeta:
+    """A manifest's metadata alone, from the Parquet footer (no rows are read)."""
+    raw = (pq.read_schema(path).metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raise ValueError(f"{path} has no dldc metadata; write it with dldc.data.manifest.write_manifest")
+    return ManifestMeta(**json.loads(raw))
 
 
 def dataset_root(manifest_path: str | Path, meta: ManifestMeta) -> Path:

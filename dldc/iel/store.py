@@ -47,10 +47,11 @@ class EmbeddingStore:
         digest = hashlib.sha256(scorer_id.encode()).hexdigest()[:10]
         self.folder = Path(root) / f"{column_name(scorer_id)[:60]}-{digest}"
         self._rows: dict[str, dict[bytes, int]] = {kind: {} for kind in KINDS}
-        self._embeddings: dict[str, list[torch.Tensor]] = {kind: [] for kind in KINDS}
-        self._tokens: list[torch.Tensor] = []
+        # One growing matrix per kind (capacity doubles): adding a part copies only its rows, and
+        # a lookup reads the rows it needs, however many parts and keys the store holds.
+        self._embeddings: dict[str, _Growing] = {kind: _Growing(torch.float32) for kind in KINDS}
+        self._tokens = _Growing(torch.int32)
         self._parts = 0
-        self._matrix: dict[str, torch.Tensor | None] = {kind: None for kind in KINDS}
         for kind in KINDS:
             for path in sorted(self.folder.glob(f"{kind}-*.safetensors")):
                 self._parts = max(self._parts, _part_index(path) + 1)
@@ -98,28 +99,51 @@ class EmbeddingStore:
 
     def get(self, kind: str, keys: list[bytes]) -> torch.Tensor:
         """Embeddings for ``keys`` (each must be stored), in the keys' order."""
-        matrix = self._matrix[kind]
-        if matrix is None:
-            matrix = self._matrix[kind] = torch.cat(self._embeddings[kind]) if self._embeddings[kind] else None
         rows = self._rows[kind]
         index = torch.tensor([rows[key] for key in keys], dtype=torch.long)
-        return matrix[index]
+        return self._embeddings[kind].rows(index)
 
     def tokens(self, keys: list[bytes]) -> list[int]:
         """Untruncated token counts of stored texts."""
-        counts = torch.cat(self._tokens)
         rows = self._rows["text"]
-        return counts[torch.tensor([rows[key] for key in keys], dtype=torch.long)].tolist()
+        return self._tokens.rows(torch.tensor([rows[key] for key in keys], dtype=torch.long)).tolist()
 
     def _append(self, kind: str, tensors: dict[str, torch.Tensor]) -> None:
         rows = self._rows[kind]
-        start = sum(len(block) for block in self._embeddings[kind])
-        for offset, key in enumerate(tensors["keys"].numpy()):
-            rows[key.tobytes()] = start + offset
-        self._embeddings[kind].append(tensors["embeddings"])
+        start = len(self._embeddings[kind])
+        keys = tensors["keys"].numpy()
+        rows.update(zip(map(bytes, keys), range(start, start + len(keys))))
+        self._embeddings[kind].extend(tensors["embeddings"])
         if kind == "text":
-            self._tokens.append(tensors["tokens"])
-        self._matrix[kind] = None
+            self._tokens.extend(tensors["tokens"])
+
+
+class _Growing:
+    """Rows appended to one tensor whose capacity doubles: appending is amortised O(rows added)."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+        self.data: torch.Tensor | None = None
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def extend(self, block: torch.Tensor) -> None:
+        block = block.to(self.dtype)
+        need = self.size + len(block)
+        if self.data is None or need > len(self.data):
+            grown = torch.empty((max(need, 2 * self.size, 1024), *block.shape[1:]), dtype=self.dtype)
+            if self.data is not None:
+                grown[: self.size] = self.data[: self.size]
+            self.data = grown
+        self.data[self.size : need] = block
+        self.size = need
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        if self.data is None:
+            raise KeyError("no rows stored")
+        return self.data[: self.size][index]
 
 
 def _part_index(path: Path) -> int:

@@ -138,14 +138,14 @@ def write_cleaned_manifest(
     import os
     from dataclasses import asdict
 
-    from dldc.data.manifest import MANIFEST_SCHEMA, ManifestMeta, dataset_root, write_manifest
+    from dldc.data.manifest import MANIFEST_SCHEMA, ManifestMeta, dataset_root, read_manifest_meta, write_manifest
 
-    _, meta = read_manifest(source)
+    meta = read_manifest_meta(source)
     root = dataset_root(source, meta)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     kept = ranked.loc[keep[keep].index, MANIFEST_SCHEMA.names]
     relative = os.path.relpath(root, out.parent.resolve())
     new_meta = ManifestMeta(**{**asdict(meta), "root": relative, "extra": {**meta.extra, "select": extra or {}}})
-    write_manifest(out, kept.to_dict("records"), new_meta)
+    write_manifest(out, kept, new_meta)
     return len(kept)
