@@ -433,13 +433,14 @@ def _finetune(
     del parts, unet, text_encoder, vae
     samples = write_samples(cfg, out / SAMPLES_FILE, device) if cfg.sample_steps else None
     images_per_step = cfg.batch_size * cfg.grad_accum
+    # What the adapter applies to: the hub id and revision a reference folder names, not the folder.
+    base, revision = resolve_base(cfg.base, cfg.revision)
     report = {
         "config": cfg.model_dump(mode="json"),
         "manifest": str(cfg.manifest),
         "manifest_sha256": manifest_sha,
-        # What the adapter applies to: the hub id and revision a reference folder names, not the folder.
-        "base": resolve_base(cfg.base, cfg.revision)[0],
-        "revision": resolve_base(cfg.base, cfg.revision)[1],
+        "base": base,
+        "revision": revision,
         "base_digest": base_digest(cfg.base, cfg.revision),
         "fingerprint": run_id,
         "adapter": adapter.name,

@@ -250,7 +250,8 @@ def write_base_reference(folder: str | Path, base: str, revision: str | None = N
     Raises:
         ValueError: ``base`` is a relative path (it would mean another folder in every task).
     """
-    if base.count("/") != 1 and not Path(base).is_absolute() or base.startswith("."):
+    hub_id = base.count("/") == 1 and not base.startswith(".")
+    if not (hub_id or Path(base).is_absolute()):
         raise ValueError(f"{base!r} is neither a hub id (org/name) nor an absolute folder")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
