@@ -1,4 +1,4 @@
-"""`dldc select-trial` (GPU, fanned out over the ratio grid) and `dldc select` (gather) as Kubeflow components."""
+"""`dldc select-trial` (GPU, fanned out over the trial slots) and `dldc select` (gather) as Kubeflow components."""
 
 from kfp import dsl
 
@@ -11,13 +11,17 @@ def select_trial(
     scorer: dsl.Input[dsl.Model],
     trial: dsl.Output[dsl.Dataset],
     summary: dsl.Output[dsl.Metrics],
-    ratio: float,
+    row: int,
+    mode: str,
+    ratios: list,
     settings: list,
     profile: str,
     base: str = "",
     base_model: dsl.Input[dsl.Model] = None,
 ):
-    """One dual-loop trial: `captions` (EGL output) cleaned at `ratio` in every scene, short LoRA, held-out eval."""
+    """Row `row` of `mode`'s trial plan on `captions` (EGL output): each scene cleaned at its ratio, short LoRA,
+    held-out eval (`ratios`: the proxy's grid). A row past the plan finishes at once as idle."""
+    import json
     import os
 
     from dldc.run import run_stage
@@ -29,8 +33,8 @@ def select_trial(
     ]
     args = [
         "select-trial",
-        "--ratio",
-        str(ratio),
+        "--row",
+        str(row),
         "--scores",
         os.path.join(captions.path, "scores.parquet"),
         "--manifest",
@@ -39,7 +43,9 @@ def select_trial(
         trial.path,
     ]
     command = [*args, *(["--base", chosen] if chosen else [])]
-    metrics = run_stage(command, [*settings, *scorer_settings], metrics_from=trial.path, profile=profile)
+    plan_settings = [f"select.mode={mode}", f"select.grid={json.dumps([float(r) for r in ratios])}"]
+    metrics = run_stage(command, [*settings, *scorer_settings, *plan_settings], metrics_from=trial.path,
+                        profile=profile)
     for name, value in metrics.items():
         summary.log_metric(name, value)
 
@@ -52,11 +58,12 @@ def select(
     ratios: list,
     settings: list,
     profile: str,
-    mode: str = "loop",
+    mode: str = "calibrate",
+    rows: list = [0, 1, 2, 3, 4, 5],  # noqa: B006 - a KFP default, never mutated
     trials: dsl.Input[list[dsl.Dataset]] = None,
 ):
-    """r* per scene: from the `trials` (one per ratio in `ratios`) in `loop` mode, from the scores alone in
-    `proxy` mode; writes the cleaned manifests into `selection`.
+    """r* per scene: from the scores alone in `proxy` mode, else with the `trials` of `mode`'s plan (one per
+    slot of `rows`; `ratios`: the proxy's grid); writes the cleaned manifests into `selection`.
 
     `selection` holds `cleaned_manifest.parquet` (per-scene r*), `global/cleaned_manifest.parquet`,
     `dropped.parquet`, `selection.json`, `results.md` and `plots/`.
@@ -85,7 +92,8 @@ def select(
             "--out",
             selection.path,
         ],
-        [*settings, f"select.grid={json.dumps([float(r) for r in ratios])}"],
+        [*settings, f"select.grid={json.dumps([float(r) for r in ratios])}",
+         f"select.rows={json.dumps([int(r) for r in rows])}"],
         metrics_from=selection.path,
         profile=profile,
     )

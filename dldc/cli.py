@@ -512,7 +512,8 @@ def generate(obj: _Context, base: str | None, arms: tuple[str, ...], manifest: s
 @click.option("--scores", type=click.Path(dir_okay=False), help="Scores of the final captions [select.scores].")
 @click.option("--manifest", type=click.Path(dir_okay=False), help="Manifest the scores belong to [select.manifest].")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder [select.out].")
-@click.option("--mode", type=click.Choice(["proxy", "loop"]), help="proxy (no training) or loop [select.mode].")
+@click.option("--mode", type=click.Choice(["proxy", "calibrate", "attribute", "loop"]),
+              help="proxy (no training), calibrate, attribute or loop (trials first) [select.mode].")
 @click.option("--trials", type=click.Path(file_okay=False), help="`dldc select-trial` outputs [select.trials].")
 @click.pass_obj
 def select(
@@ -567,30 +568,40 @@ def export_dataset(obj: _Context, fmt: str | None, **paths: str | None) -> None:
 
 
 @main.command("select-trial")
-@click.option("--ratio", type=float, required=True, help="Ratio dropped from every scene (one point of select.grid).")
-@click.option("--out", type=click.Path(file_okay=False), help="Trial folder [<select.trials>/r<RATIO>].")
+@click.option("--row", type=int, help="Row of select.mode's trial plan (a slot of select.rows; past the plan: idle).")
+@click.option("--ratio", type=float, help="Instead of --row: one ratio for every scene (a loop trial).")
+@click.option("--out", type=click.Path(file_okay=False), help="Trial folder [<select.trials>/row<ROW> or r<RATIO>].")
 @click.option("--scores", type=click.Path(dir_okay=False), help="Scores of the final captions [select.scores].")
 @click.option("--manifest", type=click.Path(dir_okay=False), help="Manifest the scores belong to [select.manifest].")
 @click.option("--base", help="Base pipeline: hub id or save_pretrained folder [finetune.base].")
 @click.pass_obj
 def select_trial(
-    obj: _Context, ratio: float, out: str | None, scores: str | None, manifest: str | None, base: str | None
+    obj: _Context, row: int | None, ratio: float | None, out: str | None, scores: str | None, manifest: str | None,
+    base: str | None,
 ) -> None:
-    """One dual-loop trial: clean every scene at RATIO, short LoRA, generate and evaluate on held-out prompts."""
+    """One trial: clean each scene at its ratio (plan row ROW, or RATIO everywhere), short LoRA, held-out eval."""
     from dldc.select.trial import trial_dir_name
     from dldc.stages import run_select_trial
 
     cfg = obj.config(**{"select.scores": scores, "select.manifest": manifest, "finetune.base": base})
-    if not 0.0 <= ratio < 1.0:
+    if (row is None) == (ratio is None):
+        raise click.UsageError("give exactly one of --row (a row of select.mode's plan) and --ratio")
+    if ratio is not None and not 0.0 <= ratio < 1.0:
         raise click.BadParameter(f"must be in [0, 1), got {ratio}", param_hint="--ratio")
-    folder = out or str(Path(cfg.select.trials) / trial_dir_name(ratio))
+    if row is not None and row < 0:
+        raise click.BadParameter(f"must be >= 0, got {row}", param_hint="--row")
+    folder = out or str(Path(cfg.select.trials) / (f"row{row}" if row is not None else trial_dir_name(ratio)))
     try:
-        report = run_select_trial(cfg, ratio, folder, progress=obj.progress)
+        report = run_select_trial(cfg, folder, ratio=ratio, row=row, progress=obj.progress)
     except (ValueError, FileNotFoundError, OSError) as err:
         raise click.ClickException(str(err)) from None
+    if report.get("idle"):
+        click.echo(f"slot {row}: idle ({report['note']}); wrote {folder}")
+        return
     overall = report["metrics"].get("all", {})
     figures = ", ".join(f"{m} {v:.4g}" for m, v in overall.items())
-    click.echo(f"trial r={ratio:g}: kept {report['kept_pairs']} pairs; held-out {figures}; wrote {folder}")
+    what = report["plan"]["label"] if report.get("plan") else f"r={ratio:g}"
+    click.echo(f"trial {what}: kept {report['kept_pairs']} pairs; held-out {figures}; wrote {folder}")
 
 
 @main.command()

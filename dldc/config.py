@@ -848,9 +848,37 @@ class SelectConfig(_Section):
             ``global/cleaned_manifest.parquet`` (the global-ratio baseline), ``results.md``,
             ``results.parquet`` and ``plots/``.
         trials: folder of the loop's trials (``dldc select-trial``), one sub-folder per ratio.
-        mode: ``loop`` (one short fine-tune per ratio, judged on held-out prompts) or ``proxy``
-            (no training: an objective on each scene's score distribution).
-        grid: the ratios tried; ``r`` drops the lowest ``r`` of each scene by fused score.
+        mode: ``proxy`` (no training: an objective on each scene's score distribution, with a
+            bootstrap interval per scene), ``calibrate`` (the demo's: trials along the proxy's own
+            path, every scene at its proxy ratio times one level λ from ``calibrate_levels``; λ by the
+            one-SE rule on the whole held-out set), ``attribute`` (a Plackett–Burman screening design
+            over the scenes, each scene's effect on the whole held-out set combined with the proxy
+            into ``r*`` with an interval) or ``loop`` (the earlier reconstruction: one trial per
+            ratio of ``grid``, every scene at it, judged per scene).
+        grid: the ratios the proxy and ``loop`` try; ``r`` drops the lowest ``r`` of each scene by
+            fused score.
+        rows: the trial slots that ``dvc.yaml`` (``select_trial@i``) and the Kubeflow pipeline fan out
+            over (``dldc select-trial --row I``): ``calibrate`` runs one per level, ``attribute`` one
+            per design row (12 for 10 scenes, 24 with ``foldover``; ``dldc select`` says how many
+            when there are too few), ``loop`` one per grid ratio; spare slots finish at once (idle).
+        calibrate_levels: the λ values of ``calibrate`` (each scene cleaned at ``min(λ · proxy r,
+            max_ratio)``).
+        calibrate_tolerance: ``calibrate``: the smallest λ within this many paired SEs of the best
+            (1: the one-SE rule).
+        attribute_level: ``attribute``: the ratio a scene is cleaned at in the design's ``+`` rows
+            (``null``: its proxy ratio, at least ``attribute_floor``).
+        attribute_floor: the smallest ``+`` level (a scene the proxy leaves alone is still tested).
+        foldover: ``attribute``: add the mirrored design rows (twice the trials; no two-scene
+            interaction biases a main effect).
+        max_ratio: the largest ratio any mode assigns.
+        judge_filter: held-out prompts whose pairs fall below the proxy's cut of their scene (their
+            captions are likely wrong) do not judge the trials.
+        proxy_bootstrap: bootstrap replicates of the proxy's per-scene ``r*`` (its interval and the
+            weight it gets against the trials); 0: none.
+        low_confidence_width: a scene whose 80% interval of ``r*`` is wider than this is flagged.
+        signal_floor: a scene whose generated images score below this share of the real held-out
+            images' in-domain CLIPScore (mean over trials) is flagged: the generator does not draw it
+            well enough for the trials to judge it.
         splits: the splits that are cleaned (never the held-out or test split).
         min_scene_pairs: scenes with fewer cleanable pairs take the global ratio (recorded).
         proxy_penalty: ``proxy`` objective: mean kept quality (pooled z-score of the raw cosines)
@@ -880,8 +908,19 @@ class SelectConfig(_Section):
     manifest: str = "data/captions/manifest.parquet"
     out: str = "data/select"
     trials: str = "data/select/trials"
-    mode: Literal["loop", "proxy"] = "loop"
+    mode: Literal["proxy", "calibrate", "attribute", "loop"] = "calibrate"
     grid: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5], min_length=1)
+    rows: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4, 5])
+    calibrate_levels: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0, 1.5, 2.0, 3.0], min_length=2)
+    calibrate_tolerance: float = Field(1.0, ge=0.0)
+    attribute_level: float | None = Field(None, gt=0.0, lt=1.0)
+    attribute_floor: float = Field(0.1, gt=0.0, lt=1.0)
+    foldover: bool = False
+    max_ratio: float = Field(0.9, gt=0.0, lt=1.0)
+    judge_filter: bool = True
+    proxy_bootstrap: int = Field(200, ge=0)
+    low_confidence_width: float = Field(0.2, gt=0.0)
+    signal_floor: float = Field(0.5, ge=0.0)
     splits: list[str] = Field(default_factory=lambda: ["train"], min_length=1)
     min_scene_pairs: int = Field(20, ge=1)
     proxy_penalty: float = Field(1.0, ge=0.0)
@@ -903,6 +942,10 @@ class SelectConfig(_Section):
             raise ValueError(f"grid: every ratio must be in [0, 1), got {self.grid}")
         if len(set(self.grid)) != len(self.grid):
             raise ValueError(f"grid: ratios must be distinct, got {self.grid}")
+        if any(r < 0 for r in self.rows) or len(set(self.rows)) != len(self.rows):
+            raise ValueError(f"rows: trial slots must be distinct integers >= 0, got {self.rows}")
+        if any(v < 0 for v in self.calibrate_levels) or len(set(self.calibrate_levels)) != len(self.calibrate_levels):
+            raise ValueError(f"calibrate_levels: levels must be distinct and >= 0, got {self.calibrate_levels}")
         if any(w < 0 for w in self.objective.values()) or sum(self.objective.values()) <= 0:
             raise ValueError(f"objective: weights must be >= 0 with a positive sum, got {self.objective}")
         if self.eval_split in self.splits:

@@ -284,16 +284,29 @@ def run_generate(cfg: DldcConfig, progress: bool = True) -> Any:
     return result
 
 
-def run_select_trial(cfg: DldcConfig, ratio: float, out: str | Path, progress: bool = True) -> dict[str, Any]:
-    """One dual-loop trial at ``ratio`` (clean every scene → short LoRA → held-out generation → evaluation)."""
-    from dldc.select.trial import TRIAL_FILE, run_trial
+def run_select_trial(cfg: DldcConfig, out: str | Path, ratio: float | None = None, row: int | None = None,
+                     progress: bool = True) -> dict[str, Any]:
+    """One trial: row ``row`` of ``select.mode``'s plan, or ``ratio`` in every scene (a loop trial), into ``out``."""
+    from dldc.select.plan import plan_trials
+    from dldc.select.trial import TRIAL_FILE, run_plan_row, run_trial
 
-    params = {"select": cfg.select.model_dump(mode="json"), "ratio": ratio, "out": str(out)}
+    if (ratio is None) == (row is None):
+        raise ValueError("give exactly one of ratio and row")
+    params = {"select": cfg.select.model_dump(mode="json"), "ratio": ratio, "row": row, "out": str(out)}
     with stage_run(cfg.tracking, "select_trial", params) as run:
-        report = run_trial(cfg, ratio, out, progress=progress)
+        if row is not None:
+            report = run_plan_row(cfg, row, out, progress=progress)
+        else:
+            judge = plan_trials(cfg, "loop").judge_cuts
+            report = run_trial(cfg, ratio, out, progress=progress, judge_cuts=judge)
+        if report.get("idle"):
+            run.finish(out, {"idle": 1})
+            return report
         per_scene = {f"{scene}.{m}": v for scene, values in report["metrics"].items() for m, v in values.items()}
-        run.finish(out, {"ratio": ratio, "kept_pairs": report["kept_pairs"], "final_loss": report["final_loss"],
-                         **per_scene})
+        figures = {"kept_pairs": report["kept_pairs"], "final_loss": report["final_loss"], **per_scene}
+        if ratio is not None:
+            figures["ratio"] = ratio
+        run.finish(out, figures)
         run.log_artifact(Path(out) / TRIAL_FILE)
     return report
 

@@ -115,7 +115,7 @@ def dldc_pipeline(
     profile: str = "demo",
     base_model: str = "",
     train_models: bool = True,
-    select_mode: str = "loop",
+    select_mode: str = "calibrate",
     n_images: int = 400,
     size: int = 64,
     noise_rate: float = 0.3,
@@ -128,6 +128,7 @@ def dldc_pipeline(
     caption_rounds: int = 2,
     export_precision: str = "none",
     select_ratios: list = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5],  # noqa: B006
+    select_rows: list = [0, 1, 2, 3, 4, 5],  # noqa: B006
 ):
     """Your dataset (or SynthRS) → ingest → in-domain scorer → scores → EGL captions → r* per scene → the
     cleaned dataset and its report, then LoRA arms → generation → evaluation → promotion.
@@ -140,9 +141,12 @@ def dldc_pipeline(
     `base_model`: the text-to-image base, `org/name[@revision]` (hub id, loaded from the weights volume
     when `HF_HUB_OFFLINE=1`), an absolute folder on that volume, or `models:/NAME@ALIAS`; empty: the
     demo's tiny base is trained (`build_base`). `train_models` false stops at the cleaned dataset and
-    its report (selection by `select_mode` `proxy` then: the loop trains models). `select_mode`
-    `loop` runs one `select_trial` per ratio of `select_ratios` (ParallelFor, GPU); `proxy` ranks by
-    the scores alone. `extra_scorers` are scorer specs scored beside the in-domain model;
+    its report (selection by the proxy then, whatever `select_mode` says: the trials train models). `select_mode`:
+    `proxy` ranks by the scores alone (on the grid `select_ratios`); `calibrate` (six levels of the
+    proxy's ratios), `attribute` (a screening design over the scenes: 12 rows for 10 scenes, so
+    `select_rows` 0..11) and `loop` (one trial per ratio of `select_ratios`) run one `select_trial` per
+    slot of `select_rows` (ParallelFor, GPU; slots past the plan finish at once). `extra_scorers` are
+    scorer specs scored beside the in-domain model;
     `caption_backends` (empty: the profile's) and `caption_rounds` drive the EGL loop;
     `export_precision` (`fp32`, `fp16` or `int8`; default `none`) exports the in-domain scorer to ONNX
     behind the parity gate, and the score parts then run the export. Scoring fans out over
@@ -190,18 +194,18 @@ def dldc_pipeline(
         with dsl.Else(name="named-base"):
             named = _place(name_base(base=base_model, **common), "name-base")
         base = dsl.OneOf(built.outputs["base_model"], named.outputs["base_model"])
-        # Dual loop: one short LoRA per cleaning ratio (every scene cleaned at it), judged per scene on
-        # held-out prompts; `select` picks r* per scene and writes the cleaned manifests.
-        with dsl.If(select_mode == "loop", name="dual-loop"):
-            with dsl.ParallelFor(select_ratios, parallelism=RESOURCES["parallelism"]["select-trial"]) as ratio:
+        # Dual loop: one short LoRA per row of the mode's trial plan (each scene cleaned at the row's ratio),
+        # judged on held-out prompts; `select` picks r* per scene and writes the cleaned manifests.
+        with dsl.If(select_mode != "proxy", name="dual-loop"):
+            with dsl.ParallelFor(select_rows, parallelism=RESOURCES["parallelism"]["select-trial"]) as row:
                 trial_task = _place(
                     select_trial(captions=captions, scorer=scorer_task.outputs["scorer"], base_model=base,
-                                 ratio=ratio, **common),  # fmt: skip
+                                 row=row, mode=select_mode, ratios=select_ratios, **common),  # fmt: skip
                     "select-trial",
                 )
             looped = _place(
                 select(captions=captions, trials=dsl.Collected(trial_task.outputs["trial"]), ratios=select_ratios,
-                       mode="loop", **common),  # fmt: skip
+                       mode=select_mode, rows=select_rows, **common),  # fmt: skip
                 "select",
             )
         with dsl.Else(name="by-scores"):
@@ -241,7 +245,7 @@ def dldc_pipeline(
                 "segment",
             )
     with dsl.Else(name="clean-only"):
-        only = _place(select(captions=captions, ratios=select_ratios, mode=select_mode, **common), "select")
+        only = _place(select(captions=captions, ratios=select_ratios, mode="proxy", **common), "select")
         _clean_dataset(manifest, captions, only.outputs["selection"], **common)
 
 

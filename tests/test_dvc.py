@@ -37,7 +37,8 @@ def test_dvc_repro_runs_then_is_up_to_date(tmp_path, mlflow_uri, tiny_base):
     params["base"].update(tiny_base)
     params["finetune"].update(resolution=16, rank=4, steps=2, batch_size=4, checkpoint_every=1, sample_steps=1)
     params["generate"].update(steps=1, batch_size=8, prompts_per_image=1)
-    params["select"].update(grid=[0.0, 0.3], trial_steps=2, trial_generate_steps=1, trial_prompts_per_image=1)
+    params["select"].update(grid=[0.0, 0.3], trial_steps=2, trial_generate_steps=1, trial_prompts_per_image=1,
+                            calibrate_levels=[0.0, 1.0], rows=[0, 1, 2], proxy_bootstrap=20)
     params["evaluate"].update(bootstrap=10, kid_subsets=2, kid_subset_size=4)
     params["segment"].update(patch_size=32, widths=[4, 8], steps=2, batch_size=4, eval_every=1, checkpoint_every=1,
                              synthetic_per_arm=4, gen_steps=1, bootstrap=10)
@@ -61,8 +62,10 @@ def test_dvc_repro_runs_then_is_up_to_date(tmp_path, mlflow_uri, tiny_base):
     assert set(segment["runs"]) == {"real"} | {f"{p}/{a}" for p in ("pseudo-label", "layout-prompt")
                                              for a in ("base", "raw", "clean")}
     selection = yaml.safe_load((work / "data" / "select" / "selection.json").read_text())
-    assert selection["mode"] == "loop" and set(selection["trials"]) == {"0", "0.3"}
-    assert (work / "data" / "select" / "trials" / "r0.3" / "trial.json").is_file()
+    assert selection["mode"] == "calibrate" and set(selection["trials"]) == {"λ=0", "λ=1"}
+    assert selection["scenes"]["river"]["evidence"] == "scores+calibration(2 trials)"
+    spare = json.loads((work / "data" / "select" / "trials" / "row2" / "trial.json").read_text())
+    assert spare["idle"] and spare["rows"] == 2  # the third slot: the two-level plan leaves it idle
     exported = json.loads((work / "data" / "cleaned" / "export.json").read_text())
     assert exported["format"] == "karpathy" and exported["counts"]["kept"] == selection["pairs"]["kept"]
     finetuned = yaml.safe_load((work / "data" / "finetune" / "clean" / "finetune.json").read_text())

@@ -44,11 +44,11 @@ def test_pipeline_compiles_to_ir_yaml_with_the_stage_graph_of_dvc_yaml(tmp_path)
     specs = kfp_task_specs(spec)
     loops = {name: task["parameterIterator"]["items"]["inputParameter"]
              for name, (task, _) in specs.items() if "parameterIterator" in task}  # fmt: skip
-    assert sorted(loops.values()) == ["pipelinechannel--plan-parts-Output", "pipelinechannel--select_ratios"]
+    assert sorted(loops.values()) == ["pipelinechannel--plan-parts-Output", "pipelinechannel--select_rows"]
 
 
 def test_tasks_run_only_where_a_run_needs_them(tmp_path):
-    """SynthRS only without a dataset, the demo base only without a named one, trials only in loop mode,
+    """SynthRS only without a dataset, the demo base only without a named one, trials only in a trial mode,
     nothing after selection with train_models false."""
     out = tmp_path / "dldc.pipeline.yaml"
     subprocess.run([sys.executable, "-m", "pipelines", "compile", "--out", str(out)], check=True, cwd=REPO)
@@ -58,7 +58,7 @@ def test_tasks_run_only_where_a_run_needs_them(tmp_path):
         return f"inputs.parameter_values['pipelinechannel--{name}']"
 
     no_dataset, no_base = f"{param('dataset_uri')} == ''", f"{param('base_model')} == ''"
-    training, loop = f"{param('train_models')} == true", f"{param('select_mode')} == 'loop'"
+    training, loop = f"{param('train_models')} == true", f"{param('select_mode')} != 'proxy'"
     conditions = {name: conds for name, (_, conds) in specs.items()}
     assert conditions["synth"] == [no_dataset] and conditions["ingest"] == [no_dataset]
     assert conditions["ingest-2"] == [f"!({no_dataset})"]
@@ -119,7 +119,7 @@ def test_compiled_tasks_are_placed_as_resources_json_says(tmp_path):
     assert tasks["finetune-2"]["retryPolicy"]["maxRetryCount"] == placement["tasks"]["finetune"]["retries"]
     assert tasks["promote"]["cachingOptions"] == {}  # never cached: the registry moves between runs
     assert all(tasks[name]["cachingOptions"] == {"enableCache": True} for name in ("ingest", "caption", "select"))
-    (trials,) = [task for task in tasks.values() if "select_ratios" in str(task.get("parameterIterator"))]
+    (trials,) = [task for task in tasks.values() if "select_rows" in str(task.get("parameterIterator"))]
     assert trials["iteratorPolicy"]["parallelismLimit"] == placement["parallelism"]["select-trial"]
     # The run group reaches tracking from the pod's run-id label, never as an input: an input with the
     # job id would be part of every task's cache key, and nothing could be reused from the cache.

@@ -53,6 +53,8 @@ def test_two_pipeline_runs_against_a_team_mlflow_server(tmp_path, mlflow_server,
         "select.trial_steps=2",
         "select.trial_generate_steps=1",
         "select.trial_prompts_per_image=1",
+        "select.calibrate_levels=[0.0, 1.0]",
+        "select.proxy_bootstrap=20",
         "segment.patch_size=32",
         "segment.widths=[4, 8]",
         "segment.steps=2",
@@ -63,7 +65,8 @@ def test_two_pipeline_runs_against_a_team_mlflow_server(tmp_path, mlflow_server,
         "segment.bootstrap=10",
     ]
     demo = {"n_images": 20, "size": 32, "noise_rate": 0.2, "seed": 1, "score_parts": 2, "caption_rounds": 1,
-            "select_ratios": [0.0, 0.3], "export_precision": "fp32"}  # the IEL runs on the ONNX export of the scorer
+            "select_ratios": [0.0, 0.3], "select_rows": [0, 1],
+            "export_precision": "fp32"}  # the IEL runs on the ONNX export of the scorer
     local.run(settings=settings, **demo)
     (first,) = (tmp_path / "kfp-root").iterdir()
     manifests = [p for p in first.rglob("manifest.parquet") if "caption" not in str(p)]
@@ -85,7 +88,7 @@ def test_two_pipeline_runs_against_a_team_mlflow_server(tmp_path, mlflow_server,
     assert repaired["caption_source"].str.match(r"^(original|egl:(mask2text|retrieval):.+)$").all()
     (selection_file,) = first.rglob("selection.json")
     selection = json.loads(selection_file.read_text())
-    assert selection["mode"] == "loop" and set(selection["trials"]) == {"0", "0.3"}
+    assert selection["mode"] == "calibrate" and set(selection["trials"]) == {"λ=0", "λ=1"}
     assert set(selection["ratios"]) == {"farmland", "forest"}
     (evaluation,) = [p for p in first.rglob("evaluate.json") if "select-trial" not in str(p)]
     assert set(json.loads(evaluation.read_text())["arms"]) == {"base", "raw", "clean", "global", "real"}
@@ -124,7 +127,7 @@ def test_two_pipeline_runs_against_a_team_mlflow_server(tmp_path, mlflow_server,
     parents = [r for r in runs if r.data.tags.get(ROLE_TAG) == "pipeline"]
     assert len(parents) == 2
     # One finished MLflow run per task of the compiled pipeline, in each run (each loop body once per item:
-    # two score parts, two ratios); planning the parts runs no stage.
+    # two score parts, two trial rows); planning the parts runs no stage.
     from kfp import compiler
 
     compiler.Compiler().compile(dldc_pipeline, package_path=str(tmp_path / "p.yaml"))
@@ -134,7 +137,7 @@ def test_two_pipeline_runs_against_a_team_mlflow_server(tmp_path, mlflow_server,
     skipped = {"ingest-2", "name-base", "select-2", "select-3", "export-dataset-2", "report-2"}
     ran = [task for task in tasks if task not in skipped]
     expected = [names.get(base, stage_of(base)) for task in ran if (base := task.replace("-", "_"))]
-    expected = [name for name in expected if name] + ["score", "select_trial"]  # the second part and ratio
+    expected = [name for name in expected if name] + ["score", "select_trial"]  # the second part and trial row
     for parent in parents:
         group = parent.data.tags[GROUP_TAG]
         stages = [r for r in runs if r.data.tags.get(ROLE_TAG) == "stage" and r.data.tags.get(GROUP_TAG) == group]

@@ -137,7 +137,7 @@ def test_loop_objective_one_standard_error_rule_with_paired_replicates() -> None
 
 def test_select_config_checks() -> None:
     cfg = load_config(None)
-    assert cfg.select.mode == "loop" and cfg.select.eval_split == "val" and 0.0 in cfg.select.grid
+    assert cfg.select.mode == "calibrate" and cfg.select.eval_split == "val" and 0.0 in cfg.select.grid
     assert "FID" in load_config(None, overrides=["profile=paper"]).select.objective
     with pytest.raises(ConfigError, match="grid"):
         load_config(None, overrides=["select.grid=[0.0, 1.0]"])
@@ -176,6 +176,7 @@ def _tiny_cfg(project: dict[str, str], **extra: object):
         "select.out": str(work / "select"),
         "select.trials": str(work / "trials"),
         "select.grid": [0.0, 0.5],
+        "select.mode": "loop",
         "select.eval_split": "test",
         "select.min_scene_pairs": 4,
         "select.trial_steps": 2,
@@ -296,3 +297,163 @@ def test_scores_that_do_not_cover_the_manifest_are_refused(tiny_project: dict[st
         load_ranked(tmp_path / "scores.parquet", tiny_project["manifest"], ["train"])
     with pytest.raises(FileNotFoundError, match="dldc caption"):
         load_ranked(tmp_path / "none.parquet", tiny_project["manifest"], ["train"])
+
+
+# ---------------------------------------------------------------- calibrate / attribute (issue 22)
+
+
+@pytest.mark.parametrize("factors", [1, 3, 4, 7, 10, 11, 19, 26, 31])
+def test_plackett_burman_columns_are_orthogonal_and_balanced(factors: int) -> None:
+    from dldc.select.design import design_order, foldover, plackett_burman
+
+    design = plackett_burman(factors)
+    n = design_order(factors)
+    assert design.shape == (n, factors) and n % 4 == 0 and n >= factors + 1
+    assert (design.T @ design == n * np.eye(factors)).all()  # orthogonal
+    assert (design.sum(axis=0) == 0).all()  # balanced: every scene cleaned in half the trials
+    folded = foldover(design)
+    assert folded.shape == (2 * n, factors) and (folded.T @ folded == 2 * n * np.eye(factors)).all()
+    assert design_order(10) == 12 and design_order(31) == 32  # the issue's 10 SynthRS / 31 RSICD scenes
+
+
+def test_screening_regression_recovers_known_effects_and_foldover_removes_interaction_bias() -> None:
+    from dldc.select.design import fit_effects, foldover, plackett_burman
+
+    truth = np.array([0.8, -0.5, 0.0, 0.3, 0.0, 1.2, 0.0, -0.1, 0.0, 0.4])
+    design = plackett_burman(10)
+    linear = 2.0 + design @ truth / 2  # an effect is high − low: the slope on ±1 is half of it
+    fit = fit_effects(design, linear)
+    assert np.allclose(fit.effects, truth, atol=1e-9) and fit.residual_df == 1
+    assert np.allclose(fit.se_residual, 0.0, atol=1e-9)  # an exactly linear response leaves no residual
+
+    # A two-scene interaction biases the main effects of the 12-run design; the foldover removes it.
+    folded = foldover(design)
+    interacting = 2.0 + folded @ truth / 2 + 0.6 * folded[:, 0] * folded[:, 1]
+    assert np.allclose(fit_effects(folded, interacting).effects, truth, atol=1e-9)
+    biased = 2.0 + design @ truth / 2 + 0.6 * design[:, 0] * design[:, 1]
+    assert not np.allclose(fit_effects(design, biased).effects, truth, atol=1e-3)
+
+    # Replicates that shift every trial by the same amount (paired draws) add no uncertainty to an effect;
+    # independent noise per trial does, about 2σ/sqrt(N).
+    rng = np.random.default_rng(0)
+    shared = linear[:, None] + rng.normal(0, 1.0, size=(1, 400))
+    assert np.allclose(fit_effects(design, linear, shared).se_bootstrap, 0.0, atol=1e-9)
+    independent = linear[:, None] + rng.normal(0, 0.5, size=(12, 4000))
+    se = fit_effects(design, linear, independent).se_bootstrap
+    assert np.allclose(se, 2 * 0.5 / np.sqrt(12), rtol=0.1)
+    with pytest.raises(ValueError, match="cannot fit"):
+        fit_effects(design[:5], linear[:5])
+    with pytest.raises(ValueError, match="-1 or \\+1"):
+        fit_effects(design * 2, linear)
+
+
+def test_precision_weighted_ratio_follows_the_stronger_evidence() -> None:
+    from dldc.select.design import Z80, combine_ratio
+
+    floor = 0.1 / np.sqrt(12)
+    helps = combine_ratio(0.3, 0.05, effect=3.0, se=0.5, level=0.3, sd_floor=floor, cap=0.9)
+    hurts = combine_ratio(0.3, 0.05, effect=-3.0, se=0.5, level=0.3, sd_floor=floor, cap=0.9)
+    silent = combine_ratio(0.3, 0.05, effect=0.0, se=5.0, level=0.3, sd_floor=floor, cap=0.9)
+    assert abs(helps.ratio - 0.3) < 1e-3 and helps.attribution_ratio > 0.299
+    assert hurts.ratio < 0.15 and hurts.attribution_ratio < 1e-6  # clear harm pulls r* down
+    assert silent.attribution_ratio == pytest.approx(0.15) and silent.attribution_weight < 0.2  # mostly proxy
+    # Precision weighting, by hand: both SDs at the floor → the plain mean; the interval is ±Z80·sd.
+    even = combine_ratio(0.4, 0.0, effect=-50.0, se=1.0, level=0.2, sd_floor=0.05, cap=0.9)
+    assert even.ratio == pytest.approx(0.2) and even.sd == pytest.approx(0.05 / np.sqrt(2))
+    assert even.high - even.low == pytest.approx(2 * Z80 * even.sd)
+    capped = combine_ratio(0.95, 0.0, effect=5.0, se=0.1, level=0.95, sd_floor=0.01, cap=0.9)
+    assert capped.ratio == 0.9 and capped.high == 0.9
+
+
+def test_proxy_interval_is_narrow_for_a_clear_tail_and_reproducible() -> None:
+    from dldc.select.objective import proxy_intervals
+
+    ranked = rank_within_scene(_synthetic_scores({"clean": 0.0, "much": 0.4}, n=200))
+    grid = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
+    first = proxy_intervals(ranked, grid, penalty=1.0, draws=200)
+    assert first == proxy_intervals(ranked, grid, penalty=1.0, draws=200)  # seeded per scene
+    assert first["clean"]["high"] <= 0.1 and 0.3 <= first["much"]["low"] <= first["much"]["high"] <= 0.5
+    assert proxy_intervals(ranked, grid, penalty=1.0, draws=0) == {}
+
+
+def _mode_cfg(project: dict[str, str], mode: str, **extra: object):
+    work = Path(project["work"])
+    return _tiny_cfg(project, **{"select.mode": mode, "select.trials": str(work / f"trials-{mode}"),
+                                 "select.out": str(work / f"select-{mode}"), "select.proxy_bootstrap": 50,
+                                 "select.calibrate_levels": [0.0, 1.0, 2.0], "select.rows": [0, 1, 2], **extra})
+
+
+def test_plans_of_each_mode(tiny_project: dict[str, str]) -> None:
+    from dldc.select.plan import plan_rows_needed, plan_trials
+
+    calibrate = plan_trials(_mode_cfg(tiny_project, "calibrate"))
+    proxy = calibrate.proxy_ratios
+    assert [row == {s: min(level * proxy[s], 0.9) for s in proxy}
+            for row, level in zip(calibrate.rows, calibrate.levels)] == [True] * 3
+    assert calibrate.judge_cuts == proxy and plan_rows_needed(calibrate, [0, 1, 2]) is None
+
+    attribute = plan_trials(_mode_cfg(tiny_project, "attribute"))
+    assert attribute.factors == sorted(proxy) and len(attribute.rows) == 8  # 4 scenes: the 8-run design
+    for signs, row in zip(attribute.design, attribute.rows):
+        for scene, sign in zip(attribute.factors, signs):
+            assert row[scene] == (attribute.high[scene] if sign > 0 else 0.0)
+            assert attribute.high[scene] >= 0.1  # select.attribute_floor
+    assert "set select.rows to [0, 1, 2, 3, 4, 5, 6, 7]" in plan_rows_needed(attribute, [0, 1, 2])
+    folded = plan_trials(_mode_cfg(tiny_project, "attribute", **{"select.foldover": True}))
+    assert len(folded.rows) == 16 and folded.digest != attribute.digest
+    unfiltered = plan_trials(_mode_cfg(tiny_project, "calibrate", **{"select.judge_filter": False}))
+    assert unfiltered.judge_cuts == {} and unfiltered.digest != calibrate.digest
+
+
+@pytest.mark.slow
+def test_tiny_calibrate_and_attribute_end_to_end(tiny_project: dict[str, str]) -> None:
+    from dldc.select.plan import plan_trials
+    from dldc.select.trial import run_plan_row
+    from dldc.stages import run_select
+
+    cfg = _mode_cfg(tiny_project, "calibrate")
+    trials = Path(cfg.select.trials)
+    with pytest.raises(FileNotFoundError, match="no finished calibrate trial for rows \\[0, 1, 2\\]"):
+        run_select(cfg, progress=False)
+    reports = [run_plan_row(cfg, row, trials / f"row{row}", progress=False) for row in (0, 1, 2, 3)]
+    assert reports[3]["idle"] and reports[3]["rows"] == 3  # a spare slot finishes at once
+    assert reports[0]["dropped_pairs"] == 0 and reports[0]["plan"]["label"] == "λ=0"
+    plan = plan_trials(cfg)
+    cleaned, _ = read_manifest(trials / "row1" / "cleaned_manifest.parquet")
+    source, _ = read_manifest(tiny_project["manifest"])
+    # The judge set: held-out (test) pairs below the proxy's cut of their scene are left out of every trial.
+    assert reports[1]["judge_left_out"] == reports[0]["judge_left_out"] > 0
+    assert reports[0]["judge_left_out"] == (
+        (source["split"] == "test").sum() - (cleaned["split"] == "test").sum())
+    assert len({r["prompt_keys_sha256"] for r in reports[:3]}) == 1
+    assert reports[1]["reference"]["all"]["CLIPScore-indomain"] > 0  # the real images' score, for the signal flag
+
+    result = run_select(cfg, progress=False)
+    sel = result.selection
+    level = sel["objective"]["level"]
+    assert sel["mode"] == "calibrate" and level in (0.0, 1.0, 2.0)
+    assert sel["ratios"] == plan.rows[plan.levels.index(level)]
+    for rec in sel["scenes"].values():
+        assert rec["evidence"] == "scores+calibration(3 trials)" and rec["low"] <= rec["ratio"] <= rec["high"] + 1e-9
+        assert isinstance(rec["no_model_signal"], bool) and isinstance(rec["low_confidence"], bool)
+    assert sel["budget"].startswith(f"3 trials: level calibrated (λ*={level:g})")
+    sizes = {s: c["cleanable"] for s, c in sel["counts"].items()}
+    assert sel["global_ratio"] == pytest.approx(
+        round(sum(sel["ratios"][s] * n for s, n in sizes.items()) / sum(sizes.values()), 4))
+    text = (result.out / "results.md").read_text()
+    assert "Trial budget: 3 trials" in text and "| beach |" in text
+
+    attr = _mode_cfg(tiny_project, "attribute", **{"select.rows": list(range(8))})
+    for row in range(8):
+        run_plan_row(attr, row, Path(attr.select.trials) / f"row{row}", progress=False)
+    chosen = run_select(attr, progress=False).selection
+    assert chosen["mode"] == "attribute" and chosen["objective"]["residual_df"] == 3
+    for rec in chosen["scenes"].values():
+        assert rec["evidence"] == "scores+attribution(8 trials)"
+        assert rec["se"] > 0 and 0.0 <= rec["p_positive"] <= 1.0 and 0.0 <= rec["ratio"] <= 0.9
+        assert rec["low"] <= rec["ratio"] <= rec["high"]
+    assert chosen["budget"] == "8 trials for 4 scenes: one effect per scene, 3 residual degrees of freedom"
+    # Trials of another plan are not mixed in: change the plan and the old trials are refused.
+    other = _mode_cfg(tiny_project, "attribute", **{"select.rows": list(range(8)), "select.attribute_level": 0.5})
+    with pytest.raises(FileNotFoundError, match="8 trials there belong to another plan"):
+        run_select(other, progress=False)

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from dldc.select.ranking import keep_mask
+from dldc.select.ranking import keep_mask, n_dropped
 
 ALL_SCENES = "all"
 
@@ -101,6 +101,43 @@ def proxy_curves(
     return per_scene, overall
 
 
+def proxy_intervals(
+    ranked: pd.DataFrame, grid: Sequence[float], penalty: float, draws: int, seed: int = 0, coverage: float = 0.8
+) -> dict[str, dict[str, float]]:
+    """How firmly each scene's proxy ``r*`` is determined: a bootstrap over its pairs.
+
+    Each replicate resamples the scene's cleanable pairs with replacement (ranks kept: the cut still
+    drops the lowest by fused score), recomputes ``J(r)`` on the grid and takes its argbest. Returns
+    ``{scene: {"sd", "low", "high"}}`` (SD and the central ``coverage`` interval of the replicates'
+    ``r*``); ``{}`` with ``draws < 2``. The draws depend on ``seed`` and the scene's name only.
+
+    Example:
+        >>> frame = pd.DataFrame({"pair_id": [f"p{i}" for i in range(40)], "scene": "x", "cleanable": True,
+        ...                       "rank": range(40), "a": [-3.0] * 8 + [1.0] * 32, "a_clipscore": 0.0})
+        >>> proxy_intervals(frame, [0.0, 0.2, 0.4], penalty=1.0, draws=50)["x"]["high"] <= 0.4
+        True
+    """
+    if draws < 2:
+        return {}
+    quality = pair_quality(ranked)
+    cleanable = ranked[ranked["cleanable"]]
+    grid = sorted(float(r) for r in grid)
+    out: dict[str, dict[str, float]] = {}
+    for scene, rows in cleanable.groupby("scene"):
+        ordered = quality[rows.sort_values("rank").index].to_numpy(dtype=float)
+        n = len(ordered)
+        rng = np.random.default_rng([seed, *str(scene).encode()])
+        sample = np.sort(rng.integers(0, n, size=(draws, n)), axis=1)  # sorted indices = ranked order
+        values = ordered[sample]
+        tails = np.cumsum(values[:, ::-1], axis=1)[:, ::-1]  # tails[:, d] = sum of values[:, d:]
+        curves = np.stack([tails[:, n_dropped(r, n)] / (n - n_dropped(r, n)) - penalty * r for r in grid], axis=1)
+        chosen = np.asarray(grid)[np.argmax(curves, axis=1)]  # ties: the smaller ratio
+        tail = (1.0 - coverage) / 2
+        out[str(scene)] = {"sd": float(np.std(chosen, ddof=1)), "low": float(np.quantile(chosen, tail)),
+                           "high": float(np.quantile(chosen, 1.0 - tail))}
+    return out
+
+
 @dataclass
 class LoopCurves:
     """``J(r)`` per scene and overall, with the shortfall from the best that each ratio is allowed.
@@ -112,6 +149,8 @@ class LoopCurves:
             scene judged without bootstrap replicates.
         margins: ``errors`` times the tolerance: how far below the best a ratio may be and still win.
         scaling: ``{scene or "all": "bootstrap-sd" | "min-max"}``.
+        draws: ``{scene or "all": (ratios × replicates)}`` the bootstrap replicates of ``J`` (paired
+            across ratios); absent for a scene judged without them.
     """
 
     curves: dict[str, dict[float, float]]
@@ -119,6 +158,7 @@ class LoopCurves:
     errors: dict[str, dict[float, float]] = field(default_factory=dict)
     margins: dict[str, dict[float, float]] = field(default_factory=dict)
     scaling: dict[str, str] = field(default_factory=dict)
+    draws: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def loop_curves(
@@ -184,6 +224,7 @@ def loop_curves(
             errors = np.nan_to_num(np.nanstd(draws - draws[best], axis=1))
             result.errors[scene] = {r: float(e) for r, e in zip(ratios, errors)}
             result.margins[scene] = {r: float(tolerance * e) for r, e in zip(ratios, errors)}
+            result.draws[scene] = draws
     result.overall = result.curves.pop(ALL_SCENES, {})
     return result
 

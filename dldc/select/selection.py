@@ -38,10 +38,12 @@ import pyarrow as pa
 
 from dldc.config import DldcConfig
 from dldc.io import file_sha256, write_json, write_parquet
-from dldc.select.objective import ALL_SCENES, choose, loop_curves, proxy_curves
+from dldc.select.decide import Decided, attribute_ratios, budget_line, calibrate_ratios, scene_records
+from dldc.select.objective import ALL_SCENES, Choice, choose, loop_curves, proxy_curves
+from dldc.select.plan import plan_rows_needed, plan_trials
 from dldc.select.plots import draw_plots
 from dldc.select.ranking import keep_mask, load_ranked, scene_sizes, write_cleaned_manifest
-from dldc.select.trial import read_trials, trial_directions, trial_replicates
+from dldc.select.trial import read_plan_trials, read_trials, trial_directions, trial_replicates
 
 SELECTION_FILE = "selection.json"
 CLEANED_FILE = "cleaned_manifest.parquet"
@@ -55,6 +57,7 @@ DROPPED_COLUMNS = [
     "scene_size",
 ]  # fmt: skip
 BASELINES = ("none", "global", "per_scene")
+MODES = ("proxy", "calibrate", "attribute", "loop")
 
 
 @dataclass
@@ -80,38 +83,38 @@ def select_ratios(cfg: DldcConfig, mode: str | None = None, progress: bool = Tru
     """
     section = cfg.select
     mode = mode or section.mode
-    if mode not in ("proxy", "loop"):
-        raise ValueError(f"select mode must be 'proxy' or 'loop', got {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"select mode must be one of {', '.join(MODES)}; got {mode!r}")
     grid = sorted(float(r) for r in section.grid)
     out = Path(section.out)
     ranked = load_ranked(section.scores, section.manifest, list(section.splits))
     sizes = scene_sizes(ranked)
     if not sizes:
         raise ValueError(f"no pairs of splits {section.splits} in {section.manifest}; set select.splits")
+    plan = plan_trials(cfg, mode, ranked)
+    if mode in ("calibrate", "attribute"):
+        needed = plan_rows_needed(plan, list(section.rows))
+        if needed:
+            raise ValueError(needed)
 
     scores_sha, manifest_sha = file_sha256(section.scores), file_sha256(section.manifest)
     metric_curves: dict[str, dict[str, dict[float, float]]] = {}
     trials: dict[float, dict[str, Any]] = {}
     margins: dict[str, dict[float, float]] = {}
-    if mode == "proxy":
+    decided: Decided | None = None
+    if mode != "loop":
         curves, overall = proxy_curves(ranked, grid, section.proxy_penalty)
         objective = {"kind": "proxy", "penalty": section.proxy_penalty,
                      "definition": "mean pooled z-score of the kept pairs' raw cosines - penalty * r"}
+        if mode != "proxy":
+            plan_trials_found = read_plan_trials(section.trials, plan)
+            _check_trials(plan_trials_found, scores_sha, manifest_sha, section.trials)
+            decide = calibrate_ratios if mode == "calibrate" else attribute_ratios
+            decided = decide(plan, plan_trials_found, cfg)
+            objective = {**decided.objective, "proxy": objective}
     else:
         trials = read_trials(section.trials, grid)
-        stale = [r for r, t in trials.items() if (t.get("scores_sha256"), t.get("manifest_sha256")) !=
-                 (scores_sha, manifest_sha)]
-        if stale:
-            raise ValueError(
-                f"trials {stale} in {section.trials} were run on other scores or another manifest; "
-                "re-run `dldc select-trial` for them"
-            )
-        prompt_sets = {t.get("prompt_keys_sha256") for t in trials.values()}
-        if len(prompt_sets) > 1:
-            raise ValueError(
-                f"the trials in {section.trials} were judged on different held-out prompts; re-run "
-                "`dldc select-trial` for every ratio with the same settings"
-            )
+        _check_trials(list(trials.values()), scores_sha, manifest_sha, section.trials)
         tables = {r: t["metrics"] for r, t in trials.items()}
         replicates = {r: trial_replicates(t["path"]) for r, t in trials.items()}
         directions = trial_directions([t["path"] for t in trials.values()])
@@ -132,6 +135,10 @@ def select_ratios(cfg: DldcConfig, mode: str | None = None, progress: bool = Tru
         }
 
     choice = choose(curves, overall, sizes, section.min_scene_pairs, margins)
+    if decided is not None:
+        choice = Choice(decided.ratios, decided.global_ratio, decided.reasons, {})
+    scenes_record = decided.scenes if decided is not None else scene_records(mode, plan, choice, section, len(trials))
+    budget = decided.budget if decided is not None else budget_line(mode, len(trials))
     keep = keep_mask(ranked, choice.ratios)
     keep_global = keep_mask(ranked, {}, default=choice.global_ratio)
 
@@ -146,7 +153,7 @@ def select_ratios(cfg: DldcConfig, mode: str | None = None, progress: bool = Tru
 
     results = results_table(ranked, choice.ratios, choice.global_ratio, trials)
     write_parquet(out / RESULTS_FILE, pa.Table.from_pandas(results, preserve_index=False))
-    (out / RESULTS_MD).write_text(render_results(results, mode), encoding="utf-8")
+    (out / RESULTS_MD).write_text(render_results(results, mode, scenes_record, budget), encoding="utf-8")
 
     plots, note = ([], "select.plots is off")
     if section.plots:
@@ -170,11 +177,20 @@ def select_ratios(cfg: DldcConfig, mode: str | None = None, progress: bool = Tru
         "global_ratio": choice.global_ratio,
         "reasons": choice.reasons,
         "fallbacks": choice.fallbacks,
+        "scenes": scenes_record,
+        "budget": budget,
+        "judge": {"filter": section.judge_filter, "cuts": plan.judge_cuts,
+                  "scorer": "the in-domain scorer of evaluate (the one that ranked the pairs, trained by "
+                            "train-scorer on the same pairs); its folds never scored their own images"},
+        "plan": plan.record() if mode in ("calibrate", "attribute") else None,
         "curves": {scene: _keyed(c) for scene, c in curves.items()},
         "overall_curve": _keyed(overall),
         "metric_curves": {s: {m: _keyed(c) for m, c in per.items()} for s, per in metric_curves.items()},
-        "trials": {_key(r): {k: t[k] for k in ("path", "kept_pairs", "final_loss", "held_out_images", "key")}
-                   for r, t in trials.items()},
+        "trials": ({_key(r): {k: t[k] for k in ("path", "kept_pairs", "final_loss", "held_out_images", "key")}
+                    for r, t in trials.items()} if decided is None else
+                   {t["plan"]["label"]: {k: t[k] for k in ("path", "kept_pairs", "final_loss", "held_out_images",
+                                                            "key")}
+                    for t in plan_trials_found}),
         "counts": counts,
         "pairs": {"total": len(ranked), "cleanable": int(ranked["cleanable"].sum()), "kept": kept,
                   "dropped": int((~keep).sum()), "kept_global_baseline": kept_global},
@@ -185,6 +201,18 @@ def select_ratios(cfg: DldcConfig, mode: str | None = None, progress: bool = Tru
     }
     write_json(out / SELECTION_FILE, selection)
     return SelectResult(out, selection, results)
+
+
+def _check_trials(trials: list[dict[str, Any]], scores_sha: str, manifest_sha: str, folder: str) -> None:
+    """Refuse trials run on other scores or another manifest, or judged on different prompts."""
+    inputs = (scores_sha, manifest_sha)
+    stale = [t["path"] for t in trials if (t.get("scores_sha256"), t.get("manifest_sha256")) != inputs]
+    if stale:
+        raise ValueError(f"trials {stale} in {folder} were run on other scores or another manifest; "
+                         "re-run `dldc select-trial` for them")
+    if len({t.get("prompt_keys_sha256") for t in trials}) > 1:
+        raise ValueError(f"the trials in {folder} were judged on different held-out prompts; re-run "
+                         "`dldc select-trial` for every trial with the same settings")
 
 
 def _key(ratio: float) -> str:
@@ -224,16 +252,31 @@ def results_table(
     return pd.DataFrame(rows)
 
 
-def render_results(results: pd.DataFrame, mode: str) -> str:
-    """``results.md``: the baselines side by side."""
+def render_results(results: pd.DataFrame, mode: str, scenes: dict[str, dict[str, Any]] | None = None,
+                   budget: str = "") -> str:
+    """``results.md``: each scene's r* with its interval and evidence, then the baselines side by side."""
     metrics = [c for c in results.columns if c not in ("baseline", "scene", "ratio", "kept", "dropped")]
     header = ["scene", "baseline", "ratio", "kept", "dropped", *metrics]
-    lines = [
-        f"# Cleaning-ratio selection ({mode})",
-        "",
-        "Metrics are the held-out evaluation of the loop trial at that ratio (every scene cleaned at it); the "
-        "per-scene mix over `all` has no single trial: compare it in `dldc evaluate` after fine-tuning.",
-        "",
+    lines = [f"# Cleaning-ratio selection ({mode})", ""]
+    if budget:
+        lines += [f"Trial budget: {budget}.", ""]
+    if scenes:
+        lines += ["| scene | r* | 80% interval | evidence | effect ± SE | P(effect > 0) | flags |",
+                  "|---|---|---|---|---|---|---|"]
+        for scene, rec in sorted(scenes.items()):
+            interval = "–" if rec["low"] is None else f"{rec['low']:.2f}–{rec['high']:.2f}"
+            effect = "–" if rec["effect"] is None else f"{rec['effect']:+.3g} ± {rec['se']:.2g}"
+            chance = "–" if rec["p_positive"] is None else f"{rec['p_positive']:.2f}"
+            flags = [name for name, on in (("low confidence", rec["low_confidence"]),
+                                           ("no model signal", rec["no_model_signal"])) if on]
+            lines.append(f"| {scene} | {rec['ratio']:.3g} | {interval} | {rec['evidence']} | {effect} | {chance} | "
+                         f"{', '.join(flags) or '–'} |")
+        lines.append("")
+    if metrics:
+        lines += ["Metrics are the held-out evaluation of the loop trial at that ratio (every scene cleaned at it); "
+                  "the per-scene mix over `all` has no single trial: compare it in `dldc evaluate` after fine-tuning.",
+                  ""]
+    lines += [
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]

@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from dldc.io import (
     write_checksum,
     write_json,
 )
+from dldc.select.plan import judge_mask
 from dldc.select.ranking import keep_mask, load_ranked, write_cleaned_manifest
 
 TRIAL_FILE = "trial.json"
@@ -69,17 +70,18 @@ def trial_dir_name(ratio: float) -> str:
     return f"r{float(ratio)!r}"
 
 
-def trial_key(cfg: DldcConfig, ratio: float, inputs: tuple[str, str] | None = None,
-              scenes: Sequence[str] | None = None) -> str:
+def trial_key(cfg: DldcConfig, ratio: float | Mapping[str, float], inputs: tuple[str, str] | None = None,
+              scenes: Sequence[str] | None = None, judge_cuts: Mapping[str, float] | None = None) -> str:
     """Digest of everything a trial's numbers depend on (inputs and the settings used).
 
     ``inputs``: the sha256 of ``select.scores`` and ``select.manifest`` when the caller has them.
-    ``scenes``: as in :func:`run_trial`.
+    ``ratio``, ``scenes``, ``judge_cuts``: as in :func:`run_trial`.
     """
     section = cfg.select
     scores_sha, manifest_sha = inputs or (file_sha256(section.scores), file_sha256(section.manifest))
+    per_scene = isinstance(ratio, Mapping)
     settings = {
-        "ratio": float(ratio),
+        "ratio": {str(k): float(v) for k, v in sorted(ratio.items())} if per_scene else float(ratio),
         "scores": scores_sha,
         "manifest": manifest_sha,
         "splits": section.splits,
@@ -93,17 +95,25 @@ def trial_key(cfg: DldcConfig, ratio: float, inputs: tuple[str, str] | None = No
     }
     if scenes is not None:  # only then, so the keys of whole-grid trials stay as they were
         settings["scenes"] = sorted(scenes)
+    if judge_cuts:
+        settings["judge_cuts"] = {str(k): float(v) for k, v in sorted(judge_cuts.items())}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_trial(cfg: DldcConfig, ratio: float, out: str | Path, progress: bool = True,
-              scenes: Sequence[str] | None = None) -> dict[str, Any]:
+def run_trial(cfg: DldcConfig, ratio: float | Mapping[str, float], out: str | Path, progress: bool = True,
+              scenes: Sequence[str] | None = None, judge_cuts: Mapping[str, float] | None = None,
+              plan: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run one trial at ``ratio`` into ``out`` (see the module docstring); returns ``trial.json``'s content.
 
+    ``ratio``: one ratio for every scene, or ``{scene: ratio}`` (a row of a trial plan,
+    :mod:`dldc.select.plan`; a cleanable scene missing from it keeps every pair).
     ``scenes`` cleans only those scenes at ``ratio`` and keeps every pair of the others: a
     one-scene-at-a-time trial, which the dual loop avoids (it costs ``|scenes| × |grid|``) but which
     shows how much of a scene's column is its own cleaning (``benchmarks/select_one_scene.py``).
     ``None`` (the loop's trials): every scene.
+    ``judge_cuts``: ``{scene: share}`` of held-out pairs left out of the judge set, lowest fused
+    first (:func:`dldc.select.plan.judge_mask`). ``plan``: ``{"mode", "digest", "row", "label"}``
+    recorded in ``trial.json`` (what ``dldc select`` checks the trial against).
 
     Raises:
         FileNotFoundError: scores, manifest, base or scorer missing.
@@ -111,7 +121,36 @@ def run_trial(cfg: DldcConfig, ratio: float, out: str | Path, progress: bool = T
         dldc.io.OutputLockedError: another process is writing ``out``.
     """
     with output_lock(out):
-        return _run_trial(cfg, ratio, Path(out), progress, scenes)
+        return _run_trial(cfg, ratio, Path(out), progress, scenes, judge_cuts or {}, plan)
+
+
+def run_plan_row(cfg: DldcConfig, row: int, out: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Row ``row`` of ``select.mode``'s trial plan (:func:`dldc.select.plan.plan_trials`) into ``out``.
+
+    A row past the end of the plan (a spare slot of ``select.rows``; in ``proxy`` mode, every slot)
+    writes an *idle* ``trial.json`` at once, so a fan-out over more slots than the plan needs costs
+    nothing.
+
+    Raises:
+        ValueError: a negative row.
+    """
+    from dldc.select.plan import plan_trials
+
+    if row < 0:
+        raise ValueError(f"a trial row is >= 0, got {row}")
+    plan = plan_trials(cfg)
+    tag = {"mode": plan.mode, "digest": plan.digest, "row": row, "rows": len(plan.rows)}
+    if row >= len(plan.rows):
+        with output_lock(out):
+            out = Path(out)
+            note = ("proxy mode runs no trials" if plan.mode == "proxy" else
+                    f"the {plan.mode} plan has {len(plan.rows)} trials; slot {row} is spare")
+            report = {"idle": True, **tag, "note": note}
+            write_json(out / TRIAL_FILE, report)
+            write_checksum(out / TRIAL_FILE)
+            return report
+    tag["label"] = plan.labels[row]
+    return run_trial(cfg, plan.rows[row], out, progress, judge_cuts=plan.judge_cuts, plan=tag)
 
 
 def _finished_trial(out: Path, key: str) -> dict[str, Any] | None:
@@ -123,23 +162,29 @@ def _finished_trial(out: Path, key: str) -> dict[str, Any] | None:
 
 
 def _run_trial(
-    cfg: DldcConfig, ratio: float, out: Path, progress: bool, scenes: Sequence[str] | None
+    cfg: DldcConfig, ratio: float | Mapping[str, float], out: Path, progress: bool, scenes: Sequence[str] | None,
+    judge_cuts: Mapping[str, float], plan: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     from dldc.evaluate.evaluate import evaluate_generations
+    from dldc.evaluate.generations import REFERENCE_ARM
     from dldc.t2i.finetune import finetune
     from dldc.t2i.generate import generate_images
 
     section = cfg.select
     remove_stale_temps(out)  # what killed runs left
     inputs = (file_sha256(section.scores), file_sha256(section.manifest))
-    key = trial_key(cfg, ratio, inputs, scenes)
+    key = trial_key(cfg, ratio, inputs, scenes, judge_cuts)
     done = out / TRIAL_FILE
     previous = _finished_trial(out, key)
-    if previous is not None:
+    if previous is not None and (plan is None or previous.get("plan") == dict(plan)):
         return previous
     started = time.perf_counter()
     ranked = load_ranked(section.scores, section.manifest, list(section.splits))
-    if scenes is None:
+    if isinstance(ratio, Mapping):
+        if scenes is not None:
+            raise ValueError("scenes goes with one ratio; a per-scene ratio mapping already says which scenes")
+        keep = keep_mask(ranked, ratio, default=0.0)
+    elif scenes is None:
         keep = keep_mask(ranked, {}, default=ratio)
     else:
         unknown = sorted(set(scenes) - set(ranked.loc[ranked["cleanable"], "scene"]))
@@ -147,8 +192,12 @@ def _run_trial(
             raise ValueError(f"scenes must name scenes with cleanable pairs, got {list(scenes)!r} "
                              f"(unknown: {unknown}); scenes: {sorted(ranked['scene'].unique())}")
         keep = keep_mask(ranked, dict.fromkeys(scenes, ratio), default=0.0)
+    judged = judge_mask(ranked, section.eval_split, dict(judge_cuts)) if judge_cuts else keep.map(lambda _: True)
+    left_out = int((~judged).sum())
     manifest = out / TRIAL_MANIFEST
-    kept = write_cleaned_manifest(section.manifest, ranked, keep, manifest, {"ratio": ratio, "mode": "trial"})
+    ratio_record = {str(k): float(v) for k, v in ratio.items()} if isinstance(ratio, Mapping) else float(ratio)
+    kept = write_cleaned_manifest(section.manifest, ranked, keep & judged, manifest,
+                                  {"ratio": ratio_record, "mode": "trial"})
 
     adapter = out / "adapter"
     tune = cfg.finetune.model_copy(
@@ -178,16 +227,21 @@ def _run_trial(
     result = evaluate_generations(
         [generated.out], manifest, out / "evaluate", cfg=evaluation, progress=progress
     )
-    rows = result.table[result.table["arm"] == TRIAL_ARM]
     metrics: dict[str, dict[str, float]] = {}
-    for scene, metric, value in zip(rows["scene"], rows["metric"], rows["value"]):
-        metrics.setdefault(str(scene), {})[str(metric)] = float(value)
+    reference: dict[str, dict[str, float]] = {}  # the real held-out images against the same prompts
+    for arm, table in ((TRIAL_ARM, metrics), (REFERENCE_ARM, reference)):
+        rows = result.table[result.table["arm"] == arm]
+        for scene, metric, value in zip(rows["scene"], rows["metric"], rows["value"]):
+            table.setdefault(str(scene), {})[str(metric)] = float(value)
     cleanable = ranked[ranked["cleanable"]]
     judged = result.per_image[result.per_image["arm"] == TRIAL_ARM]
     prompt_keys = sorted(f"{pair_id}|{seed}" for pair_id, seed in zip(judged["pair_id"], judged["seed"]))
     report = {
-        "ratio": float(ratio),
+        "ratio": ratio_record,
         "scenes": None if scenes is None else sorted(scenes),
+        "plan": None if plan is None else dict(plan),
+        "judge_cuts": {str(k): float(v) for k, v in sorted(judge_cuts.items())},
+        "judge_left_out": left_out,
         "key": key,
         "scores_sha256": inputs[0],
         "manifest_sha256": inputs[1],
@@ -202,6 +256,7 @@ def _run_trial(
         "bootstrap": section.trial_bootstrap,
         "prompt_keys_sha256": hashlib.sha256("\n".join(prompt_keys).encode()).hexdigest(),
         "metrics": metrics,
+        "reference": reference,
         "files": {name: file_sha256(out / name) for name in (TRIAL_MANIFEST, BOOTSTRAP_FILE) if (out / name).is_file()},
         "seconds": round(time.perf_counter() - started, 2),
     }
@@ -236,6 +291,43 @@ def read_trials(folder: str | Path, grid: list[float]) -> dict[float, dict[str, 
             "(dvc repro runs the select_trial stages)"
         )
     return {r: next(found[f] for f in found if abs(r - f) < 1e-9) for r in grid}
+
+
+def read_plan_trials(folder: str | Path, plan: Any) -> list[dict[str, Any]]:
+    """The finished trials of every row of ``plan`` (a :class:`dldc.select.plan.TrialPlan`), in row order.
+
+    Idle slots and trials of other plans are passed over; a damaged trial is refused.
+
+    Raises:
+        FileNotFoundError: a row has no finished trial of this plan (says which and how to run it).
+        ValueError: a trial's files no longer match their recorded sha256.
+    """
+    folder = Path(folder)
+    found: dict[int, dict[str, Any]] = {}
+    others = 0
+    for path in sorted(folder.glob(f"*/{TRIAL_FILE}")):
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            report = None
+        damaged = report is None or (checksum_path(path).is_file() and not checksum_ok(path))
+        if damaged or files_mismatching(path.parent, report.get("files") or {}, what=f"trial {path.parent}"):
+            raise ValueError(f"trial {path.parent} is damaged (its files do not match their recorded sha256); "
+                             "run `dldc select-trial --row I` for it again")
+        tag = report.get("plan") if "plan" in report else {k: report.get(k) for k in ("digest", "row")}
+        if report.get("idle") or not tag or tag.get("digest") != plan.digest:
+            others += 0 if report.get("idle") else 1
+            continue
+        found[int(tag["row"])] = {**report, "path": str(path.parent)}
+    missing = [row for row in range(len(plan.rows)) if row not in found]
+    if missing:
+        stale = f"; {others} trials there belong to another plan (scores, manifest or select settings changed)" \
+            if others else ""
+        raise FileNotFoundError(
+            f"no finished {plan.mode} trial for rows {missing} of {len(plan.rows)} in {folder}{stale}; run "
+            "`dldc select-trial --row I` for each (dvc repro runs the select_trial stages)"
+        )
+    return [found[row] for row in range(len(plan.rows))]
 
 
 def trial_directions(paths: Sequence[str | Path]) -> dict[str, bool]:
