@@ -73,15 +73,21 @@ NOISE_BY_SCENE = {
 }
 
 
-def true_noise(synth_root: Path, manifest: Path) -> dict[str, float]:
-    """Share of noisy captions among each scene's train pairs (SynthRS ground truth)."""
+def noise_labels(synth_root: Path, manifest: Path) -> pd.DataFrame:
+    """The manifest's rows with SynthRS's ground truth ``noisy`` (is the caption wrong?) per pair."""
     from dldc.data.manifest import read_manifest
 
     labels = pd.DataFrame(map(json.loads, (synth_root / "truth" / "noise_labels.jsonl").open()))
     labels["k"] = labels.groupby("filename").cumcount()
     labels["pair_id"] = labels["filename"].map(lambda f: image_id_for(f"images/{f}")) + ":" + labels["k"].astype(str)
     frame, _ = read_manifest(manifest)
-    train = frame[frame["split"] == "train"].merge(labels[["pair_id", "noisy"]], on="pair_id", how="left")
+    return frame.merge(labels[["pair_id", "noisy"]], on="pair_id", how="left")
+
+
+def true_noise(synth_root: Path, manifest: Path) -> dict[str, float]:
+    """Share of noisy captions among each scene's train pairs (SynthRS ground truth)."""
+    frame = noise_labels(synth_root, manifest)
+    train = frame[frame["split"] == "train"]
     return {str(s): float(v) for s, v in train.groupby("scene")["noisy"].mean().items()}
 
 
@@ -91,9 +97,13 @@ def spearman(a: dict[str, float], b: dict[str, float]) -> float:
 
 
 def prepare(
-    work: Path, folds: int | None, epochs: int | None, augment: str, noise_kinds: list[str] | None = None
+    work: Path, folds: int | None, epochs: int | None, augment: str, noise_kinds: list[str] | None = None,
+    noise_by_scene: dict[str, float] | None = None, seed: int | None = None,
 ) -> tuple[Any, dict[str, dict[str, Any]]]:
     """SynthRS with per-scene noise → ingest → in-domain scorer → scores, each reused from ``work`` on a digest match.
+
+    ``noise_by_scene`` (default :data:`NOISE_BY_SCENE`) and ``seed`` (``synth.seed``, default the
+    demo's) make another draw of the same benchmark data (``benchmarks/select_attribution.py``).
 
     Returns:
         The configuration and the four steps as :func:`_common.cached_step` gives them (the settings
@@ -105,7 +115,7 @@ def prepare(
     updates: dict[str, Any] = {
         "tracking.enabled": False,
         "synth.out": str(work / "synthrs"),
-        "synth.noise_rate_by_scene": NOISE_BY_SCENE,
+        "synth.noise_rate_by_scene": noise_by_scene or NOISE_BY_SCENE,
         "synth.noise_kinds": noise_kinds,
         "ingest.root": str(work / "synthrs"),
         "ingest.out": str(work / "ingest"),
@@ -122,6 +132,8 @@ def prepare(
         "generate.prompts_per_image": None,  # every caption of each test / val image
         "select.trial_prompts_per_image": None,
     }
+    if seed is not None:
+        updates["synth.seed"] = seed
     if folds:
         updates["indomain.folds"] = folds
     if epochs:

@@ -72,17 +72,22 @@ def card(src: str | None, caption: str, facts: str, cls: str = "") -> str:
 
 
 def ratio_interval(selection: dict[str, Any], scene: str) -> tuple[float, float] | None:
-    """Ratios whose ``J`` is within one paired bootstrap SE of the scene's best (loop mode), or ``None``.
+    """The scene's 80% interval of ``r*`` (``selection.json``'s ``scenes``), else ``None``.
 
-    The errors are ``selection.json``'s ``objective.paired_se`` (a ratio's shortfall from the best); a
-    proxy run has none, so its ratio has no interval.
+    Selections written before the per-scene records (loop mode): the ratios whose ``J`` is within one
+    paired bootstrap SE of the scene's best (``objective.paired_se``).
 
     Example:
+        >>> ratio_interval({"scenes": {"a": {"ratio": 0.2, "low": 0.1, "high": 0.3}}}, "a")
+        (0.1, 0.3)
         >>> sel = {"curves": {"a": {"0": 0.0, "0.1": 0.9, "0.2": 1.0}},
         ...        "objective": {"paired_se": {"a": {"0": 0.1, "0.1": 0.2, "0.2": 0.0}}}}
         >>> ratio_interval(sel, "a")
         (0.1, 0.2)
     """
+    record = (selection.get("scenes") or {}).get(scene) or {}
+    if record.get("low") is not None and record.get("high") is not None:
+        return (float(record["low"]), float(record["high"]))
     curve = selection.get("curves", {}).get(scene) or {}
     errors = (selection.get("objective", {}).get("paired_se") or {}).get(scene)
     values = {float(r): v for r, v in curve.items() if v is not None}
@@ -133,21 +138,29 @@ def scene_overview(inputs: ReportInputs) -> str:
     for scene in sorted(sel["ratios"]):
         interval = ratio_interval(sel, scene)
         c = counts.get(scene, {})
+        record = (sel.get("scenes") or {}).get(scene) or {}
         reason = sel.get("fallbacks", {}).get(scene) or sel.get("reasons", {}).get(scene, "")
+        flags = [name for key, name in (("low_confidence", "low confidence"), ("no_model_signal", "no model signal"))
+                 if record.get(key)]
         rows.append([
             f'<a href="#{scene_anchor(scene)}">{esc(scene)}</a>', number(sel["ratios"][scene]),
-            f"{interval[0]:g}–{interval[1]:g}" if interval else DASH, esc(c.get("cleanable", DASH)),
-            esc(c.get("kept", DASH)), esc(c.get("dropped", DASH)),
-            ("fallback: " if scene in sel.get("fallbacks", {}) else "") + esc(reason),
+            f"{interval[0]:.2f}–{interval[1]:.2f}" if interval else DASH, esc(record.get("evidence", sel["mode"])),
+            esc(f"{record['effect']:+.3g} ± {record['se']:.2g} (P>0 {record['p_positive']:.2f})")
+            if record.get("effect") is not None else DASH,
+            esc(", ".join(flags)) or DASH, esc(c.get("cleanable", DASH)), esc(c.get("kept", DASH)),
+            esc(c.get("dropped", DASH)), ("fallback: " if scene in sel.get("fallbacks", {}) else "") + esc(reason),
         ])  # fmt: skip
     objective = sel.get("objective", {})
+    budget = f" Trial budget: {esc(sel['budget'])}." if sel.get("budget") else ""
     return (
         f'<section id="selection"><h2>Cleaning ratio per scene</h2>'
         f"<p>Mode <b>{esc(sel['mode'])}</b> ({esc(objective.get('definition', ''))}); global ratio "
         f"{number(sel['global_ratio'])}; grid {esc(', '.join(f'{r:g}' for r in sel.get('grid', [])))}; cleaned "
-        f"splits {esc(', '.join(sel['splits']))}. Interval: the ratios within one paired bootstrap SE of the "
-        f"scene's best J (loop mode only).</p>"
-        + table(["scene", "r*", "interval", "cleanable", "kept", "dropped", "why"], rows, "wide")
+        f"splits {esc(', '.join(sel['splits']))}. Interval: 80% for r* (proxy: a bootstrap over the scene's "
+        f"pairs; calibrate: that interval times the level; attribute: the precision-weighted combination).{budget}"
+        "</p>"
+        + table(["scene", "r*", "interval", "evidence", "effect ± SE", "flags", "cleanable", "kept", "dropped",
+                 "why"], rows, "wide")
         + "</section>"
     )
 
@@ -168,7 +181,7 @@ def scene_section(scene: str, rows: pd.DataFrame, inputs: ReportInputs, thumbs: 
     head = (
         f'<section class="scene" id="{scene_anchor(scene)}" data-scene="{esc(scene)}"><h3>{esc(scene)}</h3>'
         f'<p class="facts">r* = <b>{number(ratio)}</b>'
-        + (f" (interval {interval[0]:g}–{interval[1]:g})" if interval else "")
+        + (f" (80% interval {interval[0]:.2f}–{interval[1]:.2f})" if interval else "")
         + f"; evidence: {esc(sel['mode'])} mode — {esc(where)}; {len(kept)} kept, {len(dropped)} dropped of "
         f"{len(ordered)} cleanable pairs.</p>"
         '<div class="plots">'

@@ -2,19 +2,24 @@
 
 Pairs are ranked within their scene by the fused IEL score of their final (EGL) caption
 (:mod:`dldc.select.ranking`); a ratio ``r`` drops the lowest ``r`` of a scene. The ratio of each
-scene is the best point of a curve over ``select.grid`` (:mod:`dldc.select.objective`):
+scene comes from (``select.mode``):
 
-* ``proxy``: an objective on the scene's score distribution, no training;
-* ``loop``: the per-scene metrics of the trials (``dldc select-trial``, :mod:`dldc.select.trial`),
-  one short LoRA fine-tune per ratio, judged on held-out prompts.
+* ``proxy``: an objective on the scene's score distribution over ``select.grid``, no training
+  (:mod:`dldc.select.objective`), with a bootstrap interval;
+* ``calibrate`` / ``attribute``: the proxy's ratios, with their level (``calibrate``) or each
+  scene's effect on the whole held-out set (``attribute``) measured by the trials of a plan
+  (:mod:`dldc.select.plan`, :mod:`dldc.select.trial`, :mod:`dldc.select.decide`);
+* ``loop``: the per-scene metrics of one trial per grid ratio (every scene cleaned at it).
 
-Scenes with fewer than ``select.min_scene_pairs`` cleanable pairs (or no curve) take the global
-ratio, the best single ratio for every scene, and ``selection.json`` says so.
+In ``proxy`` and ``loop``, scenes with fewer than ``select.min_scene_pairs`` cleanable pairs (or no
+curve) take the global ratio, the best single ratio for every scene, and ``selection.json`` says so.
 
 Output folder (``select.out``)::
 
-    selection.json             mode, grid, r* per scene, global ratio, curves (objective and, in loop
-                               mode, every metric per scene), reasons, fallbacks, counts, baselines
+    selection.json             mode, grid, r* per scene, global ratio, per-scene records (r*, 80%
+                               interval, evidence, effect ± SE, flags), budget, plan, judge, curves
+                               (objective and, in loop mode, every metric per scene), reasons,
+                               fallbacks, counts, baselines
     cleaned_manifest.parquet   kept pairs (each scene at its r*) with their final captions; the
                                splits that are not cleaned pass through whole
     dropped.parquet            dropped pairs: pair_id, image_id, scene, split, caption, caption_source,
@@ -74,12 +79,13 @@ def select_ratios(cfg: DldcConfig, mode: str | None = None, progress: bool = Tru
 
     Args:
         cfg: the configuration (``select`` section; ``mode`` overrides ``select.mode``).
-        mode: ``proxy`` or ``loop``.
+        mode: ``proxy``, ``calibrate``, ``attribute`` or ``loop``.
         progress: unused (kept for the stage runner's signature; trials show their own progress).
 
     Raises:
-        FileNotFoundError: scores, manifest or a loop trial missing.
-        ValueError: unknown mode, or trials made from other scores / manifest.
+        FileNotFoundError: scores, manifest or a trial missing.
+        ValueError: unknown mode, too few ``select.rows`` for the plan, or trials made from other
+            scores / manifest.
     """
     section = cfg.select
     mode = mode or section.mode
