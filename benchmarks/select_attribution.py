@@ -179,8 +179,8 @@ def run_dev(work: Path, base: Path) -> dict[str, Any]:
     }
 
 
-def run_heldout(name: str, work: Path, base: Path) -> dict[str, Any]:
-    """Every mode and arm on one held-out draw."""
+def run_heldout(name: str, work: Path, base: Path, trials_only: bool = False) -> dict[str, Any]:
+    """Every mode and arm on one held-out draw (``trials_only``: the trials, then stop)."""
     from dldc.select.design import fit_effects
     from dldc.select.plan import plan_trials
     from dldc.select.ranking import keep_mask, load_ranked, write_cleaned_manifest
@@ -201,6 +201,8 @@ def run_heldout(name: str, work: Path, base: Path) -> dict[str, Any]:
         chosen, timings[mode] = run_plan(select_cfg(cfg, work, base, mode), f"{name} {mode}")
         selections[mode] = chosen.selection
     figures["trials"] = timings
+    if trials_only:
+        return figures
 
     # A1, A2: the design's effects, per half and whole.
     attr_cfg = select_cfg(cfg, work, base, "attribute")
@@ -217,8 +219,10 @@ def run_heldout(name: str, work: Path, base: Path) -> dict[str, Any]:
     figures["a1"] = {"screening_effects": dict(zip(plan.factors, map(float, first))),
                      "foldover_effects": dict(zip(plan.factors, map(float, second))),
                      "pearson": pearson(first, second)}
+    per_unit = {s: effects[s] / plan.high[s] for s in plan.factors}  # the + level is each scene's proxy ratio
     figures["a2"] = {"effects": effects, "se": {s: attribute["scenes"][s]["se"] for s in plan.factors},
-                     "spearman_vs_rate": spearman(effects, rates)}
+                     "levels": plan.high, "spearman_vs_rate": spearman(effects, rates),
+                     "spearman_per_unit_ratio_vs_rate": spearman(per_unit, rates)}
     ratios = {mode: sel["ratios"] for mode, sel in selections.items()}
     figures["d1"] = {
         mode: {"ratios": r, "spearman_vs_rate": spearman(r, truth),
@@ -234,11 +238,12 @@ def run_heldout(name: str, work: Path, base: Path) -> dict[str, Any]:
     scenes = sorted(ratios["attribute"])
     shift = np.roll(np.arange(len(scenes)), 3)  # a fixed derangement: no scene keeps its own ratio
     permuted = {s: ratios["attribute"][scenes[j]] for s, j in zip(scenes, shift)}
+    changed = sum(abs(permuted[s] - ratios["attribute"][s]) > 1e-9 for s in scenes)
     arm_ratios = {"none": dict.fromkeys(scenes, 0.0),
                   "global": dict.fromkeys(scenes, attribute["global_ratio"]),
                   "proxy": ratios["proxy"], "calibrate": ratios["calibrate"], "attribute": ratios["attribute"],
                   "oracle": oracle, "permuted": permuted}
-    figures["arms"] = {"ratios": arm_ratios}
+    figures["arms"] = {"ratios": arm_ratios, "permuted_scenes_changed": changed}
     figures["arms"].update(run_arms(cfg, work, base, ranked, arm_ratios, keep_mask, write_cleaned_manifest))
     return figures
 
@@ -291,7 +296,8 @@ def truth_clean_clip(work: Path, cfg: Any, result: Any, arms: list[str]) -> dict
     per = per[per["arm"].isin(arms)]
     per = per.assign(noisy=per["pair_id"].map(labels))
     clean = per[per["noisy"] == False]  # noqa: E712 - pandas comparison
-    table = clean.pivot_table(index=["pair_id", "seed"], columns="arm", values=CLIP)
+    # One row per prompt (the mean over its seeds): the bootstrap resamples prompts, not images of one prompt.
+    table = clean.pivot_table(index="pair_id", columns="arm", values=CLIP, aggfunc="mean")
     rng = np.random.default_rng(0)
     draws = rng.integers(0, len(table), size=(1000, len(table)))
     out: dict[str, Any] = {"prompts": int(len(table)), "mean": {a: float(table[a].mean()) for a in arms}}
@@ -349,8 +355,9 @@ def targets(parts: dict[str, Any]) -> dict[str, Any]:
     for n, p in held.items():
         gain = p["arms"]["comparisons"][f"oracle-global.{CLIP}"]["delta"]
         captured = p["arms"]["comparisons"][f"attribute-global.{CLIP}"]["delta"]
-        shares[n] = None if abs(gain) < 1e-12 else captured / gain
-    out["Q3"] = {"share_of_oracle_gain_over_global": shares}
+        shares[n] = None if gain <= 0 else captured / gain  # no gain to capture: the share means nothing
+    out["Q3"] = {"share_of_oracle_gain_over_global": shares,
+                 "note": "None where the oracle did not beat the global ratio on the test prompts"}
     return out
 
 
@@ -360,6 +367,8 @@ def main() -> None:
     parser.add_argument("--base", type=Path, default=Path("/tmp/select-attr/base/model"),
                         help="the demo base (`dldc build-base --out ...`)")
     parser.add_argument("--part", choices=sorted(DRAWS), required=True)
+    parser.add_argument("--trials-only", action="store_true",
+                        help="a held-out part: run (cache) its trials and stop, writing nothing")
     args = parser.parse_args()
     if not (args.base / "model_index.json").is_file():
         raise SystemExit(f"no demo base at {args.base}: run `dldc build-base --out {args.base}` (or pass --base)")
@@ -376,6 +385,9 @@ def main() -> None:
     started = time.perf_counter()
     work = args.work / args.part
     work.mkdir(parents=True, exist_ok=True)
+    if args.trials_only:
+        run_heldout(args.part, work, args.base, trials_only=True)
+        return
     section = run_dev(work, args.base) if args.part == "dev" else run_heldout(args.part, work, args.base)
     section.update({"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(),
                     "seconds": round(time.perf_counter() - started, 1)})

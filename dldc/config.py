@@ -920,7 +920,7 @@ class SelectConfig(_Section):
     judge_filter: bool = True
     proxy_bootstrap: int = Field(200, ge=0)
     low_confidence_width: float = Field(0.2, gt=0.0)
-    signal_floor: float = Field(0.5, ge=0.0)
+    signal_floor: float = Field(0.25, ge=0.0)
     splits: list[str] = Field(default_factory=lambda: ["train"], min_length=1)
     min_scene_pairs: int = Field(20, ge=1)
     proxy_penalty: float = Field(1.0, ge=0.0)

@@ -225,18 +225,24 @@ def test_tiny_loop_end_to_end_writes_selection_manifests_and_logs(
 ) -> None:
     import mlflow
 
-    from dldc.select.trial import read_trials, run_trial, trial_dir_name
+    from dldc.select.trial import read_trials, run_plan_row, run_trial, trial_dir_name
     from dldc.stages import run_select
 
     cfg = _tiny_cfg(tiny_project)
     trials = Path(cfg.select.trials)
     reports = {r: run_trial(cfg, r, trials / trial_dir_name(r), progress=False) for r in cfg.select.grid}
+    # The same loop through the plan's rows (what dvc.yaml and Kubeflow run): one ratio per row, spare slots idle.
+    rows = _tiny_cfg(tiny_project, **{"select.trials": str(trials.parent / "trials-rows")})
+    by_row = [run_plan_row(rows, row, Path(rows.select.trials) / f"row{row}", progress=False) for row in (0, 1, 2)]
+    assert [r.get("ratio") for r in by_row[:2]] == [0.0, 0.5] and by_row[2]["idle"]
+    assert by_row[1]["plan"]["label"] == "r=0.5" and by_row[1]["judge_left_out"] > 0
+    assert set(read_trials(rows.select.trials, [0.0, 0.5])) == {0.0, 0.5}  # the idle slot is passed over
     assert reports[0.0]["dropped_pairs"] == 0 and reports[0.5]["dropped_pairs"] > 0
     assert {"all", "beach"} <= set(reports[0.5]["metrics"]) and "FD-indomain" in reports[0.5]["metrics"]["all"]
     again = run_trial(cfg, 0.5, trials / trial_dir_name(0.5), progress=False)
     assert again["seconds"] == reports[0.5]["seconds"]  # same inputs: nothing recomputed
     assert set(read_trials(trials, [0.0, 0.5])) == {0.0, 0.5}
-    with pytest.raises(FileNotFoundError, match="select-trial --ratio"):
+    with pytest.raises(FileNotFoundError, match="select-trial --row I. \(select.mode loop\) or .--ratio R"):
         read_trials(trials, [0.0, 0.3])
 
     tracked = _tiny_cfg(tiny_project, **{"tracking.enabled": True, "tracking.uri": mlflow_uri,
@@ -348,21 +354,26 @@ def test_screening_regression_recovers_known_effects_and_foldover_removes_intera
 
 
 def test_precision_weighted_ratio_follows_the_stronger_evidence() -> None:
-    from dldc.select.design import Z80, combine_ratio
+    from dldc.select.design import Z80, combine_ratio, equivalent_z
 
     floor = 0.1 / np.sqrt(12)
-    helps = combine_ratio(0.3, 0.05, effect=3.0, se=0.5, level=0.3, sd_floor=floor, cap=0.9)
-    hurts = combine_ratio(0.3, 0.05, effect=-3.0, se=0.5, level=0.3, sd_floor=floor, cap=0.9)
-    silent = combine_ratio(0.3, 0.05, effect=0.0, se=5.0, level=0.3, sd_floor=floor, cap=0.9)
+    helps = combine_ratio(0.3, 0.05, z=6.0, level=0.3, sd_floor=floor, cap=0.9)
+    hurts = combine_ratio(0.3, 0.05, z=-10.0, level=0.3, sd_floor=floor, cap=0.9)
+    silent = combine_ratio(0.3, 0.05, z=0.0, level=0.3, sd_floor=floor, cap=0.9)
     assert abs(helps.ratio - 0.3) < 1e-3 and helps.attribution_ratio > 0.299
-    assert hurts.ratio < 0.15 and hurts.attribution_ratio < 1e-6  # clear harm pulls r* down
-    assert silent.attribution_ratio == pytest.approx(0.15) and silent.attribution_weight < 0.2  # mostly proxy
+    assert hurts.ratio < 0.1 and hurts.attribution_ratio < 1e-6  # clear harm pulls r* down
+    assert silent.ratio == pytest.approx(0.3) and silent.attribution_weight == 0.0  # no sign: the proxy alone
     # Precision weighting, by hand: both SDs at the floor → the plain mean; the interval is ±Z80·sd.
-    even = combine_ratio(0.4, 0.0, effect=-50.0, se=1.0, level=0.2, sd_floor=0.05, cap=0.9)
+    even = combine_ratio(0.4, 0.0, z=-50.0, level=0.2, sd_floor=0.05, cap=0.9)
     assert even.ratio == pytest.approx(0.2) and even.sd == pytest.approx(0.05 / np.sqrt(2))
     assert even.high - even.low == pytest.approx(2 * Z80 * even.sd)
-    capped = combine_ratio(0.95, 0.0, effect=5.0, se=0.1, level=0.95, sd_floor=0.01, cap=0.9)
+    capped = combine_ratio(0.95, 0.0, z=50.0, level=0.95, sd_floor=0.01, cap=0.9)
     assert capped.ratio == 0.9 and capped.high == 0.9
+    no_bootstrap = combine_ratio(0.3, None, z=-3.0, level=0.3, sd_floor=floor, cap=0.9)
+    assert no_bootstrap.attribution_weight > 0.9  # an unmeasured proxy SD counts as uninformative
+    # An SE of 0 or NaN is no evidence, and one residual degree of freedom is weaker evidence than a normal z.
+    assert equivalent_z([1.0, 1.0], [0.0, np.nan]).tolist() == [0.0, 0.0]
+    assert 0 < equivalent_z(3.0, 1.0, 1.0) < equivalent_z(3.0, 1.0, 10.0) < 3.0
 
 
 def test_proxy_interval_is_narrow_for_a_clear_tail_and_reproducible() -> None:
@@ -398,7 +409,7 @@ def test_plans_of_each_mode(tiny_project: dict[str, str]) -> None:
         for scene, sign in zip(attribute.factors, signs):
             assert row[scene] == (attribute.high[scene] if sign > 0 else 0.0)
             assert attribute.high[scene] >= 0.1  # select.attribute_floor
-    assert "set select.rows to [0, 1, 2, 3, 4, 5, 6, 7]" in plan_rows_needed(attribute, [0, 1, 2])
+    assert "the select_rows parameter) to [0, 1, 2, 3, 4, 5, 6, 7]" in plan_rows_needed(attribute, [0, 1, 2])
     folded = plan_trials(_mode_cfg(tiny_project, "attribute", **{"select.foldover": True}))
     assert len(folded.rows) == 16 and folded.digest != attribute.digest
     unfiltered = plan_trials(_mode_cfg(tiny_project, "calibrate", **{"select.judge_filter": False}))
@@ -455,5 +466,32 @@ def test_tiny_calibrate_and_attribute_end_to_end(tiny_project: dict[str, str]) -
     assert chosen["budget"] == "8 trials for 4 scenes: one effect per scene, 3 residual degrees of freedom"
     # Trials of another plan are not mixed in: change the plan and the old trials are refused.
     other = _mode_cfg(tiny_project, "attribute", **{"select.rows": list(range(8)), "select.attribute_level": 0.5})
-    with pytest.raises(FileNotFoundError, match="8 trials there belong to another plan"):
+    with pytest.raises(FileNotFoundError, match="8 trials there belong to another plan or other settings"):
         run_select(other, progress=False)
+    retuned = _mode_cfg(tiny_project, "attribute", **{"select.rows": list(range(8)), "finetune.rank": 4})
+    with pytest.raises(FileNotFoundError, match="8 trials there belong to another plan or other settings"):
+        run_select(retuned, progress=False)  # same plan, other fine-tune settings: the keys differ
+
+
+def test_select_trial_command_rows_and_idle_slots(tiny_project: dict[str, str], tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from dldc.cli import main
+
+    (tmp_path / "params.yaml").write_text("profile: demo\n")
+    base = ["--params", str(tmp_path / "params.yaml"), "-S", "tracking.enabled=false",
+            "-S", f"select.scores={tiny_project['scores']}", "-S", f"select.manifest={tiny_project['manifest']}",
+            "-S", "select.proxy_bootstrap=20", "-S", "select.calibrate_levels=[0.0, 1.0]"]
+    neither = CliRunner().invoke(main, [*base, "select-trial"])
+    assert neither.exit_code != 0 and "exactly one of --row" in neither.output
+    spare = CliRunner().invoke(main, [*base, "select-trial", "--row", "5", "--out", str(tmp_path / "row5")])
+    assert spare.exit_code == 0, spare.output
+    assert "slot 5: idle (the calibrate plan has 2 trials; slot 5 is spare)" in spare.output
+    proxy = CliRunner().invoke(main, [*base, "-S", "select.mode=proxy", "select-trial", "--row", "0",
+                                      "--out", str(tmp_path / "row0")])
+    assert proxy.exit_code == 0 and "proxy mode runs no trials" in proxy.output
+    assert json.loads((tmp_path / "row0" / "trial.json").read_text())["idle"] is True
+    short = CliRunner().invoke(main, [*base, "-S", "select.mode=attribute", "-S", "select.min_scene_pairs=4",
+                                      "-S", f"select.trials={tmp_path}", "-S", f"select.out={tmp_path / 'out'}",
+                                      "select"])
+    assert short.exit_code != 0 and "the attribute plan has 8 trials but select.rows covers 6" in short.output

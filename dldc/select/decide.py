@@ -77,8 +77,10 @@ def calibrate_ratios(plan: TrialPlan, trials: Sequence[dict[str, Any]], cfg: Dld
     scenes: dict[str, dict[str, Any]] = {}
     reasons: dict[str, str] = {}
     for scene, ratio in row.items():
-        low = min(level * plan.proxy_low.get(scene, plan.proxy_ratios[scene]), section.max_ratio)
-        high = min(level * plan.proxy_high.get(scene, plan.proxy_ratios[scene]), section.max_ratio)
+        low = high = None  # a scene without its own bootstrap (too small: the global ratio) has no interval
+        if scene in plan.proxy_low:
+            low = min(level * plan.proxy_low[scene], section.max_ratio)
+            high = min(level * plan.proxy_high[scene], section.max_ratio)
         scenes[scene] = _record(ratio, low, high, f"scores+calibration({len(trials)} trials)", section,
                                 signal.get(scene), proxy=plan.proxy_ratios[scene])
         reasons[scene] = (f"proxy r {plan.proxy_ratios[scene]:g} × λ*={level:g} = {ratio:g} (λ by the whole "
@@ -110,6 +112,7 @@ def attribute_ratios(plan: TrialPlan, trials: Sequence[dict[str, Any]], cfg: Dld
     floor = step / math.sqrt(12)  # the grid's own resolution as an SD
     signal = model_signal(trials, section)
     p_positive = fit.p_positive()
+    z = fit.z()
     scenes: dict[str, dict[str, Any]] = {}
     reasons: dict[str, str] = {}
     ratios: dict[str, float] = {}
@@ -117,19 +120,20 @@ def attribute_ratios(plan: TrialPlan, trials: Sequence[dict[str, Any]], cfg: Dld
     for scene, proxy in plan.proxy_ratios.items():
         if scene not in plan.factors:
             ratios[scene] = proxy
-            low, high = plan.proxy_low.get(scene, proxy), plan.proxy_high.get(scene, proxy)
+            low, high = plan.proxy_low.get(scene), plan.proxy_high.get(scene)
             scenes[scene] = _record(proxy, low, high, "scores (too few pairs to screen)", section,
                                     signal.get(scene), proxy=proxy)
             reasons[scene] = (f"{scene} has fewer than select.min_scene_pairs={section.min_scene_pairs} cleanable "
                               f"pairs: not screened, the proxy's ratio {proxy:g}")
             continue
         j = plan.factors.index(scene)
-        combined = combine_ratio(proxy, plan.proxy_sd.get(scene, 0.0), float(fit.effects[j]), float(fit.se[j]),
-                                 plan.high[scene], floor, section.max_ratio)
+        combined = combine_ratio(proxy, plan.proxy_sd.get(scene), float(z[j]), plan.high[scene], floor,
+                                 section.max_ratio)
         ratios[scene] = round(combined.ratio, 4)
         scenes[scene] = _record(ratios[scene], combined.low, combined.high, evidence, section, signal.get(scene),
                                 proxy=proxy, effect=float(fit.effects[j]), se=float(fit.se[j]),
-                                p_positive=float(p_positive[j]), attribution_ratio=combined.attribution_ratio,
+                                p_positive=float(p_positive[j]), df=_finite(fit.df[j]),
+                                attribution_ratio=combined.attribution_ratio,
                                 attribution_weight=combined.attribution_weight, level=plan.high[scene])
         reasons[scene] = (f"cleaning at {plan.high[scene]:g} moved the whole-set objective by "
                           f"{fit.effects[j]:+.3g} ± {fit.se[j]:.2g} (P(>0)={p_positive[j]:.2f}); combined with the "
@@ -137,7 +141,9 @@ def attribute_ratios(plan: TrialPlan, trials: Sequence[dict[str, Any]], cfg: Dld
     objective = {
         "kind": "attribute", "weights": dict(section.objective),
         "definition": "whole held-out set objective (bootstrap-SD units) regressed on the ±1 screening design; "
-                      "effect = high − low; r* = precision-weighted mean of the proxy's r and level · P(effect>0)",
+                      "effect = high − low, SE = paired bootstrap + residual (t with Welch–Satterthwaite df); "
+                      "r* = precision-weighted mean of the proxy's r (bootstrap SD) and level · P(effect>0) "
+                      "(SD level/|z|)",
         "design": plan.design, "factors": plan.factors, "foldover": section.foldover,
         "whole_set": {trial["plan"]["label"]: float(v) for trial, v in zip(trials, response)},
         "intercept": fit.intercept, "residual_df": fit.residual_df,
@@ -158,7 +164,7 @@ def scene_records(mode: str, plan: TrialPlan, choice: Choice, section: SelectCon
     records = {}
     for scene, ratio in choice.ratios.items():
         if mode == "proxy":
-            low, high = plan.proxy_low.get(scene, ratio), plan.proxy_high.get(scene, ratio)
+            low, high = plan.proxy_low.get(scene), plan.proxy_high.get(scene)
             evidence = "scores" if scene not in choice.fallbacks else "scores (global ratio: too few pairs)"
         else:
             low = high = None
@@ -207,6 +213,10 @@ def _record(ratio: float, low: float | None, high: float | None, evidence: str, 
     }
     record.update(extra)
     return record
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
 
 
 def _pair_weighted(ratios: dict[str, float], plan: TrialPlan) -> float:

@@ -95,6 +95,8 @@ class Effects:
             degree of freedom).
         se: ``(factors,)`` ``sqrt(se_bootstrap² + se_residual²)`` (the residual term left out when NaN).
         residual_df: trials minus fitted parameters.
+        df: ``(factors,)`` the SE's degrees of freedom (Welch–Satterthwaite: the bootstrap term counts
+            as exact, the residual term has ``residual_df``); ``inf`` without a residual term.
     """
 
     effects: np.ndarray
@@ -103,10 +105,15 @@ class Effects:
     se_residual: np.ndarray
     se: np.ndarray
     residual_df: int
+    df: np.ndarray
+
+    def z(self) -> np.ndarray:
+        """Each effect's t statistic as the normal z with the same tail probability (0 where the SE is unknown)."""
+        return equivalent_z(self.effects, self.se, self.df)
 
     def p_positive(self) -> np.ndarray:
-        """``P(effect > 0)`` under a normal approximation (0.5 where the SE is 0 and the effect is 0)."""
-        return normal_cdf(_safe_z(self.effects, self.se))
+        """``P(effect > 0)``: Student's t with :attr:`df` (0.5 where the SE is 0, NaN or unknown)."""
+        return normal_cdf(self.z())
 
 
 def fit_effects(design: np.ndarray, response: np.ndarray, replicates: np.ndarray | None = None) -> Effects:
@@ -150,11 +157,15 @@ def fit_effects(design: np.ndarray, response: np.ndarray, replicates: np.ndarray
         replicates = np.asarray(replicates, dtype=float)
         if replicates.ndim != 2 or replicates.shape[0] != trials:
             raise ValueError(f"replicates must be (trials={trials}, draws), got {replicates.shape}")
+        replicates = replicates[:, np.isfinite(replicates).all(axis=0)]  # a draw some trial could not score
         if replicates.shape[1] >= 2:
             slopes, *_ = np.linalg.lstsq(x, replicates, rcond=None)
             se_bootstrap = np.std(2.0 * slopes[1:], axis=1, ddof=1)
-    se = np.sqrt(se_bootstrap**2 + np.nan_to_num(se_residual) ** 2)
-    return Effects(2.0 * beta[1:], float(beta[0]), se_bootstrap, se_residual, se, df)
+    residual = np.nan_to_num(se_residual)
+    se = np.sqrt(se_bootstrap**2 + residual**2)
+    with np.errstate(divide="ignore", invalid="ignore"):  # no residual term: the SE is the bootstrap's
+        satterthwaite = np.where(residual > 0, df * (se**2 / np.where(residual > 0, residual, 1.0) ** 2) ** 2, np.inf)
+    return Effects(2.0 * beta[1:], float(beta[0]), se_bootstrap, se_residual, se, df, satterthwaite)
 
 
 def normal_cdf(z: np.ndarray | float) -> np.ndarray:
@@ -164,14 +175,30 @@ def normal_cdf(z: np.ndarray | float) -> np.ndarray:
         >>> normal_cdf(np.array([0.0, np.inf])).tolist()
         [0.5, 1.0]
     """
-    return np.vectorize(lambda v: 0.5 * (1.0 + math.erf(v / math.sqrt(2.0))), otypes=[float])(z)
+    from scipy.stats import norm
+
+    return np.asarray(norm.cdf(z), dtype=float)
 
 
-def _safe_z(effect: np.ndarray, se: np.ndarray) -> np.ndarray:
+def equivalent_z(effect: np.ndarray | float, se: np.ndarray | float, df: np.ndarray | float = np.inf) -> np.ndarray:
+    """``effect / se`` as a normal z with the same tail probability under Student's t with ``df``.
+
+    An SE that is 0, negative, NaN or infinite says nothing: z = 0 (P = 0.5, no weight), never a
+    certainty.
+
+    Example:
+        >>> equivalent_z([2.0, 2.0, 1.0], [1.0, 1.0, 0.0], [np.inf, 1.0, np.inf]).round(3).tolist()
+        [2.0, 1.047, 0.0]
+    """
+    from scipy.stats import norm, t
+
     effect, se = np.asarray(effect, dtype=float), np.asarray(se, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(se > 0, effect / np.where(se > 0, se, 1.0), np.sign(effect) * np.inf)
-    return np.nan_to_num(z, nan=0.0)
+    df = np.broadcast_to(np.asarray(df, dtype=float), effect.shape)
+    usable = np.isfinite(effect) & np.isfinite(se) & (se > 0)
+    ratio = np.where(usable, effect / np.where(usable, se, 1.0), 0.0)
+    finite_df = np.isfinite(df) & (df > 0)
+    converted = norm.isf(t.sf(ratio, np.where(finite_df, df, 1.0)))  # same upper tail
+    return np.where(finite_df, np.clip(converted, -40.0, 40.0), ratio)
 
 
 @dataclass
@@ -182,8 +209,8 @@ class Combined:
         ratio: ``r*``.
         sd: its standard deviation (``1/sqrt`` of the summed precisions).
         low, high: the 80% interval, clipped to ``[0, cap]``.
-        attribution_ratio, attribution_sd: what the trials alone say (``high · P(effect > 0)`` and
-            ``high · φ(effect / se)``, the delta method's SD of it).
+        attribution_ratio, attribution_sd: what the trials alone say (``level · P(effect > 0)`` and
+            ``level / |z|``; ``inf``: nothing).
         attribution_weight: the trials' share of the total precision (0: the proxy alone).
     """
 
@@ -197,30 +224,30 @@ class Combined:
 
 
 def combine_ratio(
-    proxy_ratio: float, proxy_sd: float, effect: float, se: float, level: float, sd_floor: float, cap: float
+    proxy_ratio: float, proxy_sd: float | None, z: float, level: float, sd_floor: float, cap: float
 ) -> Combined:
     """Combine the proxy's ratio with a screening effect into one ratio with an 80% interval.
 
-    The trials measured cleaning the scene at ``level`` against not cleaning it. Their evidence as a
-    ratio is ``level · P(effect > 0)``: ``level`` when cleaning clearly helps, 0 when it clearly
-    hurts, half-way when they cannot tell; its SD is ``level · φ(effect/se)``, largest (0.4 ·
-    ``level``) when they cannot tell. Each SD is at least ``sd_floor`` (the grid's own resolution),
-    and the two estimates are averaged with weights ``1/SD²``: a scene the trials say little about
-    keeps its proxy ratio.
+    The trials measured cleaning the scene at ``level`` against not cleaning it, as ``z`` (the
+    effect over its SE; :func:`equivalent_z` for a t statistic). Their evidence as a ratio is
+    ``level · P(effect > 0)``: ``level`` when cleaning clearly helps, 0 when it clearly hurts. Its
+    SD is ``level / |z|``: no weight when the trials cannot tell the sign (z = 0), more the further
+    the effect lies from 0 in SEs. Each SD is at least ``sd_floor`` (the grid's own resolution);
+    ``proxy_sd`` ``None`` (no bootstrap) counts as uninformative (SD = ``cap / 2``). The two
+    estimates are averaged with weights ``1/SD²``: a scene the trials say little about keeps its
+    proxy ratio.
 
     Example:
-        >>> helps = combine_ratio(0.3, 0.05, effect=2.0, se=0.2, level=0.3, sd_floor=0.03, cap=0.9)
-        >>> hurts = combine_ratio(0.3, 0.05, effect=-2.0, se=0.2, level=0.3, sd_floor=0.03, cap=0.9)
-        >>> unclear = combine_ratio(0.3, 0.05, effect=0.0, se=1.0, level=0.3, sd_floor=0.03, cap=0.9)
-        >>> round(helps.ratio, 3), round(hurts.ratio, 3), round(unclear.ratio, 3)
-        (0.3, 0.079, 0.278)
+        >>> helps = combine_ratio(0.3, 0.05, z=10.0, level=0.3, sd_floor=0.03, cap=0.9)
+        >>> hurts = combine_ratio(0.3, 0.05, z=-10.0, level=0.3, sd_floor=0.03, cap=0.9)
+        >>> unclear = combine_ratio(0.3, 0.05, z=0.0, level=0.3, sd_floor=0.03, cap=0.9)
+        >>> round(helps.ratio, 3), round(hurts.ratio, 3), round(unclear.ratio, 3), unclear.attribution_weight
+        (0.3, 0.079, 0.3, 0.0)
     """
-    z = float(_safe_z(np.array([effect]), np.array([se]))[0])
     attribution = level * float(normal_cdf(z))
-    attribution_sd = max(level * math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi) if math.isfinite(z) else 0.0,
-                         sd_floor)
-    proxy_sd = max(proxy_sd, sd_floor)
-    w_proxy, w_attr = proxy_sd**-2, attribution_sd**-2
+    attribution_sd = max(level / abs(z), sd_floor) if z != 0 and math.isfinite(z) else math.inf
+    proxy_sd = cap / 2 if proxy_sd is None else max(proxy_sd, sd_floor)
+    w_proxy, w_attr = proxy_sd**-2, (0.0 if math.isinf(attribution_sd) else attribution_sd**-2)
     ratio = (w_proxy * proxy_ratio + w_attr * attribution) / (w_proxy + w_attr)
     sd = (w_proxy + w_attr) ** -0.5
     return Combined(

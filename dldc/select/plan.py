@@ -61,7 +61,7 @@ class TrialPlan:
         high: ``attribute``: each factor's ``+`` level.
         sizes: cleanable pairs per scene.
         inputs: sha256 of the scores and the manifest.
-        digest: a digest of all of the above (and the trial settings of ``select``).
+        digest: a digest of all of the above (the trials' own settings are in each trial's key).
     """
 
     mode: str
@@ -108,11 +108,13 @@ def plan_trials(cfg: DldcConfig, mode: str | None = None, ranked: pd.DataFrame |
     intervals = proxy_intervals(ranked, grid, section.proxy_penalty, section.proxy_bootstrap)
     cap = section.max_ratio
     proxy = {s: min(r, cap) for s, r in choice.ratios.items()}
+    own = [s for s in proxy if s in intervals and s not in choice.fallbacks]  # fallbacks: the global ratio
+    # Rounded: the digest must not depend on the last bits of a platform's floating point.
     plan = TrialPlan(
         mode=mode, rows=[], labels=[], proxy_ratios=proxy, proxy_global=min(choice.global_ratio, cap),
-        proxy_sd={s: intervals[s]["sd"] for s in proxy if s in intervals},
-        proxy_low={s: intervals[s]["low"] for s in proxy if s in intervals},
-        proxy_high={s: intervals[s]["high"] for s in proxy if s in intervals},
+        proxy_sd={s: round(intervals[s]["sd"], 6) for s in own},
+        proxy_low={s: round(min(intervals[s]["low"], cap), 6) for s in own},
+        proxy_high={s: round(min(intervals[s]["high"], cap), 6) for s in own},
         judge_cuts=dict(proxy) if section.judge_filter else {},
         sizes=dict(sizes),
         inputs={"scores": file_sha256(section.scores), "manifest": file_sha256(section.manifest)},
@@ -131,7 +133,7 @@ def plan_trials(cfg: DldcConfig, mode: str | None = None, ranked: pd.DataFrame |
         if not plan.factors:
             raise ValueError(f"attribute: no scene has select.min_scene_pairs={section.min_scene_pairs} cleanable "
                              "pairs to screen; lower it or use calibrate")
-        plan.high = {s: section.attribute_level or min(max(proxy[s], section.attribute_floor), cap)
+        plan.high = {s: round(min(section.attribute_level or max(proxy[s], section.attribute_floor), cap), 6)
                      for s in plan.factors}
         design = plackett_burman(len(plan.factors))
         if section.foldover:
@@ -177,5 +179,6 @@ def plan_rows_needed(plan: TrialPlan, slots: list[int]) -> str | None:
     if not missing:
         return None
     return (f"the {plan.mode} plan has {len(plan.rows)} trials but select.rows covers {len(set(slots))} "
-            f"(missing rows {missing}); set select.rows to {list(range(len(plan.rows)))} and re-run the trials")
+            f"(missing rows {missing}); set select.rows (Kubeflow: the select_rows parameter) to "
+            f"{list(range(len(plan.rows)))} and re-run the trials")
 

@@ -98,7 +98,7 @@ def select_ratios(cfg: DldcConfig, mode: str | None = None, progress: bool = Tru
     if not sizes:
         raise ValueError(f"no pairs of splits {section.splits} in {section.manifest}; set select.splits")
     plan = plan_trials(cfg, mode, ranked)
-    if mode in ("calibrate", "attribute"):
+    if mode != "proxy":
         needed = plan_rows_needed(plan, list(section.rows))
         if needed:
             raise ValueError(needed)
@@ -113,7 +113,7 @@ def select_ratios(cfg: DldcConfig, mode: str | None = None, progress: bool = Tru
         objective = {"kind": "proxy", "penalty": section.proxy_penalty,
                      "definition": "mean pooled z-score of the kept pairs' raw cosines - penalty * r"}
         if mode != "proxy":
-            plan_trials_found = read_plan_trials(section.trials, plan)
+            plan_trials_found = read_plan_trials(section.trials, plan, cfg)
             _check_trials(plan_trials_found, scores_sha, manifest_sha, section.trials)
             decide = calibrate_ratios if mode == "calibrate" else attribute_ratios
             decided = decide(plan, plan_trials_found, cfg)

@@ -150,7 +150,12 @@ def run_plan_row(cfg: DldcConfig, row: int, out: str | Path, progress: bool = Tr
             write_checksum(out / TRIAL_FILE)
             return report
     tag["label"] = plan.labels[row]
-    return run_trial(cfg, plan.rows[row], out, progress, judge_cuts=plan.judge_cuts, plan=tag)
+    return run_trial(cfg, plan_row_ratio(plan, row), out, progress, judge_cuts=plan.judge_cuts, plan=tag)
+
+
+def plan_row_ratio(plan: Any, row: int) -> float | dict[str, float]:
+    """What :func:`run_trial` gets for a plan row: ``loop``'s one ratio (as ``--ratio`` gives it), else per scene."""
+    return float(plan.levels[row]) if plan.mode == "loop" else plan.rows[row]
 
 
 def _finished_trial(out: Path, key: str) -> dict[str, Any] | None:
@@ -176,7 +181,13 @@ def _run_trial(
     key = trial_key(cfg, ratio, inputs, scenes, judge_cuts)
     done = out / TRIAL_FILE
     previous = _finished_trial(out, key)
-    if previous is not None and (plan is None or previous.get("plan") == dict(plan)):
+    if previous is not None:
+        if plan is not None and previous.get("plan") != dict(plan):
+            # The same trial (same key) under another plan tag, e.g. a changed proxy_bootstrap: re-tag it.
+            previous = {k: v for k, v in previous.items() if k != "path"}
+            previous["plan"] = dict(plan)
+            write_json(done, previous)
+            write_checksum(done)
         return previous
     started = time.perf_counter()
     ranked = load_ranked(section.scores, section.manifest, list(section.splits))
@@ -196,8 +207,8 @@ def _run_trial(
     left_out = int((~judged).sum())
     manifest = out / TRIAL_MANIFEST
     ratio_record = {str(k): float(v) for k, v in ratio.items()} if isinstance(ratio, Mapping) else float(ratio)
-    kept = write_cleaned_manifest(section.manifest, ranked, keep & judged, manifest,
-                                  {"ratio": ratio_record, "mode": "trial"})
+    write_cleaned_manifest(section.manifest, ranked, keep & judged, manifest, {"ratio": ratio_record, "mode": "trial"})
+    kept = int(keep.sum())  # every split, before the judge filter (which only narrows the held-out prompts)
 
     adapter = out / "adapter"
     tune = cfg.finetune.model_copy(
@@ -283,20 +294,24 @@ def read_trials(folder: str | Path, grid: list[float]) -> dict[float, dict[str, 
         if damaged or files_mismatching(path.parent, report.get("files") or {}, what=f"trial {path.parent}"):
             raise ValueError(f"trial {path.parent} is damaged (its files do not match their recorded sha256); "
                              f"run `dldc select-trial` for its ratio again")
+        if report.get("idle") or not isinstance(report.get("ratio"), (int, float)):
+            continue  # a spare slot, or a trial of a per-scene plan (calibrate, attribute)
         found[float(report["ratio"])] = {**report, "path": str(path.parent)}
     missing = [r for r in grid if not any(abs(r - f) < 1e-9 for f in found)]
     if missing:
         raise FileNotFoundError(
-            f"no finished trial for ratios {missing} in {folder}; run `dldc select-trial --ratio R` for each "
-            "(dvc repro runs the select_trial stages)"
+            f"no finished trial for ratios {missing} in {folder}; run `dldc select-trial --row I` (select.mode "
+            "loop) or `--ratio R` for each (dvc repro runs the select_trial stages)"
         )
     return {r: next(found[f] for f in found if abs(r - f) < 1e-9) for r in grid}
 
 
-def read_plan_trials(folder: str | Path, plan: Any) -> list[dict[str, Any]]:
+def read_plan_trials(folder: str | Path, plan: Any, cfg: DldcConfig) -> list[dict[str, Any]]:
     """The finished trials of every row of ``plan`` (a :class:`dldc.select.plan.TrialPlan`), in row order.
 
-    Idle slots and trials of other plans are passed over; a damaged trial is refused.
+    A trial counts for a row when its plan digest and its key (:func:`trial_key`: the ratios, the
+    judge set, the inputs and every trial setting of ``cfg``) both match. Idle slots and trials of
+    other plans or settings are passed over; a damaged trial is refused.
 
     Raises:
         FileNotFoundError: a row has no finished trial of this plan (says which and how to run it).
@@ -318,11 +333,17 @@ def read_plan_trials(folder: str | Path, plan: Any) -> list[dict[str, Any]]:
         if report.get("idle") or not tag or tag.get("digest") != plan.digest:
             others += 0 if report.get("idle") else 1
             continue
-        found[int(tag["row"])] = {**report, "path": str(path.parent)}
+        row = int(tag["row"])
+        expected = trial_key(cfg, plan_row_ratio(plan, row), (plan.inputs["scores"], plan.inputs["manifest"]),
+                             None, plan.judge_cuts) if row < len(plan.rows) else None
+        if report.get("key") != expected:
+            others += 1
+            continue
+        found[row] = {**report, "path": str(path.parent)}
     missing = [row for row in range(len(plan.rows)) if row not in found]
     if missing:
-        stale = f"; {others} trials there belong to another plan (scores, manifest or select settings changed)" \
-            if others else ""
+        stale = (f"; {others} trials there belong to another plan or other settings (scores, manifest, select, "
+                 "finetune, generate or evaluate changed)" if others else "")
         raise FileNotFoundError(
             f"no finished {plan.mode} trial for rows {missing} of {len(plan.rows)} in {folder}{stale}; run "
             "`dldc select-trial --row I` for each (dvc repro runs the select_trial stages)"
