@@ -163,6 +163,7 @@ def run_dev(work: Path, base: Path) -> dict[str, Any]:
                       "pearson_vs_one_scene_seed0": pearson(effects, seed0),
                       "pearson_vs_one_scene_mean": pearson(effects, mean)}
     objective = chosen.selection["scenes"]
+    proxy = plan.proxy_ratios
     frozen = {"select": FROZEN, "scorer": {"folds": FOLDS, "epochs": EPOCHS}, "arm_seed": ARM_SEED,
               "finetune_steps": cfg.finetune.steps}
     return {
@@ -174,6 +175,9 @@ def run_dev(work: Path, base: Path) -> dict[str, Any]:
                "target": "Pearson >= 0.6 (seed 0)",
                "met": all(a0[m]["pearson_vs_one_scene_seed0"] >= 0.6 for m in a0)},
         "a0_attribute_ratios": {s: r["ratio"] for s, r in objective.items()},
+        "proxy": {"ratios": proxy, "spearman_vs_rate": spearman(proxy, truth),
+                  "note": "measured with the frozen settings; not a target (the held-out draws' D1 compares it)"},
+        "a0_effect_spearman_vs_rate": {m: spearman(a0[m]["effects"], truth) for m in a0},
         "trials": timing,
         "frozen": {"config": frozen, "digest": config_digest(frozen)},
     }

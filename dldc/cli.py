@@ -531,11 +531,15 @@ def select(
     except (ValueError, FileNotFoundError, OSError, KeyError) as err:
         raise click.ClickException(str(err)) from None
     chosen = result.selection
-    ratios = ", ".join(f"{scene} {r:g}" for scene, r in chosen["ratios"].items())
+    ratios = ", ".join(f"{scene} {r:.3g}" for scene, r in chosen["ratios"].items())
     fallbacks = f"; {len(chosen['fallbacks'])} scene(s) fell back to it" if chosen["fallbacks"] else ""
+    flagged = {name: [s for s, rec in chosen["scenes"].items() if rec.get(key)]
+               for key, name in (("low_confidence", "low confidence"), ("no_model_signal", "no model signal"))}
+    flags = "".join(f"; {name}: {', '.join(scenes)}" for name, scenes in flagged.items() if scenes)
     click.echo(
         f"{chosen['mode']}: global ratio {chosen['global_ratio']:g}{fallbacks}; per scene: {ratios}; kept "
-        f"{chosen['pairs']['kept']} of {chosen['pairs']['total']} pairs; wrote {result.out}"
+        f"{chosen['pairs']['kept']} of {chosen['pairs']['total']} pairs{flags}\n{chosen['budget']}; "
+        f"wrote {result.out} (results.md: intervals and evidence per scene)"
     )
 
 

@@ -495,3 +495,8 @@ def test_select_trial_command_rows_and_idle_slots(tiny_project: dict[str, str], 
                                       "-S", f"select.trials={tmp_path}", "-S", f"select.out={tmp_path / 'out'}",
                                       "select"])
     assert short.exit_code != 0 and "the attribute plan has 8 trials but select.rows covers 6" in short.output
+    proxy_select = CliRunner().invoke(main, [*base, "-S", "select.mode=proxy", "-S", f"select.out={tmp_path / 'p'}",
+                                             "select"])
+    assert proxy_select.exit_code == 0, proxy_select.output
+    assert "no trials: per-scene ratios and their intervals from the scores alone" in proxy_select.output
+    assert "| beach |" in (tmp_path / "p" / "results.md").read_text()
