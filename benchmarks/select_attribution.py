@@ -110,18 +110,21 @@ def run_plan(cfg: Any, label: str) -> tuple[Any, dict[str, Any]]:
 
     plan = plan_trials(cfg)
     cfg = cfg.model_copy(update={"select": cfg.select.model_copy(update={"rows": list(range(len(plan.rows)))})})
-    started, ran, reused = time.perf_counter(), 0, 0
+    started, ran, reused, made = time.perf_counter(), 0, 0, 0.0
     for row in range(len(plan.rows)):
         folder = Path(cfg.select.trials) / f"row{row}"
         before = (folder / "trial.json").read_text() if (folder / "trial.json").is_file() else None
         report = run_plan_row(cfg, row, folder, progress=True)
         fresh = before is None or json.loads(before).get("key") != report["key"]
         ran, reused = ran + fresh, reused + (not fresh)
+        made += 0.0 if fresh else float(report["seconds"])
         print(f"[{label}] trial {row + 1}/{len(plan.rows)} {report['plan']['label']}: "
               f"{'ran' if fresh else 'reused'} ({report['seconds']:.0f} s when made)", flush=True)
     chosen = select_ratios(cfg)
     timing = {"trials": len(plan.rows), "ran": ran, "reused": reused,
-              "seconds": round(time.perf_counter() - started, 1)}  # reused trials: a file read, not a trial
+              "seconds": round(time.perf_counter() - started, 1),  # reused trials: a file read, not a trial
+              "reused_from": {"what": "finished trials in --work with the same key (an earlier invocation)",
+                              "seconds_when_made": round(made, 1)} if reused else None}
     return chosen, timing
 
 
@@ -153,15 +156,19 @@ def run_dev(work: Path, base: Path) -> dict[str, Any]:
     plan = plan_trials(a0_cfg)
     metrics = whole_set_metrics(work / "trials-a0", len(plan.rows))
     one_scene = json.loads((RESULTS / "select_one_scene.json").read_text())
+    today, one_timing = one_scene_changes(a0_cfg, work, plan.factors)
     a0: dict[str, Any] = {}
     for metric in (CLIP, FD):
         effects = fit_effects(np.array(plan.design), metrics[metric]).effects
         recorded = one_scene[metric]["all_change"]
         seed0 = np.array([recorded[s][0] for s in plan.factors])
         mean = np.array([float(np.mean(recorded[s])) for s in plan.factors])
+        now = np.array([today[metric][s] for s in plan.factors])
         a0[metric] = {"effects": dict(zip(plan.factors, map(float, effects))),
-                      "pearson_vs_one_scene_seed0": pearson(effects, seed0),
-                      "pearson_vs_one_scene_mean": pearson(effects, mean)}
+                      "one_scene_changes": dict(zip(plan.factors, map(float, now))),
+                      "pearson_vs_one_scene": pearson(effects, now),
+                      "pearson_vs_recorded_one_scene_seed0": pearson(effects, seed0),
+                      "pearson_vs_recorded_one_scene_mean": pearson(effects, mean)}
     objective = chosen.selection["scenes"]
     proxy = plan.proxy_ratios
     frozen = {"select": FROZEN, "scorer": {"folds": FOLDS, "epochs": EPOCHS}, "arm_seed": ARM_SEED,
@@ -170,10 +177,13 @@ def run_dev(work: Path, base: Path) -> dict[str, Any]:
         "draw": {"synth_seed": cfg.synth.seed, "noise_by_scene": draw["noise"], "true_noise_by_scene": truth},
         "setup": {name: {"digest": step["digest"], **provenance(step)} for name, step in steps.items()},
         "a0": {"level": A0_LEVEL, "design_rows": len(plan.rows), "judge_filter": False, **a0,
-               "one_scene_source": {"file": "benchmarks/results/select_one_scene.json", "date": one_scene["date"],
-                                    "note": "the one-scene trials were run then; their figures are read, not re-run"},
-               "target": "Pearson >= 0.6 (seed 0)",
-               "met": all(a0[m]["pearson_vs_one_scene_seed0"] >= 0.6 for m in a0)},
+               "one_scene_trials": one_timing,
+               "recorded_one_scene_source": {
+                   "file": "benchmarks/results/select_one_scene.json", "date": one_scene["date"],
+                   "note": "run then on an earlier in-domain scorer (before text-aware folds): other scores, so "
+                           "other pairs dropped at 0.4; read for comparison, not the target"},
+               "target": "Pearson >= 0.6 against the one-scene trials of this run (seed 0, same scores)",
+               "met": all(a0[m]["pearson_vs_one_scene"] >= 0.6 for m in a0)},
         "a0_attribute_ratios": {s: r["ratio"] for s, r in objective.items()},
         "proxy": {"ratios": proxy, "spearman_vs_rate": spearman(proxy, truth),
                   "note": "measured with the frozen settings; not a target (the held-out draws' D1 compares it)"},
@@ -181,6 +191,28 @@ def run_dev(work: Path, base: Path) -> dict[str, Any]:
         "trials": timing,
         "frozen": {"config": frozen, "digest": config_digest(frozen)},
     }
+
+
+def one_scene_changes(cfg: Any, work: Path, scenes: list[str]) -> tuple[dict[str, dict[str, float]], dict]:
+    """The whole held-out set's change when only one scene is cleaned at ``A0_LEVEL`` (``run_trial(scenes=)``).
+
+    One trial without cleaning and one per scene, on this run's scores and trial settings (cached by key).
+    """
+    from dldc.select.trial import run_trial
+
+    started = time.perf_counter()
+    folder = work / "trials-one-scene"
+    baseline = run_trial(cfg, 0.0, folder / "none", progress=True)
+    changes: dict[str, dict[str, float]] = {CLIP: {}, FD: {}}
+    made = [baseline["seconds"]]
+    for scene in scenes:
+        report = run_trial(cfg, A0_LEVEL, folder / scene, progress=True, scenes=[scene])
+        made.append(report["seconds"])
+        for metric in changes:
+            changes[metric][scene] = report["metrics"]["all"][metric] - baseline["metrics"]["all"][metric]
+        print(f"[dev one-scene] {scene}: done", flush=True)
+    return changes, {"trials": len(made), "seconds": round(time.perf_counter() - started, 1),
+                     "trial_seconds_when_made": round(float(sum(made)), 1)}
 
 
 def run_heldout(name: str, work: Path, base: Path, trials_only: bool = False) -> dict[str, Any]:
@@ -318,7 +350,7 @@ def targets(parts: dict[str, Any]) -> dict[str, Any]:
     held = {n: parts[n] for n in ("heldout-1", "heldout-2") if n in parts}
     out: dict[str, Any] = {"held_out_draws": sorted(held)}
     if "dev" in parts:
-        out["A0"] = {"pearson_seed0": {m: parts["dev"]["a0"][m]["pearson_vs_one_scene_seed0"] for m in (CLIP, FD)},
+        out["A0"] = {"pearson": {m: parts["dev"]["a0"][m]["pearson_vs_one_scene"] for m in (CLIP, FD)},
                      "met": parts["dev"]["a0"]["met"]}
     if not held:
         return out
