@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -466,11 +467,16 @@ def test_tiny_calibrate_and_attribute_end_to_end(tiny_project: dict[str, str]) -
     assert chosen["budget"] == "8 trials for 4 scenes: one effect per scene, 3 residual degrees of freedom"
     # Trials of another plan are not mixed in: change the plan and the old trials are refused.
     other = _mode_cfg(tiny_project, "attribute", **{"select.rows": list(range(8)), "select.attribute_level": 0.5})
-    with pytest.raises(FileNotFoundError, match="8 trials there belong to another plan or other settings"):
+    with pytest.raises(FileNotFoundError, match="8 trials there belong to another plan"):
         run_select(other, progress=False)
+    # One row re-run with other fine-tune settings (same plan): the trials are never mixed into one decision.
     retuned = _mode_cfg(tiny_project, "attribute", **{"select.rows": list(range(8)), "finetune.rank": 4})
-    with pytest.raises(FileNotFoundError, match="8 trials there belong to another plan or other settings"):
-        run_select(retuned, progress=False)  # same plan, other fine-tune settings: the keys differ
+    run_plan_row(retuned, 1, Path(attr.select.trials) / "row1-rank4", progress=False)
+    with pytest.raises(ValueError, match="two different trials of plan row 1"):
+        run_select(attr, progress=False)
+    shutil.rmtree(Path(attr.select.trials) / "row1")
+    with pytest.raises(ValueError, match="were run with different settings"):
+        run_select(attr, progress=False)
 
 
 def test_select_trial_command_rows_and_idle_slots(tiny_project: dict[str, str], tmp_path: Path) -> None:

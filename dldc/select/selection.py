@@ -113,7 +113,7 @@ def select_ratios(cfg: DldcConfig, mode: str | None = None, progress: bool = Tru
         objective = {"kind": "proxy", "penalty": section.proxy_penalty,
                      "definition": "mean pooled z-score of the kept pairs' raw cosines - penalty * r"}
         if mode != "proxy":
-            plan_trials_found = read_plan_trials(section.trials, plan, cfg)
+            plan_trials_found = read_plan_trials(section.trials, plan)
             _check_trials(plan_trials_found, scores_sha, manifest_sha, section.trials)
             decide = calibrate_ratios if mode == "calibrate" else attribute_ratios
             decided = decide(plan, plan_trials_found, cfg)

@@ -77,11 +77,32 @@ def trial_key(cfg: DldcConfig, ratio: float | Mapping[str, float], inputs: tuple
     ``inputs``: the sha256 of ``select.scores`` and ``select.manifest`` when the caller has them.
     ``ratio``, ``scenes``, ``judge_cuts``: as in :func:`run_trial`.
     """
-    section = cfg.select
-    scores_sha, manifest_sha = inputs or (file_sha256(section.scores), file_sha256(section.manifest))
     per_scene = isinstance(ratio, Mapping)
     settings = {
         "ratio": {str(k): float(v) for k, v in sorted(ratio.items())} if per_scene else float(ratio),
+        **_shared_settings(cfg, inputs),
+    }
+    if scenes is not None:  # only then, so the keys of whole-grid trials stay as they were
+        settings["scenes"] = sorted(scenes)
+    if judge_cuts:
+        settings["judge_cuts"] = {str(k): float(v) for k, v in sorted(judge_cuts.items())}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def settings_key(cfg: DldcConfig, inputs: tuple[str, str] | None = None) -> str:
+    """Digest of what every trial of one plan shares (inputs, trial, fine-tune, generation and evaluation settings).
+
+    ``dldc select`` requires one value among a plan's trials: trials run with other settings are
+    never mixed into one decision (it cannot recompute it itself: on a cluster the trials' scorer
+    and base paths are theirs).
+    """
+    return hashlib.sha256(json.dumps(_shared_settings(cfg, inputs), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _shared_settings(cfg: DldcConfig, inputs: tuple[str, str] | None) -> dict[str, Any]:
+    section = cfg.select
+    scores_sha, manifest_sha = inputs or (file_sha256(section.scores), file_sha256(section.manifest))
+    return {
         "scores": scores_sha,
         "manifest": manifest_sha,
         "splits": section.splits,
@@ -93,11 +114,6 @@ def trial_key(cfg: DldcConfig, ratio: float | Mapping[str, float], inputs: tuple
         "generate": cfg.generate.model_dump(mode="json", exclude={"out", "arms", "manifest", "device", "threads"}),
         "evaluate": cfg.evaluate.model_dump(mode="json", exclude={"out", "generations", "manifest", "device"}),
     }
-    if scenes is not None:  # only then, so the keys of whole-grid trials stay as they were
-        settings["scenes"] = sorted(scenes)
-    if judge_cuts:
-        settings["judge_cuts"] = {str(k): float(v) for k, v in sorted(judge_cuts.items())}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def run_trial(cfg: DldcConfig, ratio: float | Mapping[str, float], out: str | Path, progress: bool = True,
@@ -254,6 +270,7 @@ def _run_trial(
         "judge_cuts": {str(k): float(v) for k, v in sorted(judge_cuts.items())},
         "judge_left_out": left_out,
         "key": key,
+        "settings_key": settings_key(cfg, inputs),
         "scores_sha256": inputs[0],
         "manifest_sha256": inputs[1],
         "kept_pairs": kept,
@@ -306,12 +323,11 @@ def read_trials(folder: str | Path, grid: list[float]) -> dict[float, dict[str, 
     return {r: next(found[f] for f in found if abs(r - f) < 1e-9) for r in grid}
 
 
-def read_plan_trials(folder: str | Path, plan: Any, cfg: DldcConfig) -> list[dict[str, Any]]:
+def read_plan_trials(folder: str | Path, plan: Any) -> list[dict[str, Any]]:
     """The finished trials of every row of ``plan`` (a :class:`dldc.select.plan.TrialPlan`), in row order.
 
-    A trial counts for a row when its plan digest and its key (:func:`trial_key`: the ratios, the
-    judge set, the inputs and every trial setting of ``cfg``) both match. Idle slots and trials of
-    other plans or settings are passed over; a damaged trial is refused.
+    A trial counts for a row when its plan digest matches; idle slots and trials of other plans are
+    passed over, a damaged trial is refused. The trials must share one :func:`settings_key`.
 
     Raises:
         FileNotFoundError: a row has no finished trial of this plan (says which and how to run it).
@@ -334,20 +350,22 @@ def read_plan_trials(folder: str | Path, plan: Any, cfg: DldcConfig) -> list[dic
             others += 0 if report.get("idle") else 1
             continue
         row = int(tag["row"])
-        expected = trial_key(cfg, plan_row_ratio(plan, row), (plan.inputs["scores"], plan.inputs["manifest"]),
-                             None, plan.judge_cuts) if row < len(plan.rows) else None
-        if report.get("key") != expected:
-            others += 1
-            continue
+        if row in found and found[row].get("key") != report.get("key"):
+            raise ValueError(f"{folder} holds two different trials of plan row {row} ({found[row]['path']}, "
+                             f"{path.parent}); remove the stale one")
         found[row] = {**report, "path": str(path.parent)}
     missing = [row for row in range(len(plan.rows)) if row not in found]
     if missing:
-        stale = (f"; {others} trials there belong to another plan or other settings (scores, manifest, select, "
-                 "finetune, generate or evaluate changed)" if others else "")
+        stale = (f"; {others} trials there belong to another plan (scores, manifest or select settings "
+                 "changed)" if others else "")
         raise FileNotFoundError(
             f"no finished {plan.mode} trial for rows {missing} of {len(plan.rows)} in {folder}{stale}; run "
             "`dldc select-trial --row I` for each (dvc repro runs the select_trial stages)"
         )
+    groups = {found[row].get("settings_key") for row in found}
+    if len(groups) > 1:
+        raise ValueError(f"the {plan.mode} trials in {folder} were run with different settings (trial, finetune, "
+                         f"generate or evaluate: {len(groups)} groups); re-run them all with one configuration")
     return [found[row] for row in range(len(plan.rows))]
 
 
