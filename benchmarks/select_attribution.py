@@ -51,7 +51,15 @@ import pandas as pd  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, config_digest, machine, provenance, write_result  # noqa: E402
-from select_ratio import NOISE_BY_SCENE, noise_labels, prepare, spearman, trial_config, true_noise  # noqa: E402
+from select_ratio import (  # noqa: E402
+    NOISE_BY_SCENE,
+    noise_labels,
+    prepare,
+    run_arms,
+    spearman,
+    trial_config,
+    true_noise,
+)
 
 NAME = "select_attribution"
 GRID_STEP = 0.1
@@ -219,7 +227,7 @@ def run_heldout(name: str, work: Path, base: Path, trials_only: bool = False) ->
     """Every mode and arm on one held-out draw (``trials_only``: the trials, then stop)."""
     from dldc.select.design import fit_effects
     from dldc.select.plan import plan_trials
-    from dldc.select.ranking import keep_mask, load_ranked, write_cleaned_manifest
+    from dldc.select.ranking import load_ranked
     from dldc.select.selection import select_ratios
 
     draw = DRAWS[name]
@@ -280,35 +288,21 @@ def run_heldout(name: str, work: Path, base: Path, trials_only: bool = False) ->
                   "proxy": ratios["proxy"], "calibrate": ratios["calibrate"], "attribute": ratios["attribute"],
                   "oracle": oracle, "permuted": permuted}
     figures["arms"] = {"ratios": arm_ratios, "permuted_scenes_changed": changed}
-    figures["arms"].update(run_arms(cfg, work, base, ranked, arm_ratios, keep_mask, write_cleaned_manifest))
+    figures["arms"].update(evaluate_arms(cfg, work, base, ranked, arm_ratios))
     return figures
 
 
-def run_arms(cfg: Any, work: Path, base: Path, ranked: pd.DataFrame, arm_ratios: dict[str, dict[str, float]],
-             keep_mask: Any, write_cleaned_manifest: Any) -> dict[str, Any]:
+def evaluate_arms(cfg: Any, work: Path, base: Path, ranked: pd.DataFrame,
+                  arm_ratios: dict[str, dict[str, float]]) -> dict[str, Any]:
     """300-step LoRA per arm (same seed), generated on the same test prompts, evaluated together."""
-    from _common import reuse_note
-
-    from dldc.evaluate.evaluate import evaluate_generations
-    from dldc.t2i.finetune import REPORT_FILE, finetune
-    from dldc.t2i.generate import generate_images
+    from dldc.select.ranking import keep_mask, write_cleaned_manifest
 
     cfg = trial_config(cfg, work, base, seed=ARM_SEED)
-    adapters, finetunes = {}, {}
+    manifests = {}
     for arm, ratios in arm_ratios.items():
-        manifest = work / "arms" / arm / "cleaned_manifest.parquet"
-        write_cleaned_manifest(cfg.select.manifest, ranked, keep_mask(ranked, ratios), manifest, {"arm": arm})
-        out = work / "adapters" / arm
-        tune = cfg.finetune.model_copy(update={"manifest": str(manifest), "out": str(out)})
-        _, finetunes[arm] = reuse_note(lambda: finetune(tune, progress=True), out / REPORT_FILE,  # noqa: B023
-                                       "fingerprint")
-        adapters[arm] = str(out)
-    started = time.perf_counter()
-    gen = generate_images(cfg.generate.model_copy(update={"arms": adapters, "manifest": cfg.select.manifest,
-                                                          "out": str(work / "gen")}), progress=True)
-    generated = {"arms": gen.report["arms"], "seconds": round(time.perf_counter() - started, 1)}
-    result = evaluate_generations([gen.out], cfg.select.manifest, work / "evaluate",
-                                  cfg=cfg.evaluate.model_copy(update={"base_arm": "none"}), progress=True)
+        manifests[arm] = work / "arms" / arm / "cleaned_manifest.parquet"
+        write_cleaned_manifest(cfg.select.manifest, ranked, keep_mask(ranked, ratios), manifests[arm], {"arm": arm})
+    finetunes, generated, result = run_arms(cfg, work, manifests)
     values = {arm: {m: result.value(arm, m) for m in (CLIP, FD)} for arm in arm_ratios}
     pairs = [("attribute", "none"), ("attribute", "global"), ("attribute", "permuted"), ("oracle", "global"),
              ("calibrate", "none"), ("proxy", "none"), ("attribute", "proxy"), ("attribute", "calibrate")]

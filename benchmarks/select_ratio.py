@@ -185,32 +185,18 @@ def trial_config(cfg: Any, work: Path, base: Path, seed: int | None = None) -> A
     )
 
 
-def run_loop(cfg: Any, work: Path, base: Path) -> dict[str, Any]:
-    """Trials over the grid, selection, then the three arms fine-tuned, generated and evaluated together."""
+def run_arms(cfg: Any, work: Path, manifests: dict[str, Path]) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """One LoRA per arm's manifest (``cfg.finetune``, reused by fingerprint), generated on the same test prompts
+    and evaluated together against arm ``none``.
+
+    Returns:
+        Per arm the fine-tune's seconds or where it was reused from; the generation's per-arm counts (and its
+        seconds when no arm's images were reused); the evaluation result.
+    """
     from dldc.evaluate.evaluate import evaluate_generations
-    from dldc.select.selection import select_ratios
-    from dldc.select.trial import TRIAL_FILE, run_trial, trial_dir_name
     from dldc.t2i.finetune import REPORT_FILE, finetune
     from dldc.t2i.generate import generate_images
 
-    cfg = trial_config(cfg, work, base)
-    cfg = cfg.model_copy(update={"select": cfg.select.model_copy(update={"out": str(work / "select-loop")})})
-    trials = {}  # ratio: seconds in this run, or the trial it reused
-    for ratio in cfg.select.grid:
-        folder = work / "trials" / trial_dir_name(ratio)
-        _, trials[f"{ratio:g}"] = reuse_note(lambda: run_trial(cfg, ratio, folder, progress=True),  # noqa: B023
-                                             folder / TRIAL_FILE, "key")
-    chosen = select_ratios(cfg, mode="loop")
-    sweep = {}  # the same trials under other tolerances (one-SE rule = 1)
-    for tolerance in TOLERANCES:
-        other = cfg.model_copy(update={"select": cfg.select.model_copy(
-            update={"tolerance": tolerance, "out": str(work / f"select-loop-tol{tolerance:g}"), "plots": False})})
-        sweep[f"{tolerance:g}"] = select_ratios(other, mode="loop").selection["ratios"]
-    manifests = {
-        "none": Path(cfg.select.manifest),
-        "global": chosen.out / "global" / "cleaned_manifest.parquet",
-        "per_scene": chosen.out / "cleaned_manifest.parquet",
-    }
     arms, finetunes = {}, {}
     for arm, manifest in manifests.items():
         out = work / "adapters" / arm
@@ -230,6 +216,33 @@ def run_loop(cfg: Any, work: Path, base: Path) -> dict[str, Any]:
         [gen.out], cfg.select.manifest, work / "evaluate", cfg=cfg.evaluate.model_copy(update={"base_arm": "none"}),
         progress=True,
     )
+    return finetunes, generated, result
+
+
+def run_loop(cfg: Any, work: Path, base: Path) -> dict[str, Any]:
+    """Trials over the grid, selection, then the three arms fine-tuned, generated and evaluated together."""
+    from dldc.select.selection import select_ratios
+    from dldc.select.trial import TRIAL_FILE, run_trial, trial_dir_name
+
+    cfg = trial_config(cfg, work, base)
+    cfg = cfg.model_copy(update={"select": cfg.select.model_copy(update={"out": str(work / "select-loop")})})
+    trials = {}  # ratio: seconds in this run, or the trial it reused
+    for ratio in cfg.select.grid:
+        folder = work / "trials" / trial_dir_name(ratio)
+        _, trials[f"{ratio:g}"] = reuse_note(lambda: run_trial(cfg, ratio, folder, progress=True),  # noqa: B023
+                                             folder / TRIAL_FILE, "key")
+    chosen = select_ratios(cfg, mode="loop")
+    sweep = {}  # the same trials under other tolerances (one-SE rule = 1)
+    for tolerance in TOLERANCES:
+        other = cfg.model_copy(update={"select": cfg.select.model_copy(
+            update={"tolerance": tolerance, "out": str(work / f"select-loop-tol{tolerance:g}"), "plots": False})})
+        sweep[f"{tolerance:g}"] = select_ratios(other, mode="loop").selection["ratios"]
+    manifests = {
+        "none": Path(cfg.select.manifest),
+        "global": chosen.out / "global" / "cleaned_manifest.parquet",
+        "per_scene": chosen.out / "cleaned_manifest.parquet",
+    }
+    finetunes, generated, result = run_arms(cfg, work, manifests)
     final = {}
     for arm in manifests:
         final[arm] = {m: result.value(arm, m) for m in ("CLIPScore-indomain", "FD-indomain", "KD-indomain")}

@@ -37,6 +37,7 @@ from dldc.config import DldcConfig, SelectConfig
 from dldc.select.design import combine_ratio, fit_effects
 from dldc.select.objective import ALL_SCENES, Choice, argbest, loop_curves
 from dldc.select.plan import TrialPlan
+from dldc.select.trial import trial_directions, trial_replicates
 
 
 @dataclass
@@ -54,8 +55,6 @@ class Decided:
 
 def whole_set_objective(trials: Sequence[dict[str, Any]], keys: Sequence[float], section: SelectConfig) -> Any:
     """:class:`dldc.select.objective.LoopCurves` of the trials' whole held-out set, keyed by ``keys``."""
-    from dldc.select.trial import trial_directions, trial_replicates
-
     tables = {k: {ALL_SCENES: t["metrics"].get(ALL_SCENES, {})} for k, t in zip(keys, trials)}
     replicates = {k: {ALL_SCENES: trial_replicates(t["path"]).get(ALL_SCENES, {})} for k, t in zip(keys, trials)}
     directions = trial_directions([t["path"] for t in trials])

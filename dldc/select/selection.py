@@ -42,10 +42,10 @@ import pandas as pd
 import pyarrow as pa
 
 from dldc.config import DldcConfig
-from dldc.io import file_sha256, write_json, write_parquet
+from dldc.io import write_json, write_parquet
 from dldc.select.decide import Decided, attribute_ratios, budget_line, calibrate_ratios, scene_records
 from dldc.select.objective import ALL_SCENES, Choice, choose, loop_curves, proxy_curves
-from dldc.select.plan import plan_rows_needed, plan_trials
+from dldc.select.plan import TRIAL_MODES, plan_rows_needed, plan_trials
 from dldc.select.plots import draw_plots
 from dldc.select.ranking import keep_mask, load_ranked, scene_sizes, write_cleaned_manifest
 from dldc.select.trial import read_plan_trials, read_trials, trial_directions, trial_replicates
@@ -62,7 +62,7 @@ DROPPED_COLUMNS = [
     "scene_size",
 ]  # fmt: skip
 BASELINES = ("none", "global", "per_scene")
-MODES = ("proxy", "calibrate", "attribute", "loop")
+MODES = ("proxy", *TRIAL_MODES)
 
 
 @dataclass
@@ -103,7 +103,7 @@ def select_ratios(cfg: DldcConfig, mode: str | None = None, progress: bool = Tru
         if needed:
             raise ValueError(needed)
 
-    scores_sha, manifest_sha = file_sha256(section.scores), file_sha256(section.manifest)
+    scores_sha, manifest_sha = plan.inputs["scores"], plan.inputs["manifest"]
     metric_curves: dict[str, dict[str, dict[float, float]]] = {}
     trials: dict[float, dict[str, Any]] = {}
     margins: dict[str, dict[float, float]] = {}

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from dldc.config import DldcConfig
 from dldc.io import (
@@ -51,7 +52,7 @@ from dldc.io import (
     write_checksum,
     write_json,
 )
-from dldc.select.plan import judge_mask
+from dldc.select.plan import judge_mask, plan_trials
 from dldc.select.ranking import keep_mask, load_ranked, write_cleaned_manifest
 
 TRIAL_FILE = "trial.json"
@@ -150,8 +151,6 @@ def run_plan_row(cfg: DldcConfig, row: int, out: str | Path, progress: bool = Tr
     Raises:
         ValueError: a negative row.
     """
-    from dldc.select.plan import plan_trials
-
     if row < 0:
         raise ValueError(f"a trial row is >= 0, got {row}")
     plan = plan_trials(cfg)
@@ -219,7 +218,8 @@ def _run_trial(
             raise ValueError(f"scenes must name scenes with cleanable pairs, got {list(scenes)!r} "
                              f"(unknown: {unknown}); scenes: {sorted(ranked['scene'].unique())}")
         keep = keep_mask(ranked, dict.fromkeys(scenes, ratio), default=0.0)
-    judged = judge_mask(ranked, section.eval_split, dict(judge_cuts)) if judge_cuts else keep.map(lambda _: True)
+    judged = (judge_mask(ranked, section.eval_split, dict(judge_cuts)) if judge_cuts
+              else pd.Series(True, index=ranked.index))
     left_out = int((~judged).sum())
     manifest = out / TRIAL_MANIFEST
     ratio_record = {str(k): float(v) for k, v in ratio.items()} if isinstance(ratio, Mapping) else float(ratio)
