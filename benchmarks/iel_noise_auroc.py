@@ -23,7 +23,8 @@ digest of its settings and of the manifest's bytes matches, and then says ``reus
   same pairs in both arms: did the gap close?) and by the arm's own folds;
 * ``repeated_text``: among genuine pairs, the share whose normalised text also sits on another
   image, overall and in the bottom / top 20% by fused score, and the mean cosine / scene fit of
-  repeated vs unique texts;
+  repeated vs unique texts; the bottom 20% of each scene (what `dldc select` drops); the same by
+  how many images carry the text; the share of texts that sat on a training image of their scorer;
 * ``fold_rule``: what the rule did (components, split ones, dropped training pairs per fold).
 
 The AUROC is the Mann–Whitney rank statistic (ties count one half,
@@ -144,22 +145,50 @@ def leak_figures(scored: pd.DataFrame, truth: pd.DataFrame, folds: dict[str, int
     return out
 
 
-def repeated_text_figures(scored: pd.DataFrame, keys: np.ndarray, truth: pd.DataFrame) -> dict:
+def repeated_text_figures(scored: pd.DataFrame, keys: np.ndarray, truth: pd.DataFrame, folds: dict[str, int]) -> dict:
     """Genuine pairs whose normalised text also sits on another image: share overall, in the bottom
-    and top 20% by fused score (what a 0.2 cleaning ratio drops / keeps first), mean signals."""
-    images_per_key = pd.Series(scored["image_id"].to_numpy()).groupby(keys).nunique()
-    repeated = images_per_key.reindex(keys).to_numpy() > 1
+    and top 20% by fused score (what a 0.2 cleaning ratio drops / keeps first), mean signals.
+
+    Also: the bottom 20% *of each scene* (what ``dldc select`` drops at a ratio of 0.2), the same
+    figures by how many images carry the text (1, 2, 3-5, 6+: copy-paste vs RSICD's generic
+    sentences), and the share of pairs whose text sat on a training image of the fold model that
+    scored them (``folds``, the arm's own; before the drop rule, which dropped nothing here).
+    """
+    image_ids = scored["image_id"].to_numpy()
+    images_per_key = pd.Series(image_ids).groupby(keys).nunique()
+    carriers = images_per_key.reindex(keys).to_numpy()
+    repeated = carriers > 1
     genuine = truth["kind"].to_numpy() == "genuine"
     fused = scored["fused"].to_numpy()[genuine]
     rep = repeated[genuine]
     order = np.argsort(fused, kind="stable")
     tail = round(0.2 * len(order))
+    # Per-scene bottom 20%: rank within the scene, ties broken by row order.
+    scene_rank = pd.Series(fused).groupby(scored["scene"].to_numpy()[genuine]).rank(method="first", pct=True)
+    scene_bottom = scene_rank.to_numpy() <= 0.2
+    fold = np.array([folds[image] for image in image_ids])
+    folds_per_key = pd.Series(fold).groupby(keys).nunique()
+    seen = folds_per_key.reindex(keys).to_numpy()[genuine] > 1  # the text sits in another fold too
+    words = np.array([len(key.split()) for key in keys[genuine]])
     figures = {
         "genuine_pairs": int(genuine.sum()),
         "share_overall": round(float(rep.mean()), 4),
         "share_bottom_20": round(float(rep[order[:tail]].mean()), 4),
         "share_top_20": round(float(rep[order[-tail:]].mean()), 4),
+        "share_bottom_20_within_scene": round(float(rep[scene_bottom].mean()), 4),
+        "text_in_scorers_training": round(float(seen.mean()), 4),
     }
+    by_carriers = {}
+    for label, low, high in (("1", 1, 1), ("2", 2, 2), ("3-5", 3, 5), ("6+", 6, None)):
+        rows = (carriers[genuine] >= low) & ((carriers[genuine] <= high) if high else True)
+        by_carriers[label] = {
+            "share_overall": round(float(rows.mean()), 4),
+            "share_bottom_20_within_scene": round(float(rows[scene_bottom].mean()), 4),
+            "mean_fused": round(float(fused[rows].mean()), 4),
+            "mean_words": round(float(words[rows].mean()), 2),
+            "text_in_scorers_training": round(float(seen[rows].mean()), 4),
+        }
+    figures["by_images_per_text"] = by_carriers
     for column in ("indomain", "indomain_scenefit", "fused"):
         values = scored[column].to_numpy()[genuine]
         figures[f"mean_{column}"] = {
@@ -170,7 +199,6 @@ def repeated_text_figures(scored: pd.DataFrame, keys: np.ndarray, truth: pd.Data
             by_signal = np.argsort(np.nan_to_num(values, nan=0.0), kind="stable")
             figures[f"share_bottom_20_by_{column}"] = round(float(rep[by_signal[:tail]].mean()), 4)
     # Are the repeated captions the generic, shorter ones?
-    words = np.array([len(key.split()) for key in keys[genuine]])
     figures["mean_words"] = {
         "repeated": round(float(words[rep].mean()), 2),
         "unique": round(float(words[~rep].mean()), 2),
@@ -274,7 +302,7 @@ def main() -> None:
                 "auroc": aurocs,
                 "leak_by_image_folds": leak_figures(scored, truth, image_folds, args.seed),
                 "leak_by_own_folds": leak_figures(scored, truth, arm_folds, args.seed),
-                "repeated_text": repeated_text_figures(scored, keys, truth),
+                "repeated_text": repeated_text_figures(scored, keys, truth, arm_folds),
                 "fold_rule": report.get("fold_rule"),
                 "fold_sizes": report["fold_sizes"],
                 "heldout_mean": report["heldout_mean"],

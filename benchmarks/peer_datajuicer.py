@@ -17,7 +17,11 @@ on CPU, with the same number of torch threads; model loading is outside both tim
   positive multiple of the cosine, so rankings compare directly.
 
 Reports pairs/s of each, their ratio, and the Spearman correlation of the two score columns
-(ranks, not values). When the Data-Juicer interpreter is missing or fails, the result says so
+(ranks, not values). Each side then does the same work again, untimed, under torch's
+``FlopCounterMode``: the ratio of the FLOPs is the speed-up's ceiling with one model at one
+precision (dldc encodes each of the 60 images once for its 5 captions; Data-Juicer runs both
+towers per pair), and ``share_of_flop_ceiling`` says how much of it the measured ratio reaches.
+When the Data-Juicer interpreter is missing or fails, the result says so
 with its error and the dldc side is still measured.
 """
 
@@ -58,8 +62,16 @@ started = time.perf_counter()
 out = op.run(data)
 seconds = time.perf_counter() - started
 scores = [stats[StatsKeys.image_text_similarity][0] for stats in out[Fields.stats]]
+# The same work again, untimed, under torch's FLOP counter (a fresh op: nothing cached between them).
+from torch.utils.flop_counter import FlopCounterMode
+counter = FlopCounterMode(display=False)
+with counter:
+    ImageTextSimilarityFilter(hf_clip=args["model"], min_score=-1.0, max_score=1.0, num_proc=1).run(
+        dataset(args["pairs"])
+    )
 print(json.dumps({"seconds": seconds, "scores": scores, "kept": len(out), "version": data_juicer.__version__,
-                  "torch": torch.__version__, "threads": torch.get_num_threads()}))
+                  "torch": torch.__version__, "threads": torch.get_num_threads(),
+                  "flops": counter.get_total_flops()}))
 """
 
 
@@ -84,9 +96,11 @@ def build_hf_clip(out: Path) -> dict[str, Any]:
     return {"parameters": sum(p.numel() for p in model.parameters())}
 
 
-def run_dldc(manifest: Path, model: Path, out: Path, threads: int) -> tuple[float, list[float]]:
+def run_dldc(manifest: Path, model: Path, out: Path, threads: int) -> tuple[float, list[float], int]:
+    """Seconds, scores (manifest order) and the FLOPs of the same work, counted in an untimed second run."""
     import pandas as pd
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     from dldc.config import ScoreConfig
     from dldc.iel.engine import score_manifest
@@ -95,12 +109,15 @@ def run_dldc(manifest: Path, model: Path, out: Path, threads: int) -> tuple[floa
     torch.set_num_threads(threads)
     scorer = create_scorer(f"hf:{model}", device="cpu")
     scorer.encode_texts(["warm up"])
-    cfg = ScoreConfig(manifest=str(manifest), out=str(out), scorers=[f"hf:{model}"], device="cpu")
+    cfg = ScoreConfig(manifest=str(manifest), out=str(out / "timed"), scorers=[f"hf:{model}"], device="cpu")
     started = time.perf_counter()
     result = score_manifest(cfg, [scorer], progress=False)
     seconds = time.perf_counter() - started
     frame = pd.read_parquet(manifest)[["pair_id"]].merge(result.frame, on="pair_id")
-    return seconds, frame[scorer.name].tolist()
+    counter = FlopCounterMode(display=False)
+    with counter:  # a fresh output folder: an empty embedding store, the same encodes
+        score_manifest(cfg.model_copy(update={"out": str(out / "counted")}), [scorer], progress=False)
+    return seconds, frame[scorer.name].tolist(), counter.get_total_flops()
 
 
 def run_datajuicer(python: Path, model: Path, pairs: list[tuple[str, str]], threads: int) -> dict[str, Any]:
@@ -140,7 +157,7 @@ def main() -> None:
     pairs = [(str(root / image), caption) for image, caption in zip(frame["image"], frame["caption"])]
 
     with tempfile.TemporaryDirectory() as tmp:
-        dldc_seconds, dldc_scores = run_dldc(manifest, model, Path(tmp) / "scores", args.threads)
+        dldc_seconds, dldc_scores, dldc_flops = run_dldc(manifest, model, Path(tmp), args.threads)
     dj = run_datajuicer(args.dj_python.absolute(), model, pairs, args.threads)
     figures: dict[str, Any] = {
         "pairs": len(pairs),
@@ -148,7 +165,11 @@ def main() -> None:
         "threads": args.threads,
         "model": {"kind": "transformers CLIPModel, ViT-B/32 config, random init (seed 0)", **step["result"]},
         "model_build": provenance(step),
-        "dldc": {"seconds": round(dldc_seconds, 2), "pairs_per_s": round(len(pairs) / dldc_seconds, 2)},
+        "dldc": {
+            "seconds": round(dldc_seconds, 2),
+            "pairs_per_s": round(len(pairs) / dldc_seconds, 2),
+            "gflops": round(dldc_flops / 1e9, 1),
+        },
     }
     if "error" in dj:
         figures["datajuicer"] = {"error": dj["error"]}
@@ -160,8 +181,14 @@ def main() -> None:
             "seconds": round(dj["seconds"], 2),
             "pairs_per_s": round(len(pairs) / dj["seconds"], 2),
             "kept": dj["kept"],
+            "gflops": round(dj["flops"] / 1e9, 1),
         }
         figures["speedup_dldc_vs_datajuicer"] = round(dj["seconds"] / dldc_seconds, 2)
+        # With the same model at the same precision, the speed-up cannot exceed the ratio of the
+        # work done (unless one side runs its FLOPs faster): that ratio is the ceiling.
+        if dj["flops"] and dldc_flops:
+            figures["flop_ratio_datajuicer_vs_dldc"] = round(dj["flops"] / dldc_flops, 2)
+            figures["share_of_flop_ceiling"] = round(dj["seconds"] / dldc_seconds / (dj["flops"] / dldc_flops), 3)
         figures["spearman"] = round(float(spearmanr(dldc_scores, dj["scores"]).statistic), 6)
         figures["scores_head"] = pd.DataFrame({"dldc": dldc_scores[:5], "datajuicer": dj["scores"][:5]}).to_dict(
             "list"

@@ -337,9 +337,10 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def bookkeeping(n: int, work: Path, config: Path) -> dict[str, Any]:
+def bookkeeping(n: int, work: Path, config: Path, workers: int = 0) -> dict[str, Any]:
     """``dldc score`` in this process with the scorer's encoders timed from inside: the share of the
-    stage's wall time spent outside the model's forward passes, both clocks read in the same run."""
+    stage's wall time spent outside the model's forward passes, both clocks read in the same run.
+    ``workers``: ``score.workers``, the image-decoding processes (0: decode in this process)."""
     from dldc.config import IngestConfig, ScoreConfig
     from dldc.data.ingest import ingest
     from dldc.iel.engine import score_manifest
@@ -371,7 +372,7 @@ def bookkeeping(n: int, work: Path, config: Path) -> dict[str, Any]:
         setattr(scorer, name, timed(name))
     scorer.encode_texts(["warm up"])
     inside = dict.fromkeys(inside, 0.0)
-    cfg = ScoreConfig(manifest=str(manifest), out=str(run / "scores"), device="cpu")
+    cfg = ScoreConfig(manifest=str(manifest), out=str(run / "scores"), device="cpu", workers=workers)
     started = time.perf_counter()
     report = score_manifest(cfg, [scorer], progress=False).report
     seconds = time.perf_counter() - started
@@ -379,6 +380,7 @@ def bookkeeping(n: int, work: Path, config: Path) -> dict[str, Any]:
     shutil.rmtree(run, ignore_errors=True)
     return {
         "pairs": report["pairs"],
+        "workers": workers,
         "dataset": {**step["result"], **provenance(step)},
         "score_seconds": round(seconds, 2),
         "inside_scorer_seconds": {k: round(v, 2) for k, v in inside.items()},
@@ -387,9 +389,6 @@ def bookkeeping(n: int, work: Path, config: Path) -> dict[str, Any]:
         "bookkeeping_share": round((seconds - model) / seconds, 4),
         "images_encoded": report["images_encoded"],
         "texts_encoded": report["texts_encoded"],
-        "note": "model = wall time inside the scorer's encode_images / encode_texts (batch tokenisation "
-        "included); bookkeeping = the rest of score_manifest: manifest read, image decoding and "
-        "preprocessing (DataLoader, workers=0), store lookups, shard keys and files, token counts, fusion.",
     }
 
 
@@ -405,14 +404,26 @@ def main() -> None:
         metavar="N",
         help="only time the score stage from inside at N pairs (scale-bookkeeping)",
     )
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[0, 1], help="with --bookkeeping: score.workers values, side by side"
+    )
     args = parser.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     config = work / "tiny-clip.json"
     config.write_text(json.dumps(TINY_OPEN_CLIP, indent=2))
     if args.bookkeeping:
-        figures = bookkeeping(args.bookkeeping, work, config)
-        write_result(f"{args.name}-bookkeeping", {**figures, "scorer": {"open_clip_config": TINY_OPEN_CLIP}})
+        runs = [bookkeeping(args.bookkeeping, work, config, workers) for workers in args.workers]
+        figures = {
+            "runs": runs,
+            "scorer": {"open_clip_config": TINY_OPEN_CLIP},
+            "note": "model = wall time inside the scorer's encode_images / encode_texts (batch tokenisation "
+            "included); bookkeeping = the rest of score_manifest's wall time: manifest read, image decoding and "
+            "preprocessing (in this process with workers 0; with workers > 0 only the waits for decoded batches), "
+            "store lookups, shard keys and files, token counts (read off the encoded ids), fusion. "
+            "Runs side by side in one process, in the order listed.",
+        }
+        write_result(f"{args.name}-bookkeeping", figures)
         return
 
     runs: list[dict[str, Any]] = []

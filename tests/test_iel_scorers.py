@@ -174,6 +174,25 @@ def test_open_clip_token_counts_are_untruncated(oc: types.SimpleNamespace) -> No
     _assert_unit_rows(scorer.encode_texts([fx.LONG_CAPTION]), 1, 32)
 
 
+def test_token_counts_read_off_encoded_ids_equal_a_fresh_count(oc: types.SimpleNamespace) -> None:
+    # encode_texts remembers the counts its own ids show; token_counts must give exactly what a
+    # separate tokenisation gives, including rows at the context boundary and "!" (token id 0).
+    from dldc.iel.open_clip_scorer import count_tokens
+
+    scorer = create_scorer(f"open_clip:{oc.config}", device="cpu")
+    context = scorer.context_length
+    exact_fit = " ".join(["lake"] * (context - 2))  # start + 75 words + end: the last slot holds the end
+    one_short = " ".join(["lake"] * (context - 3))
+    texts = ["two planes", "wow! a lake!", fx.LONG_CAPTION, exact_fit, one_short, ""]
+    expected = [count_tokens(scorer.tokenizer, text) for text in texts]
+    assert expected[3] == context and expected[4] == context - 1 and expected[2] > context
+    scorer.encode_texts(texts)
+    assert scorer._token_counts._counts == {"two planes": 4, "wow! a lake!": expected[1], one_short: context - 1, "": 2}
+    assert scorer.token_counts(texts) == expected
+    assert scorer._token_counts._counts == {}  # handed out once
+    assert scorer.token_counts(texts) == expected  # and counted afresh after that
+
+
 def test_json_configs_sharing_a_stem_do_not_mix(oc: types.SimpleNamespace, tmp_path: Path) -> None:
     narrow = fx.write_open_clip_config(tmp_path, embed_dim=16)  # also named tiny-clip.json
     assert create_scorer(f"open_clip:{narrow}", device="cpu").encode_texts(["x"]).shape == (1, 16)

@@ -84,6 +84,7 @@ from dldc.iel.indomain_train import (
     train_indomain,
     training_pairs,
 )
+from dldc.iel.open_clip_scorer import TokenCountMemo
 from dldc.iel.scene_text import SceneCaptionModel, content_tokens
 
 __all__ = [
@@ -147,6 +148,7 @@ class IndomainFoldScorer:
         self.tokenizer = tokenizer
         self.preprocess = IndomainPreprocess(image_size)
         self.scene_model = scene_model
+        self._token_counts = TokenCountMemo(tokenizer)
 
     def scene_fit(self, texts: list[str], scenes: list[str]) -> list[float]:
         """``P(scene | text)`` of each (caption, image scene) pair under this fold's scene model.
@@ -171,11 +173,12 @@ class IndomainFoldScorer:
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """Texts → ``(N, D)`` L2-normalised float32 CPU embeddings (truncated to ``context_length``)."""
         tokens = self.tokenizer(list(texts), context_length=self.context_length)
+        self._token_counts.record(list(texts), tokens)
         return l2_normalise(encode_tokens(self.model, tokens.to(self.device)))
 
     def token_counts(self, texts: list[str]) -> list[int]:
         """Untruncated token count of each text, start- and end-of-text tokens included."""
-        return [len(self.tokenizer.encode(text)) + 2 for text in texts]
+        return self._token_counts.counts(list(texts))
 
 
 class IndomainScorer:

@@ -88,6 +88,7 @@ class OpenClipScorer:
         self.device = device
         self.precision = precision
         self.context_length = int(getattr(model, "context_length", None) or tokenizer.context_length)
+        self._token_counts = TokenCountMemo(tokenizer)
 
     def __repr__(self) -> str:
         return f"OpenClipScorer({self.scorer_id!r}, device={self.device}, precision={self.precision})"
@@ -104,7 +105,9 @@ class OpenClipScorer:
         """Texts → ``(N, D)`` L2-normalised float32 CPU embeddings (truncated to ``context_length``)."""
         if not texts:
             return torch.empty(0, self.embed_dim)
-        tokens = self.tokenizer(list(texts), context_length=self.context_length).to(self.device)
+        tokens = self.tokenizer(list(texts), context_length=self.context_length)
+        self._token_counts.record(list(texts), tokens)
+        tokens = tokens.to(self.device)
         with torch.inference_mode(), autocast(self.device, self.precision):
             if can_trim_padding(self.model):
                 features = encode_text_trimmed(self.model, tokens)
@@ -114,7 +117,7 @@ class OpenClipScorer:
 
     def token_counts(self, texts: list[str]) -> list[int]:
         """Token count of each text without truncation, start/end (special) tokens included."""
-        return [count_tokens(self.tokenizer, text) for text in texts]
+        return self._token_counts.counts(list(texts))
 
 
 def can_trim_padding(model: torch.nn.Module) -> bool:
@@ -164,6 +167,53 @@ def encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     if projection is None:
         return x
     return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+
+
+class TokenCountMemo:
+    """Untruncated token counts read off the ids that ``encode_texts`` already made.
+
+    The engine asks for ``token_counts`` of the texts it has just encoded; tokenising them a second
+    time (text cleaning included) cost 7.5 s of 380 s in ``dldc score`` at 10⁵ pairs with the
+    smallest model. For open_clip's ``SimpleTokenizer`` the ids hold the count: start token, the
+    text, end token, then padding, so a row whose end token sits before the last position was not
+    truncated and its count is that position + 1. Rows that reach the last position (possibly
+    truncated) and other tokenizers are counted by :func:`count_tokens`, so every count is exact.
+    The memo holds at most ``limit`` texts (it is emptied past that) and hands each out once.
+
+    Example:
+        >>> from open_clip.tokenizer import SimpleTokenizer
+        >>> tokenizer = SimpleTokenizer()
+        >>> memo = TokenCountMemo(tokenizer)
+        >>> memo.record(["a lake"], tokenizer(["a lake"], context_length=8))
+        >>> memo.counts(["a lake", "two planes"])
+        [4, 4]
+    """
+
+    def __init__(self, tokenizer: Any, limit: int = 1 << 16):
+        from open_clip.tokenizer import SimpleTokenizer
+
+        self.tokenizer = tokenizer
+        self.limit = limit
+        # A reduction_fn (e.g. random token dropping) changes the ids: counts cannot be read off them.
+        self.readable = isinstance(tokenizer, SimpleTokenizer) and getattr(tokenizer, "reduction_fn", None) is None
+        self._counts: dict[str, int] = {}
+
+    def record(self, texts: list[str], tokens: torch.Tensor) -> None:
+        """Remember the counts of ``texts`` from their ``(N, context)`` token ids."""
+        if not self.readable or len(texts) == 0:
+            return
+        if len(self._counts) + len(texts) > self.limit:
+            self._counts.clear()
+        last = tokens.shape[1] - 1
+        ends = (tokens == self.tokenizer.eot_token_id).int().argmax(dim=1).tolist()
+        for text, end in zip(texts, ends):
+            if 0 < end < last:
+                self._counts[text] = end + 1
+
+    def counts(self, texts: list[str]) -> list[int]:
+        """Counts of ``texts``: remembered ones (then forgotten), the rest by :func:`count_tokens`."""
+        memo = self._counts
+        return [memo.pop(text) if text in memo else count_tokens(self.tokenizer, text) for text in texts]
 
 
 def count_tokens(tokenizer: Any, text: str) -> int:
