@@ -175,7 +175,7 @@ def model_seconds_per_item(config: Path, dataset: Path, sample: int = 512) -> di
     from dldc.data.images import load_rgb
     from dldc.iel.open_clip_scorer import load_open_clip
 
-    scorer = load_open_clip(str(config), None, "cpu")
+    scorer = load_open_clip(str(config), None, "cpu")  # a JSON config, or an open_clip name (random init)
     records = json.loads((dataset / "dataset.json").read_text())["images"][:sample]
     pixels = [scorer.preprocess(load_rgb(dataset / "images" / r["filename"])) for r in records]
     texts = list(dict.fromkeys(s["raw"] for r in records for s in r["sentences"]))[:sample]
@@ -343,6 +343,7 @@ def bookkeeping(n: int, work: Path, config: Path, workers: int = 0) -> dict[str,
     ``workers``: ``score.workers``, the image-decoding processes (0: decode in this process)."""
     from dldc.config import IngestConfig, ScoreConfig
     from dldc.data.ingest import ingest
+    from dldc.iel import engine
     from dldc.iel.engine import score_manifest
     from dldc.iel.open_clip_scorer import load_open_clip
 
@@ -353,7 +354,7 @@ def bookkeeping(n: int, work: Path, config: Path, workers: int = 0) -> dict[str,
     run = work / f"bookkeeping-{n}"
     shutil.rmtree(run, ignore_errors=True)
     manifest = ingest(IngestConfig(root=str(data), out=str(run / "ingest")), progress=False).manifest
-    scorer = load_open_clip(str(config), None, "cpu")
+    scorer = load_open_clip(str(config), None, "cpu")  # a JSON config, or an open_clip name (random init)
     inside = {"encode_images": 0.0, "encode_texts": 0.0, "token_counts": 0.0}
 
     def timed(name: str) -> Any:
@@ -372,12 +373,33 @@ def bookkeeping(n: int, work: Path, config: Path, workers: int = 0) -> dict[str,
         setattr(scorer, name, timed(name))
     scorer.encode_texts(["warm up"])
     inside = dict.fromkeys(inside, 0.0)
+    # Image decoding and preprocessing, timed where they run when workers is 0 (this process).
+    images = {"decode": 0.0, "preprocess": 0.0}
+
+    def clocked(name: str, function: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                images[name] += time.perf_counter() - started
+
+        return call
+
+    load_rgb = engine.load_rgb
+    if workers == 0:
+        engine.load_rgb = clocked("decode", load_rgb)
+        scorer.preprocess = clocked("preprocess", scorer.preprocess)
     cfg = ScoreConfig(manifest=str(manifest), out=str(run / "scores"), device="cpu", workers=workers)
     started = time.perf_counter()
-    report = score_manifest(cfg, [scorer], progress=False).report
+    try:
+        report = score_manifest(cfg, [scorer], progress=False).report
+    finally:
+        engine.load_rgb = load_rgb
     seconds = time.perf_counter() - started
     model = inside["encode_images"] + inside["encode_texts"]
     shutil.rmtree(run, ignore_errors=True)
+    image_seconds = images["decode"] + images["preprocess"] if workers == 0 else None
     return {
         "pairs": report["pairs"],
         "workers": workers,
@@ -387,6 +409,10 @@ def bookkeeping(n: int, work: Path, config: Path, workers: int = 0) -> dict[str,
         "model_seconds": round(model, 2),
         "bookkeeping_seconds": round(seconds - model, 2),
         "bookkeeping_share": round((seconds - model) / seconds, 4),
+        # with workers 0: image decoding + preprocessing, and the rest (manifest, store, shards, fusion)
+        "image_seconds": {k: round(v, 2) for k, v in images.items()} if workers == 0 else None,
+        "rest_seconds": round(seconds - model - image_seconds, 2) if image_seconds is not None else None,
+        "rest_share": round((seconds - model - image_seconds) / seconds, 4) if image_seconds is not None else None,
         "images_encoded": report["images_encoded"],
         "texts_encoded": report["texts_encoded"],
     }
@@ -405,6 +431,10 @@ def main() -> None:
         help="only time the score stage from inside at N pairs (scale-bookkeeping)",
     )
     parser.add_argument(
+        "--model", default="tiny",
+        help="with --bookkeeping: the scorer, 'tiny' (the JSON config above) or an open_clip name such as ViT-B-32",
+    )
+    parser.add_argument(
         "--workers", type=int, nargs="+", default=[0, 1], help="with --bookkeeping: score.workers values, side by side"
     )
     args = parser.parse_args()
@@ -413,17 +443,19 @@ def main() -> None:
     config = work / "tiny-clip.json"
     config.write_text(json.dumps(TINY_OPEN_CLIP, indent=2))
     if args.bookkeeping:
-        runs = [bookkeeping(args.bookkeeping, work, config, workers) for workers in args.workers]
+        model = config if args.model == "tiny" else Path(args.model)
+        runs = [bookkeeping(args.bookkeeping, work, model, workers) for workers in args.workers]
         figures = {
             "runs": runs,
-            "scorer": {"open_clip_config": TINY_OPEN_CLIP},
+            "scorer": {"open_clip_config": TINY_OPEN_CLIP} if args.model == "tiny" else {"open_clip": args.model},
             "note": "model = wall time inside the scorer's encode_images / encode_texts (batch tokenisation "
             "included); bookkeeping = the rest of score_manifest's wall time: manifest read, image decoding and "
             "preprocessing (in this process with workers 0; with workers > 0 only the waits for decoded batches), "
             "store lookups, shard keys and files, token counts (read off the encoded ids), fusion. "
             "Runs side by side in one process, in the order listed.",
         }
-        write_result(f"{args.name}-bookkeeping", figures)
+        suffix = "" if args.model == "tiny" else f"-{args.model}"
+        write_result(f"{args.name}-bookkeeping{suffix}", figures)
         return
 
     runs: list[dict[str, Any]] = []

@@ -142,7 +142,8 @@ def shard_key(part: pd.DataFrame, scorer_ids: Sequence[str]) -> str:
     """A digest of everything a shard's scores depend on: pairs, images, captions, scorers."""
     digest = hashlib.sha256("\n".join(scorer_ids).encode())
     for column in ("pair_id", "image_id", "image_sha256", "caption"):
-        digest.update("\x1f".join(part[column].astype(str)).encode())
+        # tolist() first: iterating an Arrow-backed column element by element is ~10x slower.
+        digest.update("\x1f".join(part[column].astype(str).tolist()).encode())
     return digest.hexdigest()
 
 
@@ -355,13 +356,13 @@ def _score_rows(
     store = stores.get(store_id)
     if store is None:
         store = stores[store_id] = EmbeddingStore(store_root, store_id)
-    image_keys = [bytes.fromhex(sha) for sha in rows["image_sha256"]]
+    image_keys = [bytes.fromhex(sha) for sha in rows["image_sha256"].tolist()]
     captions = rows["caption"].tolist()
     caption_keys = [text_key(c) for c in captions]
 
     missing_images = store.missing("image", image_keys)
     if missing_images:
-        path_of = dict(zip(image_keys, rows["image"]))
+        path_of = dict(zip(image_keys, rows["image"].tolist()))
         with tqdm(
             total=len(missing_images), desc=f"score: {scorer.name} images", unit="img", leave=False, disable=bar.disable
         ) as image_bar:
@@ -385,8 +386,8 @@ def pair_folds(scorer: CrossFitScorer, rows: pd.DataFrame) -> list[int]:
     :meth:`dldc.iel.indomain.IndomainScorer.fold_for`); else the image's held-out fold."""
     fold_for = getattr(scorer, "fold_for", None)
     if fold_for is None:
-        return [scorer.fold_of(image_id) for image_id in rows["image_id"]]
-    return [fold_for(image_id, caption) for image_id, caption in zip(rows["image_id"], rows["caption"])]
+        return [scorer.fold_of(image_id) for image_id in rows["image_id"].tolist()]
+    return [fold_for(image, caption) for image, caption in zip(rows["image_id"].tolist(), rows["caption"].tolist())]
 
 
 def has_scene_head(scorer: Scorer | CrossFitScorer) -> bool:
