@@ -198,7 +198,6 @@ def main() -> None:
         dldc_seconds, dldc_scores, dldc_flops = run_dldc(manifest, f"hf:{model}", Path(tmp) / "hf", args.threads)
         onnx_seconds, onnx_scores, _ = run_dldc(manifest, f"onnx:{onnx / 'export'}", Path(tmp) / "onnx", args.threads)
     dj = run_datajuicer(args.dj_python.absolute(), model, pairs, args.threads)
-    dj_gflops = per_pair_gflops(model, pairs)
     figures: dict[str, Any] = {
         "pairs": len(pairs),
         "images": int(frame["image"].nunique()),
@@ -221,6 +220,7 @@ def main() -> None:
     if "error" in dj:
         figures["datajuicer"] = {"error": dj["error"]}
     else:
+        dj_gflops = per_pair_gflops(model, pairs)
         figures["datajuicer"] = {
             "version": dj["version"],
             "torch": dj["torch"],

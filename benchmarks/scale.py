@@ -337,6 +337,19 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def clocked(totals: dict[str, float], name: str, function: Any) -> Any:
+    """``function``, adding the wall time of each call to ``totals[name]``."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            totals[name] += time.perf_counter() - started
+
+    return call
+
+
 def bookkeeping(n: int, work: Path, config: Path, workers: int = 0) -> dict[str, Any]:
     """``dldc score`` in this process with the scorer's encoders timed from inside: the share of the
     stage's wall time spent outside the model's forward passes, both clocks read in the same run.
@@ -356,40 +369,16 @@ def bookkeeping(n: int, work: Path, config: Path, workers: int = 0) -> dict[str,
     manifest = ingest(IngestConfig(root=str(data), out=str(run / "ingest")), progress=False).manifest
     scorer = load_open_clip(str(config), None, "cpu")  # a JSON config, or an open_clip name (random init)
     inside = {"encode_images": 0.0, "encode_texts": 0.0, "token_counts": 0.0}
-
-    def timed(name: str) -> Any:
-        method = getattr(scorer, name)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return method(*args, **kwargs)
-            finally:
-                inside[name] += time.perf_counter() - started
-
-        return call
-
     for name in inside:
-        setattr(scorer, name, timed(name))
+        setattr(scorer, name, clocked(inside, name, getattr(scorer, name)))
     scorer.encode_texts(["warm up"])
-    inside = dict.fromkeys(inside, 0.0)
+    inside.update(dict.fromkeys(inside, 0.0))
     # Image decoding and preprocessing, timed where they run when workers is 0 (this process).
     images = {"decode": 0.0, "preprocess": 0.0}
-
-    def clocked(name: str, function: Any) -> Any:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                images[name] += time.perf_counter() - started
-
-        return call
-
     load_rgb = engine.load_rgb
     if workers == 0:
-        engine.load_rgb = clocked("decode", load_rgb)
-        scorer.preprocess = clocked("preprocess", scorer.preprocess)
+        engine.load_rgb = clocked(images, "decode", load_rgb)
+        scorer.preprocess = clocked(images, "preprocess", scorer.preprocess)
     cfg = ScoreConfig(manifest=str(manifest), out=str(run / "scores"), device="cpu", workers=workers)
     started = time.perf_counter()
     try:
@@ -399,7 +388,7 @@ def bookkeeping(n: int, work: Path, config: Path, workers: int = 0) -> dict[str,
     seconds = time.perf_counter() - started
     model = inside["encode_images"] + inside["encode_texts"]
     shutil.rmtree(run, ignore_errors=True)
-    image_seconds = images["decode"] + images["preprocess"] if workers == 0 else None
+    rest = seconds - model - sum(images.values())  # meaningful with workers 0 only
     return {
         "pairs": report["pairs"],
         "workers": workers,
@@ -411,8 +400,8 @@ def bookkeeping(n: int, work: Path, config: Path, workers: int = 0) -> dict[str,
         "bookkeeping_share": round((seconds - model) / seconds, 4),
         # with workers 0: image decoding + preprocessing, and the rest (manifest, store, shards, fusion)
         "image_seconds": {k: round(v, 2) for k, v in images.items()} if workers == 0 else None,
-        "rest_seconds": round(seconds - model - image_seconds, 2) if image_seconds is not None else None,
-        "rest_share": round((seconds - model - image_seconds) / seconds, 4) if image_seconds is not None else None,
+        "rest_seconds": round(rest, 2) if workers == 0 else None,
+        "rest_share": round(rest / seconds, 4) if workers == 0 else None,
         "images_encoded": report["images_encoded"],
         "texts_encoded": report["texts_encoded"],
     }
