@@ -235,7 +235,11 @@ def test_scoring_a_manifest_with_onnx_equals_torch(open_clip_export, torch_score
     scored = {}
     for label, scorers in (("torch", [torch_scorer]), ("onnx", None)):
         specs = [f"onnx:{open_clip_export}"] if scorers is None else ["unused:x"]
-        cfg = ScoreConfig(manifest=manifest, out=str(tmp_path / label), scorers=specs, device="cpu", shard_size=64)
+        # the ONNX side decodes in a worker: its recorded preprocessing must pickle and batch alike
+        workers = 1 if scorers is None else 0
+        cfg = ScoreConfig(
+            manifest=manifest, out=str(tmp_path / label), scorers=specs, device="cpu", shard_size=64, workers=workers
+        )
         scored[label] = score_manifest(cfg, scorers, progress=False)
     name = torch_scorer.name
     torch_frame, onnx_frame = scored["torch"].frame, scored["onnx"].frame

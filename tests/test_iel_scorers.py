@@ -273,7 +273,12 @@ def test_hf_siglip_pads_to_max_length(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("backend", ["open_clip", "hf"])
-def test_preprocess_pickles_without_the_model(backend: str, oc: types.SimpleNamespace, hf_clip: Scorer) -> None:
+def test_preprocess_pickles_without_the_model(
+    backend: str, oc: types.SimpleNamespace, hf_clip: Scorer, tmp_path: Path
+) -> None:
+    from dldc.data.images import load_rgb
+    from dldc.iel.image_batches import ImageBatches, batch_preprocess
+
     scorer = create_scorer(f"open_clip:{oc.config}:{oc.plain}", device="cpu") if backend == "open_clip" else hf_clip
     blob = pickle.dumps(scorer.preprocess)
     assert len(blob) < 100_000  # the transform alone, not the weights
@@ -281,6 +286,16 @@ def test_preprocess_pickles_without_the_model(backend: str, oc: types.SimpleName
     torch.testing.assert_close(pickle.loads(blob)(image), scorer.preprocess(image))
     rgba = image.convert("RGBA")  # odd modes are converted, not rejected
     assert scorer.preprocess(rgba).shape == (3, 32, 32)
+    # The engine's route: batched here, and in a decoding worker (which receives it pickled).
+    paths = []
+    for index, sample in enumerate(fx.sample_images(3)):
+        sample.save(tmp_path / f"{index}.png")
+        paths.append(tmp_path / f"{index}.png")
+    batched = batch_preprocess(scorer.preprocess)
+    here = next(ImageBatches(0)(batched, paths, 3))
+    assert torch.equal(here, torch.stack([scorer.preprocess(load_rgb(p)) for p in paths]))
+    with ImageBatches(1) as batches:
+        assert torch.equal(next(batches(batched, paths, 3)), here)
 
 
 # --- factory ---------------------------------------------------------------------------------

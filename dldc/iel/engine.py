@@ -5,8 +5,9 @@ How a run goes:
 1. The manifest is cut into shards of ``shard_size`` consecutive pairs (the unit of resume).
 2. For each shard and scorer, images and captions the embedding store
    (:mod:`dldc.iel.store`) lacks are encoded: each distinct image file (by sha256) and each
-   distinct caption text once, images decoded and preprocessed by DataLoader workers while
-   the model runs, in batches that halve and retry on CUDA out-of-memory. A cross-fitted
+   distinct caption text once, images decoded and preprocessed in batches
+   (:mod:`dldc.iel.image_batches`; by worker processes kept for the run when ``workers`` > 0)
+   that halve and retry on CUDA out-of-memory. A cross-fitted
    scorer encodes each pair with the fold model that never saw its image and, for the
    in-domain scorer with text folds, never trained on its caption text (:func:`pair_folds`).
 3. The pair's score is the cosine of the two L2-normalised embeddings. The shard's raw
@@ -40,14 +41,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from dldc.config import ScoreConfig
-from dldc.data.images import load_rgb
 from dldc.data.manifest import dataset_root, read_manifest
 from dldc.iel.base import CrossFitScorer, Scorer
 from dldc.iel.fuse import fuse_scores
+from dldc.iel.image_batches import BatchPreprocess, ImageBatches, batch_preprocess
 from dldc.iel.store import EmbeddingStore, text_key
 from dldc.io import (
     checksum_ok,
@@ -77,38 +77,23 @@ class ScoreResult:
     frame: pd.DataFrame
 
 
-class _Images(Dataset):
-    """Decode + preprocess images in DataLoader workers (overlapping the model)."""
-
-    def __init__(self, paths: list[Path], preprocess: Callable[[Any], torch.Tensor]):
-        self.paths = paths
-        self.preprocess = preprocess
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.preprocess(load_rgb(self.paths[index]))
-
-
 class _Encoder:
     """Runs a scorer's encoders in batches; halves the batch size on CUDA out-of-memory."""
 
-    def __init__(self, batch_size: int, workers: int, stats: dict[str, int]):
+    def __init__(self, batch_size: int, image_batches: ImageBatches, stats: dict[str, int]):
         self.batch_size = batch_size
-        self.workers = workers
+        self.image_batches = image_batches
         self.stats = stats
+        self._batch_preprocess: dict[int, BatchPreprocess] = {}
 
     def images(self, scorer: Scorer, paths: list[Path], bar: tqdm) -> torch.Tensor:
-        loader = DataLoader(
-            _Images(paths, scorer.preprocess),
-            batch_size=self.batch_size,
-            num_workers=self.workers,
-            pin_memory=scorer.device.type == "cuda",
-            prefetch_factor=4 if self.workers else None,
-        )
+        key = id(scorer.preprocess)
+        if key not in self._batch_preprocess:
+            self._batch_preprocess[key] = batch_preprocess(scorer.preprocess)
         chunks = []
-        for pixels in loader:
+        for pixels in self.image_batches(self._batch_preprocess[key], paths, self.batch_size):
+            if scorer.device.type == "cuda":
+                pixels = pixels.pin_memory()
             chunks.append(self._run(scorer.encode_images, pixels))
             bar.update(len(pixels))
         return torch.cat(chunks)
@@ -201,34 +186,36 @@ def _score_manifest(
     store_root = Path(cfg.cache) if cfg.cache else out / "embeddings"
     stores: dict[str, EmbeddingStore] = {}
     stats = {"images_encoded": 0, "texts_encoded": 0, "shards_total": 0, "shards_reused": 0, "oom_retries": 0}
-    encoder = _Encoder(cfg.batch_size, cfg.workers, stats)
     scorer_ids = [s.scorer_id for s in scorers]
 
-    n_shards = max(1, -(-len(frame) // cfg.shard_size))
-    stats["shards_total"] = n_shards
-    tables = []
-    bar = tqdm(total=len(frame), desc="score: pairs", unit="pair", disable=not progress)
-    for index in range(n_shards):
-        rows = frame.iloc[index * cfg.shard_size : (index + 1) * cfg.shard_size]
-        key = shard_key(rows, scorer_ids)
-        path = shards_dir / f"shard-{index:05d}.parquet"
-        table = _read_shard(path, key)
-        if table is None:
-            columns: dict[str, Any] = {"pair_id": rows["pair_id"].tolist()}
-            for scorer in scorers:
-                cosine, tokens, context = _score_rows(scorer, rows, root, stores, store_root, encoder, bar)
-                columns[scorer.name] = cosine
-                columns[f"{scorer.name}_tokens"] = tokens
-                columns[f"{scorer.name}_truncated"] = [t > context for t in tokens]
-                if has_scene_head(scorer):
-                    columns[f"{scorer.name}{SCENEFIT_SUFFIX}"] = _scene_fit_rows(scorer, rows)
-            table = pa.table(columns).replace_schema_metadata({SHARD_KEY: key.encode()})
-            write_parquet_checked(path, table)
-        else:
-            stats["shards_reused"] += 1
-        tables.append(table)
-        bar.update(len(rows))
-    bar.close()
+    # One set of image-decoding workers for the whole run, not one per shard.
+    with ImageBatches(cfg.workers) as image_batches:
+        encoder = _Encoder(cfg.batch_size, image_batches, stats)
+        n_shards = max(1, -(-len(frame) // cfg.shard_size))
+        stats["shards_total"] = n_shards
+        tables = []
+        bar = tqdm(total=len(frame), desc="score: pairs", unit="pair", disable=not progress)
+        for index in range(n_shards):
+            rows = frame.iloc[index * cfg.shard_size : (index + 1) * cfg.shard_size]
+            key = shard_key(rows, scorer_ids)
+            path = shards_dir / f"shard-{index:05d}.parquet"
+            table = _read_shard(path, key)
+            if table is None:
+                columns: dict[str, Any] = {"pair_id": rows["pair_id"].tolist()}
+                for scorer in scorers:
+                    cosine, tokens, context = _score_rows(scorer, rows, root, stores, store_root, encoder, bar)
+                    columns[scorer.name] = cosine
+                    columns[f"{scorer.name}_tokens"] = tokens
+                    columns[f"{scorer.name}_truncated"] = [t > context for t in tokens]
+                    if has_scene_head(scorer):
+                        columns[f"{scorer.name}{SCENEFIT_SUFFIX}"] = _scene_fit_rows(scorer, rows)
+                table = pa.table(columns).replace_schema_metadata({SHARD_KEY: key.encode()})
+                write_parquet_checked(path, table)
+            else:
+                stats["shards_reused"] += 1
+            tables.append(table)
+            bar.update(len(rows))
+        bar.close()
     for stale in shards_dir.glob("shard-*.parquet"):
         if int(stale.stem.split("-")[1]) >= n_shards:
             remove_with_checksum(stale)
