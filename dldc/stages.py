@@ -24,7 +24,7 @@ CURVES_PLOT = "curves.csv"  # select: the objective J(r) per scene and overall
 
 if TYPE_CHECKING:
     from dldc.egl.loop import CaptionResult
-    from dldc.iel.engine import ScoreResult
+    from dldc.iel.fuse import ScoreResult
 
 
 def run_synth(cfg: DldcConfig, progress: bool = True) -> dict[str, Any]:
@@ -130,7 +130,7 @@ def run_caption(cfg: DldcConfig, progress: bool = True) -> CaptionResult:
 
 def run_gather_scores(cfg: DldcConfig, parts: list[str]) -> ScoreResult:
     """Fuse the raw scores of fanned-out manifest parts into ``cfg.score.out``."""
-    from dldc.iel.engine import gather_scores
+    from dldc.iel.fuse import gather_scores
 
     with stage_run(cfg.tracking, "gather_scores", {"parts": parts, "fusion": cfg.score.fusion}) as run:
         result = gather_scores(parts, cfg.score.out, cfg.score.fusion, cfg.score.disagreement)

@@ -68,3 +68,20 @@ def test_console_script_ingests_synth_output(tmp_path):
         text=True,
     )
     assert broken.returncode == 1 and "is not a directory" in broken.stderr
+
+
+def test_the_cli_allocates_arrow_memory_with_the_system_allocator(monkeypatch):
+    import pyarrow as pa
+
+    from dldc.cli import use_system_arrow_pool
+
+    before = pa.default_memory_pool()
+    try:
+        monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
+        use_system_arrow_pool()  # the user's choice stands
+        assert pa.default_memory_pool().backend_name == before.backend_name
+        monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL")
+        assert CliRunner().invoke(main, ["config", "show"]).exit_code == 0
+        assert pa.default_memory_pool().backend_name == "system"
+    finally:
+        pa.set_memory_pool(before)

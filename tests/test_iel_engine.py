@@ -13,7 +13,8 @@ from PIL import Image
 from dldc.config import ScoreConfig
 from dldc.data.manifest import ManifestMeta, write_manifest
 from dldc.iel.base import CrossFitScorer, Scorer, l2_normalise
-from dldc.iel.engine import gather_scores, score_manifest
+from dldc.iel.engine import score_manifest
+from dldc.iel.fuse import gather_scores
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # iel_fixtures (--import-mode=importlib)
 

@@ -22,7 +22,8 @@ from dldc.data.ingest import ingest
 from dldc.data.manifest import dataset_root, read_manifest, write_manifest
 from dldc.data.synthrs import write_synthrs
 from dldc.iel.base import CrossFitScorer, Scorer
-from dldc.iel.engine import gather_scores, score_manifest
+from dldc.iel.engine import score_manifest
+from dldc.iel.fuse import gather_scores
 from dldc.iel.indomain import (
     FOLDS_FILE,
     OPEN_CLIP_CONFIG_FILE,

@@ -15,7 +15,8 @@ How a run goes:
    and scorers, and its sha256 beside it (``shard-<i>.parquet.sha256``); a re-run skips every
    shard whose key and checksum match, so a killed run resumes where it stopped and ends with
    the same result as an uninterrupted one, and a damaged shard is recomputed, never trusted.
-4. The shards are joined and fused per scene (:mod:`dldc.iel.fuse`) into ``scores.parquet``.
+4. The shards are joined and fused per scene (:mod:`dldc.iel.fuse`) into ``scores.parquet``;
+   fanned-out parts are joined and fused by :func:`dldc.iel.fuse.gather_scores`.
 
 ``scores.parquet`` columns: ``pair_id, image_id, scene, split``, then per scorer ``<name>``
 (cosine), ``<name>_clipscore`` (``100·max(cos, 0)``), ``<name>_tokens`` (untruncated token
@@ -29,11 +30,9 @@ of truncated captions, cache and shard reuse, and timings.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,7 @@ from tqdm.auto import tqdm
 from dldc.config import ScoreConfig
 from dldc.data.manifest import dataset_root, read_manifest
 from dldc.iel.base import CrossFitScorer, Scorer
-from dldc.iel.fuse import fuse_scores
+from dldc.iel.fuse import REPORT_FILE, SCENEFIT_SUFFIX, SCORES_FILE, ScoreResult, fuse_scores
 from dldc.iel.image_batches import BatchPreprocess, ImageBatches, batch_preprocess
 from dldc.iel.store import EmbeddingStore, text_key
 from dldc.io import (
@@ -61,20 +60,7 @@ from dldc.io import (
 
 log = logging.getLogger(__name__)
 
-SCORES_FILE = "scores.parquet"
-REPORT_FILE = "score.json"
-SCENEFIT_SUFFIX = "_scenefit"
 SHARD_KEY = b"dldc.shard_key"
-
-
-@dataclass
-class ScoreResult:
-    """What :func:`score_manifest` wrote."""
-
-    scores: Path
-    report_path: Path
-    report: dict[str, Any]
-    frame: pd.DataFrame
 
 
 class _Encoder:
@@ -249,53 +235,6 @@ def _score_manifest(
     write_parquet(out / SCORES_FILE, pa.Table.from_pandas(scored, preserve_index=False))
     write_json(out / REPORT_FILE, report)
     return ScoreResult(out / SCORES_FILE, out / REPORT_FILE, report, scored)
-
-
-def gather_scores(
-    parts: Sequence[str | Path], out: str | Path, method: str = "rank", disagreement: float = 0.5
-) -> ScoreResult:
-    """Join the raw scores of manifest parts (``score_manifest(part=...)`` outputs) and fuse them.
-
-    Raises:
-        ValueError: parts scored with different scorers, or a pair present twice.
-        dldc.io.OutputLockedError: another process is writing ``out``.
-    """
-    with output_lock(out):
-        return _gather_scores(parts, out, method, disagreement)
-
-
-def _gather_scores(parts: Sequence[str | Path], out: str | Path, method: str, disagreement: float) -> ScoreResult:
-    frames, reports = [], []
-    for folder in parts:
-        folder = Path(folder)
-        frames.append(pd.read_parquet(folder / SCORES_FILE))
-        reports.append(json.loads((folder / REPORT_FILE).read_text()))
-    scorer_sets = {tuple(s["scorer_id"] for s in r["scorers"]) for r in reports}
-    if len(scorer_sets) != 1:
-        raise ValueError(f"parts were scored with different scorers: {sorted(scorer_sets)}")
-    joined = pd.concat(frames, ignore_index=True)
-    if not joined["pair_id"].is_unique:
-        raise ValueError("a pair appears in more than one part; were the parts cut from one manifest?")
-    names = [s["name"] for s in reports[0]["scorers"]]
-    signals = [f"{s['name']}{SCENEFIT_SUFFIX}" for s in reports[0]["scorers"] if s.get("scene_head")]
-    fused = fuse_scores(joined, names, method, disagreement, signals=signals)
-    out = Path(out)
-    report = {
-        "parts": [str(p) for p in parts],
-        "pairs": len(fused),
-        "scorers": reports[0]["scorers"],
-        "fusion": method,
-        "disagreement_threshold": disagreement,
-        "truncated_captions": {n: int(fused[f"{n}_truncated"].sum()) for n in names},
-        "disagreeing_pairs": int(fused["disagree"].sum()),
-        **{
-            key: sum(r[key] for r in reports)
-            for key in ("images_encoded", "texts_encoded", "shards_total", "shards_reused", "oom_retries")
-        },
-    }
-    write_parquet(out / SCORES_FILE, pa.Table.from_pandas(fused, preserve_index=False))
-    write_json(out / REPORT_FILE, report)
-    return ScoreResult(out / SCORES_FILE, out / REPORT_FILE, report, fused)
 
 
 def _slice(frame: pd.DataFrame, index: int, count: int) -> pd.DataFrame:

@@ -14,11 +14,37 @@ matches its image more easily than a "center" caption). So every score is normal
 selection drops the lowest ``r`` of each scene by it. ``disagree`` flags pairs whose
 scorers' within-scene percentile ranks differ by more than a threshold: one model likes
 the caption and another does not, so the pair is a re-caption candidate, not a clear drop.
+
+``gather_scores`` joins the raw scores of fanned-out manifest parts and fuses them. This module
+imports no torch, so the gather step's process (and pod) holds only the score tables.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import pandas as pd
+import pyarrow as pa
+
+from dldc.io import output_lock, write_json, write_parquet
+
+SCORES_FILE = "scores.parquet"
+REPORT_FILE = "score.json"
+SCENEFIT_SUFFIX = "_scenefit"
+
+
+@dataclass
+class ScoreResult:
+    """What :func:`dldc.iel.engine.score_manifest` or :func:`gather_scores` wrote."""
+
+    scores: Path
+    report_path: Path
+    report: dict[str, Any]
+    frame: pd.DataFrame
 
 
 def scene_percentile(values: pd.Series, scenes: pd.Series) -> pd.Series:
@@ -92,3 +118,50 @@ def fuse_scores(
     pct = out[[f"{name}_scene_pct" for name in fused_names]]
     out["disagree"] = (pct.max(axis=1) - pct.min(axis=1)) > disagreement
     return out
+
+
+def gather_scores(
+    parts: Sequence[str | Path], out: str | Path, method: str = "rank", disagreement: float = 0.5
+) -> ScoreResult:
+    """Join the raw scores of manifest parts (``score_manifest(part=...)`` outputs) and fuse them.
+
+    Raises:
+        ValueError: parts scored with different scorers, or a pair present twice.
+        dldc.io.OutputLockedError: another process is writing ``out``.
+    """
+    with output_lock(out):
+        return _gather_scores(parts, out, method, disagreement)
+
+
+def _gather_scores(parts: Sequence[str | Path], out: str | Path, method: str, disagreement: float) -> ScoreResult:
+    frames, reports = [], []
+    for folder in parts:
+        folder = Path(folder)
+        frames.append(pd.read_parquet(folder / SCORES_FILE))
+        reports.append(json.loads((folder / REPORT_FILE).read_text()))
+    scorer_sets = {tuple(s["scorer_id"] for s in r["scorers"]) for r in reports}
+    if len(scorer_sets) != 1:
+        raise ValueError(f"parts were scored with different scorers: {sorted(scorer_sets)}")
+    joined = pd.concat(frames, ignore_index=True)
+    if not joined["pair_id"].is_unique:
+        raise ValueError("a pair appears in more than one part; were the parts cut from one manifest?")
+    names = [s["name"] for s in reports[0]["scorers"]]
+    signals = [f"{s['name']}{SCENEFIT_SUFFIX}" for s in reports[0]["scorers"] if s.get("scene_head")]
+    fused = fuse_scores(joined, names, method, disagreement, signals=signals)
+    out = Path(out)
+    report = {
+        "parts": [str(p) for p in parts],
+        "pairs": len(fused),
+        "scorers": reports[0]["scorers"],
+        "fusion": method,
+        "disagreement_threshold": disagreement,
+        "truncated_captions": {n: int(fused[f"{n}_truncated"].sum()) for n in names},
+        "disagreeing_pairs": int(fused["disagree"].sum()),
+        **{
+            key: sum(r[key] for r in reports)
+            for key in ("images_encoded", "texts_encoded", "shards_total", "shards_reused", "oom_retries")
+        },
+    }
+    write_parquet(out / SCORES_FILE, pa.Table.from_pandas(fused, preserve_index=False))
+    write_json(out / REPORT_FILE, report)
+    return ScoreResult(out / SCORES_FILE, out / REPORT_FILE, report, fused)
