@@ -65,8 +65,13 @@ def test_karpathy_export_reingests_to_exactly_the_kept_pairs(rsicd_small, tmp_pa
     assert len(pd.read_parquet(again.rejects)) == 0
 
     # The source's own structure survives: ids, splits, sentence fields; repaired sentences rewritten.
-    source = {e["filename"]: e for e in json.loads((rsicd_small / "dataset_rsicd.json").read_text())["images"]}
-    exported = json.loads((tmp_path / "export" / "dataset_rsicd.json").read_text())["images"]
+    document = json.loads((rsicd_small / "dataset_rsicd.json").read_text())
+    source = {e["filename"]: e for e in document["images"]}
+    text = (tmp_path / "export" / "dataset_rsicd.json").read_text()
+    # Streamed out entry by entry, yet the bytes json.dumps gives the whole document, members in order.
+    assert text == json.dumps(json.loads(text), ensure_ascii=False)
+    assert list(json.loads(text)) == list(document) and len(document) > 1
+    exported = json.loads(text)["images"]
     for entry in exported:
         original = source[entry["filename"]]
         assert entry["imgid"] == original["imgid"] and entry["split"] == original["split"]

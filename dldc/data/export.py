@@ -41,6 +41,7 @@ import pandas as pd
 import pyarrow as pa
 
 from dldc.data.images import PathEscapeError, resolve_inside
+from dldc.data.json_stream import ArrayElements, iter_members
 from dldc.data.manifest import dataset_root, read_manifest
 from dldc.io import atomic_dir, file_sha256, write_json, write_parquet
 
@@ -226,9 +227,12 @@ def provenance(
 
 
 def _write_karpathy(root: Path, extra: dict[str, Any], kept: pd.DataFrame, out: Path) -> str:
-    """The source's Karpathy JSON with only the kept sentences, repaired ones rewritten; returns its name."""
+    """The source's Karpathy JSON with only the kept sentences, repaired ones rewritten; returns its name.
+
+    Source and export are streamed entry by entry (:mod:`dldc.data.json_stream`); the output has the
+    bytes ``json.dumps`` of the whole edited document would have, members in the source's order.
+    """
     name = extra.get("annotations") or "dataset.json"
-    document = json.loads(resolve_inside(root, name).read_bytes().decode("utf-8"))
     image_dir = extra.get("image_dir")
     if image_dir is None:  # manifests from before ingest recorded it: the reader's own default
         image_dir = "images" if (root / "images").is_dir() else ""
@@ -238,38 +242,62 @@ def _write_karpathy(root: Path, extra: dict[str, Any], kept: pd.DataFrame, out: 
         kept["image"].tolist(), kept["pair_id"].tolist(), kept["caption"].tolist(), kept["caption_source"].tolist()
     ):
         by_image.setdefault(image, []).append((int(pair_id.rsplit(":", 1)[1]), caption, source))
-    entries = []
-    for entry in document["images"]:
-        if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str):
-            continue
-        sub = entry.get("filepath") if isinstance(entry.get("filepath"), str) else ""
-        image = posixpath.normpath(posixpath.join(image_dir, sub, entry["filename"]).replace("\\", "/"))
-        image = image[2:] if image.startswith("./") else image
-        sentences = entry.get("sentences")
-        if not isinstance(sentences, list):  # the reader skipped it too (bad_record)
-            continue
-        rows = by_image.pop(image, None)
-        if rows is None:
-            continue
-        chosen = []
-        for index, caption, source in rows:
-            sentence = sentences[index]
-            if source != "original":
-                sentence = {**sentence, "raw": caption, "tokens": _tokens(caption)} if isinstance(
-                    sentence, dict) else caption  # fmt: skip
-            chosen.append((index, sentence))
-        chosen.sort(key=lambda item: item[0])
-        entry = {**entry, "sentences": [s for _, s in chosen]}
-        if isinstance(entry.get("sentids"), list):
-            entry["sentids"] = [s["sentid"] for _, s in chosen if isinstance(s, dict) and "sentid" in s]
-        entries.append(entry)
+    target = resolve_inside(out, name)
+    target.parent.mkdir(parents=True, exist_ok=True)  # annotations in a subfolder of the root
+    with resolve_inside(root, name).open(encoding="utf-8") as source, target.open("w", encoding="utf-8") as handle:
+        handle.write("{")
+        for number, (key, value) in enumerate(iter_members(source, "images")):
+            handle.write(f"{', ' if number else ''}{_dumps(key)}: ")
+            if key != "images" or not isinstance(value, ArrayElements):
+                handle.write(_dumps(value))
+                continue
+            handle.write("[")
+            written = 0
+            for entry in value:
+                kept_entry = _kept_entry(entry, image_dir, by_image)
+                if kept_entry is not None:
+                    handle.write(f"{', ' if written else ''}{_dumps(kept_entry)}")
+                    written += 1
+            handle.write("]")
+        handle.write("}")
     if by_image:
         missing = sorted(by_image)
         raise ValueError(f"{name}: {len(missing)} kept images are not in the annotation file (e.g. {missing[0]})")
-    target = resolve_inside(out, name)
-    target.parent.mkdir(parents=True, exist_ok=True)  # annotations in a subfolder of the root
-    target.write_text(json.dumps({**document, "images": entries}, ensure_ascii=False), encoding="utf-8")
     return name
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _kept_entry(entry: Any, image_dir: str, by_image: dict[str, list[tuple[int, str, str]]]) -> dict[str, Any] | None:
+    """``entry`` with only its kept sentences (repaired ones rewritten), or ``None`` when none is kept.
+
+    Takes the entry's rows out of ``by_image``, so what is left there at the end was never found.
+    """
+    if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str):
+        return None
+    sub = entry.get("filepath") if isinstance(entry.get("filepath"), str) else ""
+    image = posixpath.normpath(posixpath.join(image_dir, sub, entry["filename"]).replace("\\", "/"))
+    image = image[2:] if image.startswith("./") else image
+    sentences = entry.get("sentences")
+    if not isinstance(sentences, list):  # the reader skipped it too (bad_record)
+        return None
+    rows = by_image.pop(image, None)
+    if rows is None:
+        return None
+    chosen = []
+    for index, caption, source in rows:
+        sentence = sentences[index]
+        if source != "original":
+            sentence = {**sentence, "raw": caption, "tokens": _tokens(caption)} if isinstance(
+                sentence, dict) else caption  # fmt: skip
+        chosen.append((index, sentence))
+    chosen.sort(key=lambda item: item[0])
+    entry = {**entry, "sentences": [s for _, s in chosen]}
+    if isinstance(entry.get("sentids"), list):
+        entry["sentids"] = [s["sentid"] for _, s in chosen if isinstance(s, dict) and "sentid" in s]
+    return entry
 
 
 def _write_folder(kept: pd.DataFrame, out: Path) -> str:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dldc.data.json_stream import ArrayElements, NotAnObjectError, iter_members
 from dldc.data.manifest import UNKNOWN_SCENE
 
 BAD_RECORD = "bad_record"
@@ -143,17 +144,6 @@ def read_karpathy(
             shaped like ``{"images": [...]}``.
     """
     ann_path = _find_annotations(root, annotations)
-    try:
-        document = json.loads(ann_path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise DatasetFormatError(f"{ann_path}: not UTF-8 text ({err})") from None
-    except json.JSONDecodeError as err:
-        raise DatasetFormatError(
-            f"{ann_path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
-        ) from None
-    if not isinstance(document, dict) or not isinstance(document.get("images"), list):
-        raise DatasetFormatError(f'{ann_path}: expected an object with an "images" list (Karpathy format)')
-
     if image_dir is None:
         image_dir = "images" if (root / "images").is_dir() else ""
     scene_of, scene_details = _scene_lookup(root, scenes, scene_source)
@@ -161,26 +151,64 @@ def read_karpathy(
     details = {"annotations": named, "image_dir": image_dir, **scene_details}
     dataset = SourceDataset(format="karpathy", images=[], details=details)
     splits_assigned = 0
-    for index, entry in enumerate(document["images"]):
-        where = f"{ann_path.name} images[{index}]"
-        filename = entry.get("filename") if isinstance(entry, dict) else None
-        if not isinstance(filename, str) or not filename.strip():
-            dataset.issues.append(SourceIssue(BAD_RECORD, f"{where}: no filename"))
-            continue
-        sub = entry.get("filepath") if isinstance(entry.get("filepath"), str) else ""
-        image = _normalise(posixpath.join(image_dir, sub, filename))
-        split = entry.get("split")
-        if not isinstance(split, str) or not split:
-            split = hash_split(image, split_ratios)
-            splits_assigned += 1
-        sentences = entry.get("sentences")
-        if not isinstance(sentences, list):
-            dataset.issues.append(SourceIssue(BAD_RECORD, f"{where}: no sentences list", image=image, split=split))
-            continue
-        captions = [_sentence_text(sentence) for sentence in sentences]
-        dataset.images.append(SourceImage(image, split, scene_of(Path(filename).name), captions, where))
+    shape_error = DatasetFormatError(f'{ann_path}: expected an object with an "images" list (Karpathy format)')
+    seen_images = False
+    # Entry by entry (dldc.data.json_stream): the document itself is never held whole.
+    try:
+        with ann_path.open(encoding="utf-8") as handle:
+            for key, value in iter_members(handle, "images"):
+                if key != "images":
+                    continue
+                if seen_images:
+                    raise DatasetFormatError(f'{ann_path}: more than one "images" member')
+                if not isinstance(value, ArrayElements):
+                    raise shape_error
+                seen_images = True
+                for index, entry in enumerate(value):
+                    splits_assigned += _read_karpathy_entry(
+                        dataset, entry, f"{ann_path.name} images[{index}]", image_dir, scene_of, split_ratios
+                    )
+    except UnicodeDecodeError as err:
+        raise DatasetFormatError(f"{ann_path}: not UTF-8 text ({err})") from None
+    except json.JSONDecodeError as err:
+        raise DatasetFormatError(
+            f"{ann_path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
+        ) from None
+    except NotAnObjectError:
+        raise shape_error from None
+    if not seen_images:
+        raise shape_error
     dataset.details["splits_assigned_by_hash"] = splits_assigned
     return dataset
+
+
+def _read_karpathy_entry(
+    dataset: SourceDataset,
+    entry: Any,
+    where: str,
+    image_dir: str,
+    scene_of: Any,
+    split_ratios: tuple[float, float, float],
+) -> int:
+    """Add one ``images[i]`` entry to ``dataset`` (or an issue); returns 1 if its split was assigned by hash."""
+    filename = entry.get("filename") if isinstance(entry, dict) else None
+    if not isinstance(filename, str) or not filename.strip():
+        dataset.issues.append(SourceIssue(BAD_RECORD, f"{where}: no filename"))
+        return 0
+    sub = entry.get("filepath") if isinstance(entry.get("filepath"), str) else ""
+    image = _normalise(posixpath.join(image_dir, sub, filename))
+    split = entry.get("split")
+    assigned = 0
+    if not isinstance(split, str) or not split:
+        split = hash_split(image, split_ratios)
+        assigned = 1
+    sentences = entry.get("sentences")
+    if not isinstance(sentences, list):
+        dataset.issues.append(SourceIssue(BAD_RECORD, f"{where}: no sentences list", image=image, split=split))
+        return assigned
+    captions = [_sentence_text(sentence) for sentence in sentences]
+    dataset.images.append(SourceImage(image, split, scene_of(Path(filename).name), captions, where))
+    return assigned
 
 
 def read_folder(
