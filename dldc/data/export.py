@@ -39,6 +39,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from dldc.data.images import PathEscapeError, resolve_inside
 from dldc.data.json_stream import ArrayElements, iter_members
@@ -97,7 +98,7 @@ def export_dataset(
     source, meta = read_manifest(original)
     kept, _ = read_manifest(cleaned)
     root = dataset_root(original, meta)
-    unknown = sorted(set(kept["pair_id"]) - set(source["pair_id"]))
+    unknown = sorted(kept.loc[~kept["pair_id"].isin(source["pair_id"]), "pair_id"].tolist())  # no Python sets of ids
     if unknown:
         raise ValueError(
             f"{cleaned}: {len(unknown)} kept pairs are not in {original} (e.g. {unknown[0]}): "
@@ -179,15 +180,15 @@ def provenance(
     table["reason"] = ["" if k else "not in the cleaned manifest" for k in is_kept]
     if dropped is not None:
         why = pd.read_parquet(dropped).set_index("pair_id")
-        both = sorted(set(why.index) & set(final.index))
+        both = sorted(why.index[why.index.isin(final.index)].tolist())
         if both:
             raise ValueError(f"{dropped}: {len(both)} pairs are both kept and dropped (e.g. {both[0]})")
         ratio = why["ratio"].map({r: f"{r:g}" for r in why["ratio"].unique()})  # a few ratios, formatted once
-        reasons = dict(zip(why.index, (
+        reasons = (
             "rank " + why["rank"].astype(int).astype(str) + " of " + why["scene_size"].astype(int).astype(str)
             + " in " + why["scene"].astype(str) + ", below the cut of ratio " + ratio
-        ).tolist()))  # fmt: skip
-        table.loc[table["pair_id"].isin(reasons), "reason"] = table["pair_id"].map(reasons)
+        )  # fmt: skip
+        table.loc[table["pair_id"].isin(why.index), "reason"] = table["pair_id"].map(reasons)
         # A dropped pair's final caption is the one its fused score was measured on (EGL's, if repaired).
         table["final_caption"] = table["final_caption"].fillna(table["pair_id"].map(why["caption"]))
         table["caption_source"] = table["pair_id"].map(why["caption_source"]).where(
@@ -198,8 +199,9 @@ def provenance(
         rounds = lineage.loc[lineage["selected"].astype(bool)].set_index("pair_id")["round"]
         table["egl_round"] = table["pair_id"].map(rounds).astype("Int64")
     if scores is not None:
-        values = pd.read_parquet(scores).set_index("pair_id")
-        columns = [c for c in values.columns if pd.api.types.is_float_dtype(values[c])]
+        schema = pq.read_schema(scores)  # only the float columns are copied: read no others
+        columns = [f.name for f in schema if pa.types.is_floating(f.type) and f.name != "pair_id"]
+        values = pd.read_parquet(scores, columns=["pair_id", *columns]).set_index("pair_id")
         for column in columns:
             table[column] = table["pair_id"].map(values[column])
     table["final_caption"] = table["final_caption"].astype(object).where(table["final_caption"].notna(), None)
