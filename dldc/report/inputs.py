@@ -112,7 +112,7 @@ def _read_table(path: Path, columns: tuple[str, ...], stage: str) -> pd.DataFram
     return frame
 
 
-def _read_selection(folder: Path, manifest: Path, scores: Path) -> tuple[dict[str, Any], set[str]]:
+def _read_selection(folder: Path, manifest: Path, scores: Path) -> tuple[dict[str, Any], pd.Series]:
     if not (folder / SELECTION_FILE).is_file():
         raise FileNotFoundError(f"{folder / SELECTION_FILE} not found; run `dldc select` first (or pass --selection)")
     selection = _read_json(folder / SELECTION_FILE)
@@ -129,7 +129,7 @@ def _read_selection(folder: Path, manifest: Path, scores: Path) -> tuple[dict[st
                 f"{digest[:12]}…); pass the {name} `dldc select` read ({recorded.get(name)})"
             )
     dropped = _read_table(folder / DROPPED_FILE, ("pair_id",), "dldc select")
-    return selection, set(dropped["pair_id"])
+    return selection, dropped["pair_id"]
 
 
 def read_inputs(cfg: ReportConfig) -> ReportInputs:
@@ -140,15 +140,16 @@ def read_inputs(cfg: ReportConfig) -> ReportInputs:
         ValueError: an input is unreadable, lacks columns, or belongs to another run.
     """
     manifest, scores, selection_dir = Path(cfg.manifest), Path(cfg.scores), Path(cfg.selection)
-    frame_meta = read_manifest(manifest)  # checks the schema; FileNotFoundError names the path
-    meta = frame_meta[1]
+    # Checks the schema (FileNotFoundError names the path); the rows are let go at once, as
+    # load_ranked reads them again: one copy of the pairs in memory, not two.
+    meta = read_manifest(manifest)[1]
     selection, dropped = _read_selection(selection_dir, manifest, scores)
     ranked = load_ranked(scores, manifest, list(selection["splits"]))
-    unknown = dropped - set(ranked["pair_id"])
-    if unknown:
+    unknown = dropped[~dropped.isin(ranked["pair_id"])]  # no Python sets of ids
+    if len(unknown):
         raise ValueError(
             f"{selection_dir / DROPPED_FILE} names {len(unknown)} pairs missing from {manifest} "
-            f"(e.g. {sorted(unknown)[:3]}); pass the manifest `dldc select` read"
+            f"(e.g. {sorted(unknown.tolist())[:3]}); pass the manifest `dldc select` read"
         )
     ranked["dropped"] = ranked["pair_id"].isin(dropped)
     inputs = ReportInputs(manifest, meta, dataset_root(manifest, meta), ranked, selection)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from dldc.data.manifest import read_manifest
 from dldc.iel.fuse import scene_percentile
@@ -63,18 +64,19 @@ def load_ranked(scores_path: str | Path, manifest_path: str | Path, splits: list
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path} not found; run `{stage}` first (or set select.scores / select.manifest)")
     manifest, _ = read_manifest(manifest_path)
-    scores = pd.read_parquet(scores_path)
-    if "fused" not in scores.columns or "pair_id" not in scores.columns:
+    names = pq.read_schema(scores_path).names
+    if "fused" not in names or "pair_id" not in names:
         raise ValueError(f"{scores_path} has no pair_id/fused columns; is it a dldc scores.parquet?")
-    missing = set(manifest["pair_id"]) - set(scores["pair_id"])
-    if missing:
-        example = sorted(missing)[:3]
+    # Only the score columns: the manifest's own (image, scene, split ...) are not read twice.
+    scores = pd.read_parquet(scores_path, columns=[c for c in names if c not in manifest.columns or c == "pair_id"])
+    missing = manifest.loc[~manifest["pair_id"].isin(scores["pair_id"]), "pair_id"]  # no Python sets of ids
+    if len(missing):
+        example = sorted(missing.tolist())[:3]
         raise ValueError(
             f"{scores_path} lacks scores for {len(missing)} pairs of {manifest_path} (e.g. {example}); "
             "score the same manifest (dldc caption writes both files together)"
         )
-    score_columns = [c for c in scores.columns if c not in manifest.columns or c == "pair_id"]
-    frame = manifest.merge(scores[score_columns], on="pair_id", how="left", validate="one_to_one")
+    frame = manifest.merge(scores, on="pair_id", how="left", validate="one_to_one")
     frame["cleanable"] = frame["split"].isin(splits)
     return rank_within_scene(frame)
 
@@ -85,7 +87,7 @@ def rank_within_scene(frame: pd.DataFrame) -> pd.DataFrame:
     ``frame`` needs ``pair_id``, ``scene``, ``fused`` and either ``cleanable`` or ``split``
     (then every row is cleanable).
     """
-    out = frame.copy()
+    out = frame.copy(deep=False)  # copy-on-write (pandas 3): the caller's frame stays as it was
     if "cleanable" not in out.columns:
         out["cleanable"] = True
     out["rank"] = -1
