@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 
 from dldc.data.images import PathEscapeError, resolve_inside
 from dldc.data.json_stream import ArrayElements, iter_members
-from dldc.data.manifest import dataset_root, read_manifest
+from dldc.data.manifest import dataset_root, ids_in, read_manifest
 from dldc.io import atomic_dir, file_sha256, write_json, write_parquet
 
 PROVENANCE_FILE = "provenance.parquet"
@@ -98,7 +98,7 @@ def export_dataset(
     source, meta = read_manifest(original)
     kept, _ = read_manifest(cleaned)
     root = dataset_root(original, meta)
-    unknown = sorted(kept.loc[~kept["pair_id"].isin(source["pair_id"]), "pair_id"].tolist())  # no Python sets of ids
+    unknown = sorted(kept.loc[~ids_in(kept["pair_id"], source["pair_id"]), "pair_id"].tolist())
     if unknown:
         raise ValueError(
             f"{cleaned}: {len(unknown)} kept pairs are not in {original} (e.g. {unknown[0]}): "
@@ -175,12 +175,12 @@ def provenance(
             "caption_source": source["pair_id"].map(final["caption_source"]).fillna("original"),
         }
     )
-    is_kept = table["pair_id"].isin(final.index)
+    is_kept = ids_in(table["pair_id"], final.index)
     table["status"] = [KEPT if k else DROPPED for k in is_kept]
     table["reason"] = ["" if k else "not in the cleaned manifest" for k in is_kept]
     if dropped is not None:
         why = pd.read_parquet(dropped).set_index("pair_id")
-        both = sorted(why.index[why.index.isin(final.index)].tolist())
+        both = sorted(why.index[ids_in(why.index, final.index)].tolist())
         if both:
             raise ValueError(f"{dropped}: {len(both)} pairs are both kept and dropped (e.g. {both[0]})")
         ratio = why["ratio"].map({r: f"{r:g}" for r in why["ratio"].unique()})  # a few ratios, formatted once
@@ -188,11 +188,12 @@ def provenance(
             "rank " + why["rank"].astype(int).astype(str) + " of " + why["scene_size"].astype(int).astype(str)
             + " in " + why["scene"].astype(str) + ", below the cut of ratio " + ratio
         )  # fmt: skip
-        table.loc[table["pair_id"].isin(why.index), "reason"] = table["pair_id"].map(reasons)
+        was_dropped = ids_in(table["pair_id"], why.index)
+        table.loc[was_dropped, "reason"] = table["pair_id"].map(reasons)
         # A dropped pair's final caption is the one its fused score was measured on (EGL's, if repaired).
         table["final_caption"] = table["final_caption"].fillna(table["pair_id"].map(why["caption"]))
         table["caption_source"] = table["pair_id"].map(why["caption_source"]).where(
-            table["pair_id"].isin(why.index), table["caption_source"]
+            was_dropped, table["caption_source"]
         )
     if captions is not None:
         lineage = pd.read_parquet(captions, columns=["pair_id", "round", "selected"])
@@ -314,10 +315,11 @@ def _write_folder(kept: pd.DataFrame, out: Path) -> str:
 def _place_images(root: Path, images: list[str], out: Path, how: str) -> int:
     """Hard-link (or copy) each image to the same relative path under ``out``; returns how many were linked."""
     linked = 0
+    root, out = root.resolve(), out.resolve()
     for image in images:
-        source = resolve_inside(root, image)
+        source = resolve_inside(root, image, root_resolved=True)
         try:  # the same relative path, so it must stay inside the export too
-            target = resolve_inside(out, image)
+            target = resolve_inside(out, image, root_resolved=True)
         except PathEscapeError:
             raise ValueError(
                 f"image {image!r} is reached through a path that leaves the dataset folder; the export cannot "

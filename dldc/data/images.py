@@ -62,15 +62,17 @@ class ImageCheck:
     fingerprint: Fingerprint | None = None
 
 
-def resolve_inside(root: str | Path, relative: str) -> Path:
+def resolve_inside(root: str | Path, relative: str, *, root_resolved: bool = False) -> Path:
     """Resolve ``relative`` under ``root``, refusing anything that escapes it.
 
     Absolute paths, ``..`` components and symlinks that point outside all count as escapes.
+    ``root_resolved``: ``root`` is already ``Path.resolve()``'d (a loop over many files resolves
+    it once; each resolution is a system call per path component).
 
     Raises:
         PathEscapeError: the resolved path is not inside ``root``.
     """
-    root_resolved = Path(root).resolve()
+    root_resolved = Path(root) if root_resolved else Path(root).resolve()
     if not relative or Path(relative).is_absolute() or "\x00" in relative:
         raise PathEscapeError(f"{relative!r} is not a relative path inside the dataset root")
     candidate = (root_resolved / relative).resolve()

@@ -35,8 +35,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dldc.io import write_parquet
@@ -156,6 +158,22 @@ def read_manifest_meta(path: str | Path) -> ManifestMeta:
     if raw is None:
         raise ValueError(f"{path} has no dldc metadata; write it with dldc.data.manifest.write_manifest")
     return ManifestMeta(**json.loads(raw))
+
+
+def ids_in(ids: pd.Series | pd.Index, among: pd.Series | pd.Index) -> np.ndarray:
+    """Whether each of ``ids`` (pair or image ids) is one of ``among``, as a boolean array.
+
+    Arrow's hash set, not Python's: pandas' ``isin`` on Arrow-backed strings builds a Python string
+    of every value on both sides (2.0 s and hundreds of MB for 10⁶ ids against 4·10⁵; 0.16 s here).
+
+    >>> ids_in(pd.Series(["a:0", "b:1", "c:0"]), pd.Index(["c:0", "a:0"])).tolist()
+    [True, False, True]
+    """
+    return pc.is_in(_large_strings(ids), value_set=_large_strings(among)).to_numpy(zero_copy_only=False)
+
+
+def _large_strings(values: pd.Series | pd.Index) -> pa.Array:
+    return pa.array(values, from_pandas=True).cast(pa.large_string())
 
 
 def dataset_root(manifest_path: str | Path, meta: ManifestMeta) -> Path:

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from dldc.config import ReportConfig
-from dldc.data.manifest import ManifestMeta, dataset_root, read_manifest
+from dldc.data.manifest import ManifestMeta, dataset_root, ids_in, read_manifest
 from dldc.io import file_sha256
 from dldc.select.ranking import load_ranked
 
@@ -145,13 +145,13 @@ def read_inputs(cfg: ReportConfig) -> ReportInputs:
     meta = read_manifest(manifest)[1]
     selection, dropped = _read_selection(selection_dir, manifest, scores)
     ranked = load_ranked(scores, manifest, list(selection["splits"]))
-    unknown = dropped[~dropped.isin(ranked["pair_id"])]  # no Python sets of ids
+    unknown = dropped[~ids_in(dropped, ranked["pair_id"])]
     if len(unknown):
         raise ValueError(
             f"{selection_dir / DROPPED_FILE} names {len(unknown)} pairs missing from {manifest} "
             f"(e.g. {sorted(unknown.tolist())[:3]}); pass the manifest `dldc select` read"
         )
-    ranked["dropped"] = ranked["pair_id"].isin(dropped)
+    ranked["dropped"] = ids_in(ranked["pair_id"], dropped)
     inputs = ReportInputs(manifest, meta, dataset_root(manifest, meta), ranked, selection)
     inputs.statuses = [
         InputStatus("manifest", str(manifest), "used"),

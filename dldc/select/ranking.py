@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from dldc.data.manifest import read_manifest
+from dldc.data.manifest import ids_in, read_manifest
 from dldc.iel.fuse import scene_percentile
 
 _EPS = 1e-9
@@ -69,7 +69,7 @@ def load_ranked(scores_path: str | Path, manifest_path: str | Path, splits: list
         raise ValueError(f"{scores_path} has no pair_id/fused columns; is it a dldc scores.parquet?")
     # Only the score columns: the manifest's own (image, scene, split ...) are not read twice.
     scores = pd.read_parquet(scores_path, columns=[c for c in names if c not in manifest.columns or c == "pair_id"])
-    missing = manifest.loc[~manifest["pair_id"].isin(scores["pair_id"]), "pair_id"]  # no Python sets of ids
+    missing = manifest.loc[~ids_in(manifest["pair_id"], scores["pair_id"]), "pair_id"]
     if len(missing):
         example = sorted(missing.tolist())[:3]
         raise ValueError(
