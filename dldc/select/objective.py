@@ -74,7 +74,7 @@ def pair_quality(ranked: pd.DataFrame) -> pd.Series:
     columns = scorer_columns(ranked)
     if not columns:
         raise ValueError("the scores have no scorer cosine columns (<name> with <name>_clipscore); cannot run proxy")
-    cleanable = ranked[ranked["cleanable"]]
+    cleanable = ranked.loc[ranked["cleanable"], columns]  # copies of these columns only, at 10⁶ pairs
     zs = []
     for column in columns:
         values = cleanable[column].astype(float)
@@ -89,7 +89,7 @@ def proxy_curves(
 ) -> tuple[dict[str, dict[float, float]], dict[float, float]]:
     """``J(r)`` of every scene and of one global ratio (every scene cut at ``r``), see the module docstring."""
     quality = pair_quality(ranked)
-    cleanable = ranked[ranked["cleanable"]]
+    cleanable = ranked.loc[ranked["cleanable"], ["scene", "rank", "cleanable"]]
     per_scene: dict[str, dict[float, float]] = {}
     overall: dict[float, float] = {}
     for ratio in grid:
@@ -120,7 +120,7 @@ def proxy_intervals(
     if draws < 2:
         return {}
     quality = pair_quality(ranked)
-    cleanable = ranked[ranked["cleanable"]]
+    cleanable = ranked.loc[ranked["cleanable"], ["scene", "rank"]]
     grid = sorted(float(r) for r in grid)
     out: dict[str, dict[str, float]] = {}
     for scene, rows in cleanable.groupby("scene"):

@@ -92,7 +92,7 @@ def rank_within_scene(frame: pd.DataFrame) -> pd.DataFrame:
         out["cleanable"] = True
     out["rank"] = -1
     out["scene_size"] = 0
-    cleanable = out[out["cleanable"]]
+    cleanable = out.loc[out["cleanable"], ["scene", "fused", "pair_id"]]  # what ranking reads: no copy of the rest
     # NaN fused (unscorable) sorts first: dropped before any scored pair.
     ordered = cleanable.assign(_f=cleanable["fused"].fillna(-np.inf)).sort_values(["scene", "_f", "pair_id"])
     out.loc[ordered.index, "rank"] = ordered.groupby("scene").cumcount().to_numpy()
@@ -116,7 +116,7 @@ def keep_mask(ranked: pd.DataFrame, ratios: Mapping[str, float], default: float 
         KeyError: a cleanable scene has no ratio and there is no default.
     """
     keep = pd.Series(True, index=ranked.index)
-    for scene, rows in ranked[ranked["cleanable"]].groupby("scene"):
+    for scene, rows in ranked.loc[ranked["cleanable"], ["scene", "rank"]].groupby("scene"):  # 2 columns, not all
         if scene not in ratios and default is None:
             raise KeyError(f"no cleaning ratio for scene {scene!r}")
         ratio = float(ratios.get(scene, default))
@@ -126,7 +126,7 @@ def keep_mask(ranked: pd.DataFrame, ratios: Mapping[str, float], default: float 
 
 def scene_sizes(ranked: pd.DataFrame) -> dict[str, int]:
     """Cleanable pairs per scene."""
-    return {str(k): int(v) for k, v in ranked[ranked["cleanable"]].groupby("scene").size().items()}
+    return {str(k): int(v) for k, v in ranked.loc[ranked["cleanable"], ["scene"]].groupby("scene").size().items()}
 
 
 def write_cleaned_manifest(
