@@ -52,6 +52,17 @@ def test_grey_images_without_a_mode_step_fall_back_to_to_tensor_rules():
     assert torch.equal(batch_preprocess(transform)(grey), per_image_preprocess(transform)(grey))
 
 
+def test_pil_steps_that_do_not_give_rgb_images_get_the_tensor_steps_per_image():
+    from open_clip.transform import MaybeToTensor
+
+    # PILToTensor gives uint8 CHW tensors, which MaybeToTensor passes through: no /255, no HWC
+    transform = T.Compose([T.Resize(8), T.CenterCrop(8), T.PILToTensor(), MaybeToTensor()])
+    images = _images(3)
+    expected = torch.stack([transform(image) for image in images])
+    assert expected.dtype == torch.uint8
+    assert torch.equal(batch_preprocess(transform)(images), expected)
+
+
 def _files(tmp_path, count):
     paths = []
     for index, image in enumerate((_images(2) * count)[:count]):
@@ -65,6 +76,16 @@ class _WorkerPid:
     """A picklable 'preprocess' that reports which process ran it."""
 
     def __call__(self, images):
+        return torch.full((len(images), 1), os.getpid(), dtype=torch.int64)
+
+
+class _Heavy:
+    """A scorer whose preprocess is a bound method: pickling it would carry its 'model'."""
+
+    def __init__(self):
+        self.model = bytes(2 << 20)
+
+    def preprocess(self, images):
         return torch.full((len(images), 1), os.getpid(), dtype=torch.int64)
 
 
@@ -96,3 +117,29 @@ def test_a_bad_file_or_a_dead_worker_raises_instead_of_hanging(tmp_path):
         list(batches(_Crash(), paths[:2], 1))
     with pytest.raises(ValueError, match="workers"):
         ImageBatches(-1)
+
+
+def test_a_preprocess_that_would_carry_a_model_or_cannot_pickle_runs_here(tmp_path, caplog):
+    paths = _files(tmp_path, 4)
+    lambdas = T.Compose([T.Resize((8, 8)), T.Lambda(lambda image: image), T.ToTensor()])  # no pickling
+    with ImageBatches(1) as batches:
+        pids = {int(p) for batch in batches(_Heavy().preprocess, paths, 2) for p in batch}
+        assert pids == {os.getpid()}
+        here = list(ImageBatches(0)(batch_preprocess(lambdas), paths, 2))
+        assert all(torch.equal(a, b) for a, b in zip(here, batches(batch_preprocess(lambdas), paths, 2), strict=True))
+    warnings = [r.getMessage() for r in caplog.records if "runs in the main process" in r.getMessage()]
+    assert any("bytes" in w for w in warnings) and any("does not pickle" in w for w in warnings)
+
+
+def test_the_engine_batches_each_scorers_preprocess_once(tmp_path):
+    from dldc.iel.engine import _Encoder
+
+    class Toy:
+        def preprocess(self, image):  # a bound method: a new object at every access
+            return torch.zeros(3, 2, 2)
+
+    first, second = Toy(), Toy()
+    encoder = _Encoder(4, ImageBatches(0), {})
+    assert encoder._batch_preprocess(first.preprocess) is encoder._batch_preprocess(first.preprocess)
+    assert encoder._batch_preprocess(second.preprocess) is not encoder._batch_preprocess(first.preprocess)
+    assert len(encoder._batched) == 2

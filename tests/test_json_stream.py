@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dldc.data.json_stream import ArrayElements, NotAnObjectError, iter_members
+from dldc.data.json_stream import ArrayElements, DuplicateKeyError, NotAnObjectError, iter_members
 
 DOCUMENTS = [
     {"images": []},
@@ -19,7 +19,8 @@ DOCUMENTS = [
 
 def _decode(text, chunk):
     members = []
-    for key, value in iter_members(io.StringIO(text), "images", chunk_chars=chunk):
+    # newline="": a lone \r stays one, as in the bytes json.loads reads (so lines count alike)
+    for key, value in iter_members(io.StringIO(text, newline=""), "images", chunk_chars=chunk):
         members.append((key, list(value) if isinstance(value, ArrayElements) else value))
     return dict(members)
 
@@ -44,6 +45,9 @@ def test_members_equal_json_loads_for_any_window(chunk, indent):
         '{"images": [1]}\n\n  extra',
         '{"images": [1], 3: 4}',
         '{"images": [123',
+        "",
+        '\ufeff{"images": []}',
+        '{"a": 1,\r"images": [1,\r\r 2 x]}',
     ],
 )
 def test_errors_name_the_line_and_column_json_loads_names(text, chunk):
@@ -80,3 +84,10 @@ def test_the_array_must_be_read_before_the_next_member():
     next(members)
     with pytest.raises(RuntimeError, match="iterate"):
         next(members)
+
+
+def test_a_repeated_top_level_key_is_refused():
+    # json.loads keeps the last value; a stream has already handed the first on
+    for text in ('{"images": [], "images": [1]}', '{"dataset": "a", "images": [], "dataset": "b"}'):
+        with pytest.raises(DuplicateKeyError, match="more than once"):
+            _decode(text, 3)

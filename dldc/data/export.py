@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dldc.data.images import PathEscapeError, resolve_inside
-from dldc.data.json_stream import ArrayElements, iter_members
+from dldc.data.json_stream import ArrayElements, DuplicateKeyError, iter_members
 from dldc.data.manifest import dataset_root, ids_in, read_manifest
 from dldc.io import atomic_dir, file_sha256, write_json, write_parquet
 
@@ -247,22 +247,26 @@ def _write_karpathy(root: Path, extra: dict[str, Any], kept: pd.DataFrame, out: 
         by_image.setdefault(image, []).append((int(pair_id.rsplit(":", 1)[1]), caption, source))
     target = resolve_inside(out, name)
     target.parent.mkdir(parents=True, exist_ok=True)  # annotations in a subfolder of the root
-    with resolve_inside(root, name).open(encoding="utf-8") as source, target.open("w", encoding="utf-8") as handle:
-        handle.write("{")
-        for number, (key, value) in enumerate(iter_members(source, "images")):
-            handle.write(f"{', ' if number else ''}{_dumps(key)}: ")
-            if key != "images" or not isinstance(value, ArrayElements):
-                handle.write(_dumps(value))
-                continue
-            handle.write("[")
-            written = 0
-            for entry in value:
-                kept_entry = _kept_entry(entry, image_dir, by_image)
-                if kept_entry is not None:
-                    handle.write(f"{', ' if written else ''}{_dumps(kept_entry)}")
-                    written += 1
-            handle.write("]")
-        handle.write("}")
+    source_file = resolve_inside(root, name)
+    try:
+        with source_file.open(encoding="utf-8", newline="") as source, target.open("w", encoding="utf-8") as handle:
+            handle.write("{")
+            for number, (key, value) in enumerate(iter_members(source, "images")):
+                handle.write(f"{', ' if number else ''}{_dumps(key)}: ")
+                if key != "images" or not isinstance(value, ArrayElements):
+                    handle.write(_dumps(value))
+                    continue
+                handle.write("[")
+                written = 0
+                for entry in value:
+                    kept_entry = _kept_entry(entry, image_dir, by_image)
+                    if kept_entry is not None:
+                        handle.write(f"{', ' if written else ''}{_dumps(kept_entry)}")
+                        written += 1
+                handle.write("]")
+            handle.write("}")
+    except DuplicateKeyError as err:  # json.loads would keep the last value; a stream has written the first
+        raise ValueError(f"{name}: {err}; keep one") from None
     if by_image:
         missing = sorted(by_image)
         raise ValueError(f"{name}: {len(missing)} kept images are not in the annotation file (e.g. {missing[0]})")

@@ -26,6 +26,10 @@ class NotAnObjectError(ValueError):
     """The file's top-level JSON value is not an object."""
 
 
+class DuplicateKeyError(ValueError):
+    """A top-level key appears twice (``json.loads`` would keep the last value; a stream cannot)."""
+
+
 class ArrayElements:
     """The elements of the streamed array member, decoded one at a time (iterate it once, in turn)."""
 
@@ -54,23 +58,35 @@ def iter_members(handle: TextIO, array_key: str, chunk_chars: int = 1 << 20) -> 
     The member ``array_key``, when its value is an array, comes as :class:`ArrayElements`, which
     must be iterated to its end before the next member is read; every other value is decoded whole.
 
+    Open the file with ``newline=""``, so that line and column numbers count as ``json.loads``'s do.
+
     Raises:
         NotAnObjectError: the top level is not an object.
+        DuplicateKeyError: a top-level key appears twice.
         json.JSONDecodeError: invalid JSON; its ``lineno`` and ``colno`` are the file's.
         UnicodeDecodeError: from ``handle``, for a file opened as UTF-8 that is not.
     """
     scanner = _Scanner(handle, chunk_chars)
-    if scanner.peek() != "{":
+    first = scanner.peek()
+    if first == "":
+        scanner.fail("Expecting value")
+    if first == "\ufeff":
+        scanner.fail("Unexpected UTF-8 BOM (decode using utf-8-sig)")
+    if first != "{":
         raise NotAnObjectError("the top level is not a JSON object")
     scanner.take("{")
     if scanner.peek() == "}":
         scanner.take("}")
         scanner.end()
         return
+    seen: set[str] = set()
     while True:
         if scanner.peek() != '"':
             scanner.fail("Expecting property name enclosed in double quotes")
         key = scanner.value()
+        if key in seen:  # json.loads keeps the last; a stream has already passed the first on
+            raise DuplicateKeyError(f"the top-level key {key!r} appears more than once")
+        seen.add(key)
         scanner.take(":")
         if key == array_key and scanner.peek() == "[":
             scanner.take("[")

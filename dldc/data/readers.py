@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dldc.data.json_stream import ArrayElements, NotAnObjectError, iter_members
+from dldc.data.json_stream import ArrayElements, DuplicateKeyError, NotAnObjectError, iter_members
 from dldc.data.manifest import UNKNOWN_SCENE
 
 BAD_RECORD = "bad_record"
@@ -155,12 +155,10 @@ def read_karpathy(
     seen_images = False
     # Entry by entry (dldc.data.json_stream): the document itself is never held whole.
     try:
-        with ann_path.open(encoding="utf-8") as handle:
+        with ann_path.open(encoding="utf-8", newline="") as handle:
             for key, value in iter_members(handle, "images"):
                 if key != "images":
                     continue
-                if seen_images:
-                    raise DatasetFormatError(f'{ann_path}: more than one "images" member')
                 if not isinstance(value, ArrayElements):
                     raise shape_error
                 seen_images = True
@@ -176,6 +174,8 @@ def read_karpathy(
         ) from None
     except NotAnObjectError:
         raise shape_error from None
+    except DuplicateKeyError as err:
+        raise DatasetFormatError(f"{ann_path}: {err}; keep one") from None
     if not seen_images:
         raise shape_error
     dataset.details["splits_assigned_by_hash"] = splits_assigned

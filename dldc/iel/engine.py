@@ -70,14 +70,21 @@ class _Encoder:
         self.batch_size = batch_size
         self.image_batches = image_batches
         self.stats = stats
-        self._batch_preprocess: dict[int, BatchPreprocess] = {}
+        # (scorer's preprocess, its batched form): compared with ==, so that a bound method (a new
+        # object at each access) finds its entry, and held, so that no id is ever reused.
+        self._batched: list[tuple[Any, BatchPreprocess]] = []
+
+    def _batch_preprocess(self, preprocess: Any) -> BatchPreprocess:
+        for known, batched in self._batched:
+            if known is preprocess or known == preprocess:
+                return batched
+        batched = batch_preprocess(preprocess)
+        self._batched.append((preprocess, batched))
+        return batched
 
     def images(self, scorer: Scorer, paths: list[Path], bar: tqdm) -> torch.Tensor:
-        key = id(scorer.preprocess)
-        if key not in self._batch_preprocess:
-            self._batch_preprocess[key] = batch_preprocess(scorer.preprocess)
         chunks = []
-        for pixels in self.image_batches(self._batch_preprocess[key], paths, self.batch_size):
+        for pixels in self.image_batches(self._batch_preprocess(scorer.preprocess), paths, self.batch_size):
             if scorer.device.type == "cuda":
                 pixels = pixels.pin_memory()
             chunks.append(self._run(scorer.encode_images, pixels))

@@ -22,6 +22,8 @@ Two costs sit beside the model here, and at a million small images they outweigh
 
 from __future__ import annotations
 
+import logging
+import pickle
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -36,6 +38,10 @@ from torchvision import transforms as T
 from dldc.data.images import load_rgb
 
 BatchPreprocess = Callable[[Sequence[Image.Image]], torch.Tensor]
+# A preprocess is pickled into every batch sent to a worker: a transform is a few KB; more means
+# it carries a model (a scorer's bound method) and is run in the main process instead.
+MAX_PICKLED_PREPROCESS = 1 << 20
+log = logging.getLogger(__name__)
 
 
 def batch_preprocess(transform: Callable[[Image.Image], torch.Tensor]) -> BatchPreprocess:
@@ -51,7 +57,7 @@ def batch_preprocess(transform: Callable[[Image.Image], torch.Tensor]) -> BatchP
     rest = steps[tail + 1 :] if tail is not None else []
     if tail is None or not all(isinstance(step, T.Normalize) for step in rest) or len(rest) > 1:
         return per_image_preprocess(transform)
-    return _Batched(transform, steps[:tail], rest[0] if rest else None)
+    return _Batched(steps[:tail], steps[tail], rest[0] if rest else None)
 
 
 def per_image_preprocess(transform: Callable[[Image.Image], torch.Tensor]) -> BatchPreprocess:
@@ -67,6 +73,9 @@ class _PerImage:
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return torch.stack([self.transform(image) for image in images])
 
+    def __repr__(self) -> str:
+        return f"per-image {self.transform!r}"
+
 
 class _Batched:
     """PIL steps per image, then ``ToTensor`` + ``Normalize`` once over the batch.
@@ -76,16 +85,21 @@ class _Batched:
     so doing them on a batch gives the same bits as doing them per image.
     """
 
-    def __init__(self, transform: T.Compose, pil_steps: list[Any], normalize: T.Normalize | None):
-        self.per_image = per_image_preprocess(transform)
+    def __init__(self, pil_steps: list[Any], to_tensor: T.ToTensor, normalize: T.Normalize | None):
         self.pil_steps = pil_steps
+        self.tail = T.Compose([to_tensor] + ([normalize] if normalize is not None else []))
         self.normalize = normalize
 
+    def __repr__(self) -> str:
+        return f"batched {T.Compose(self.pil_steps + list(self.tail.transforms))!r}"
+
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        arrays = [np.asarray(self._pil(image)) for image in images]
-        if len({a.shape for a in arrays}) != 1 or arrays[0].dtype != np.uint8 or arrays[0].ndim != 3:
-            return self.per_image(images)  # mixed sizes or not 8-bit RGB: ToTensor's own rules apply
-        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        outputs = [self._pil(image) for image in images]
+        sizes = {o.size for o in outputs if isinstance(o, Image.Image) and o.mode == "RGB"}
+        if len(sizes) != 1 or not all(isinstance(o, Image.Image) and o.mode == "RGB" for o in outputs):
+            # Mixed sizes, or not 8-bit RGB images: the tensor steps per image, by their own rules.
+            return torch.stack([self.tail(output) for output in outputs])
+        pixels = torch.from_numpy(np.stack([np.asarray(o) for o in outputs])).permute(0, 3, 1, 2).contiguous()
         pixels = pixels.to(torch.get_default_dtype()).div(255)
         if self.normalize is not None:
             mean = torch.as_tensor(self.normalize.mean, dtype=pixels.dtype).view(1, -1, 1, 1)
@@ -135,10 +149,11 @@ class ImageBatches:
             raise ValueError(f"workers must be >= 0, got {workers}")
         self.workers = workers
         self._pool: Any = None
+        self._shippable: list[tuple[BatchPreprocess, bool]] = []
 
     def __call__(self, preprocess: BatchPreprocess, paths: Sequence[Path], batch_size: int) -> Iterator[torch.Tensor]:
         chunks = [list(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
-        if not self.workers:
+        if not self.workers or not self._can_ship(preprocess):
             for chunk in chunks:
                 yield load_batch(preprocess, chunk)
             return
@@ -149,12 +164,35 @@ class ImageBatches:
 
             self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("fork"), initializer=_one_thread)
         pending: deque[Future[torch.Tensor]] = deque()
-        for chunk in chunks:
-            pending.append(self._pool.submit(load_batch, preprocess, chunk))
-            if len(pending) >= 2 * self.workers:
+        try:
+            for chunk in chunks:
+                pending.append(self._pool.submit(load_batch, preprocess, chunk))
+                if len(pending) >= 2 * self.workers:
+                    yield pending.popleft().result()
+            while pending:
                 yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+        finally:  # an error, or a caller that stops early: the queued batches are not decoded for nothing
+            for future in pending:
+                future.cancel()
+
+    def _can_ship(self, preprocess: BatchPreprocess) -> bool:
+        """Whether ``preprocess`` travels to the workers cheaply: each batch carries it pickled.
+
+        A preprocess that does not pickle, or pickles big (a bound method of a scorer carries its
+        model), is run here instead, with a warning, rather than failing or copying a model per batch.
+        """
+        for known, ok in self._shippable:
+            if known is preprocess:
+                return ok
+        try:
+            size = len(pickle.dumps(preprocess))
+            ok, why = size <= MAX_PICKLED_PREPROCESS, f"it pickles to {size:,} bytes"
+        except Exception as err:  # noqa: BLE001  (any pickling failure means: not shippable)
+            ok, why = False, f"it does not pickle ({type(err).__name__}: {err})"
+        if not ok:
+            log.warning("image preprocessing %r runs in the main process, not in decoding workers: %s", preprocess, why)
+        self._shippable.append((preprocess, ok))
+        return ok
 
     def close(self) -> None:
         """Stop the worker processes (a no-op without workers)."""
