@@ -292,3 +292,18 @@ def test_embedding_store_serves_every_part_between_appends_and_after_reopening(t
     keys = list(expected)[::-1]
     assert torch.equal(reopened.get("text", keys), torch.stack([expected[k] for k in keys]))
     assert reopened.tokens(keys) == [tokens[k] for k in keys] and reopened.missing("text", keys) == []
+
+
+def test_each_scorers_preprocess_is_batched_once_per_run(tmp_path, monkeypatch):
+    # ToyScorer.preprocess is a bound method, a new object at every access: the engine must still
+    # find its batched form again (and never hand one scorer's to another) across shards.
+    from dldc.iel import engine
+
+    made = []
+    real = engine.batch_preprocess
+    monkeypatch.setattr(engine, "batch_preprocess", lambda transform: made.append(transform) or real(transform))
+    first, second = ToyScorer("toy:a", "a"), ToyScorer("toy:b", "b")
+    cfg = ScoreConfig(manifest=str(_manifest(tmp_path)), out=str(tmp_path / "out"), shard_size=5)
+    result = score_manifest(cfg, [first, second], progress=False)
+    assert result.report["shards_total"] > 3
+    assert [m.__self__ for m in made] == [first, second]

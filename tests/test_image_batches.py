@@ -129,17 +129,3 @@ def test_a_preprocess_that_would_carry_a_model_or_cannot_pickle_runs_here(tmp_pa
         assert all(torch.equal(a, b) for a, b in zip(here, batches(batch_preprocess(lambdas), paths, 2), strict=True))
     warnings = [r.getMessage() for r in caplog.records if "runs in the main process" in r.getMessage()]
     assert any("bytes" in w for w in warnings) and any("does not pickle" in w for w in warnings)
-
-
-def test_the_engine_batches_each_scorers_preprocess_once(tmp_path):
-    from dldc.iel.engine import _Encoder
-
-    class Toy:
-        def preprocess(self, image):  # a bound method: a new object at every access
-            return torch.zeros(3, 2, 2)
-
-    first, second = Toy(), Toy()
-    encoder = _Encoder(4, ImageBatches(0), {})
-    assert encoder._batch_preprocess(first.preprocess) is encoder._batch_preprocess(first.preprocess)
-    assert encoder._batch_preprocess(second.preprocess) is not encoder._batch_preprocess(first.preprocess)
-    assert len(encoder._batched) == 2
