@@ -39,17 +39,14 @@ class ArrayElements:
 
     def __iter__(self) -> Iterator[Any]:
         scanner = self._scanner
-        if scanner.peek() == "]":
-            scanner.take("]")
-            self.done = True
-            return
-        while True:
-            yield scanner.value()
-            if scanner.peek() == "]":
-                scanner.take("]")
-                self.done = True
-                return
-            scanner.take(",")
+        if scanner.peek() != "]":
+            while True:
+                yield scanner.value()
+                if scanner.peek() == "]":
+                    break
+                scanner.take(",")
+        scanner.take("]")
+        self.done = True
 
 
 def iter_members(handle: TextIO, array_key: str, chunk_chars: int = 1 << 20) -> Iterator[tuple[str, Any]]:
@@ -75,32 +72,29 @@ def iter_members(handle: TextIO, array_key: str, chunk_chars: int = 1 << 20) -> 
     if first != "{":
         raise NotAnObjectError("the top level is not a JSON object")
     scanner.take("{")
-    if scanner.peek() == "}":
-        scanner.take("}")
-        scanner.end()
-        return
     seen: set[str] = set()
-    while True:
-        if scanner.peek() != '"':
-            scanner.fail("Expecting property name enclosed in double quotes")
-        key = scanner.value()
-        if key in seen:  # json.loads keeps the last; a stream has already passed the first on
-            raise DuplicateKeyError(f"the top-level key {key!r} appears more than once")
-        seen.add(key)
-        scanner.take(":")
-        if key == array_key and scanner.peek() == "[":
-            scanner.take("[")
-            elements = ArrayElements(scanner)
-            yield key, elements
-            if not elements.done:
-                raise RuntimeError(f"iterate the {array_key!r} elements to their end before the next member")
-        else:
-            yield key, scanner.value()
-        if scanner.peek() == "}":
-            scanner.take("}")
-            scanner.end()
-            return
-        scanner.take(",")
+    if scanner.peek() != "}":
+        while True:
+            if scanner.peek() != '"':
+                scanner.fail("Expecting property name enclosed in double quotes")
+            key = scanner.value()
+            if key in seen:  # json.loads keeps the last; a stream has already passed the first on
+                raise DuplicateKeyError(f"the top-level key {key!r} appears more than once")
+            seen.add(key)
+            scanner.take(":")
+            if key == array_key and scanner.peek() == "[":
+                scanner.take("[")
+                elements = ArrayElements(scanner)
+                yield key, elements
+                if not elements.done:
+                    raise RuntimeError(f"iterate the {array_key!r} elements to their end before the next member")
+            else:
+                yield key, scanner.value()
+            if scanner.peek() == "}":
+                break
+            scanner.take(",")
+    scanner.take("}")
+    scanner.end()
 
 
 class _Scanner:
@@ -114,7 +108,7 @@ class _Scanner:
         self.eof = False
         # Where self.text starts in the file, for error positions.
         self.line = 1
-        self.line_start = 0  # file offset of the current line's first character, relative to self.offset
+        self.line_start = 0  # file offset of the first character of the line self.text starts in
         self.offset = 0
 
     def _read(self) -> bool:

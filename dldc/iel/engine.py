@@ -181,13 +181,13 @@ def _score_manifest(
     stats = {"images_encoded": 0, "texts_encoded": 0, "shards_total": 0, "shards_reused": 0, "oom_retries": 0}
     scorer_ids = [s.scorer_id for s in scorers]
 
+    n_shards = max(1, -(-len(frame) // cfg.shard_size))
+    stats["shards_total"] = n_shards
+    tables = []
+    bar = tqdm(total=len(frame), desc="score: pairs", unit="pair", disable=not progress)
     # One set of image-decoding workers for the whole run, not one per shard.
     with ImageBatches(cfg.workers) as image_batches:
         encoder = _Encoder(cfg.batch_size, image_batches, stats)
-        n_shards = max(1, -(-len(frame) // cfg.shard_size))
-        stats["shards_total"] = n_shards
-        tables = []
-        bar = tqdm(total=len(frame), desc="score: pairs", unit="pair", disable=not progress)
         for index in range(n_shards):
             rows = frame.iloc[index * cfg.shard_size : (index + 1) * cfg.shard_size]
             key = shard_key(rows, scorer_ids)
@@ -208,7 +208,7 @@ def _score_manifest(
                 stats["shards_reused"] += 1
             tables.append(table)
             bar.update(len(rows))
-        bar.close()
+    bar.close()
     for stale in shards_dir.glob("shard-*.parquet"):
         if int(stale.stem.split("-")[1]) >= n_shards:
             remove_with_checksum(stale)

@@ -95,8 +95,8 @@ class _Batched:
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
         outputs = [self._pil(image) for image in images]
-        sizes = {o.size for o in outputs if isinstance(o, Image.Image) and o.mode == "RGB"}
-        if len(sizes) != 1 or not all(isinstance(o, Image.Image) and o.mode == "RGB" for o in outputs):
+        rgb = all(isinstance(o, Image.Image) and o.mode == "RGB" for o in outputs)
+        if not rgb or len({o.size for o in outputs}) != 1:
             # Mixed sizes, or not 8-bit RGB images: the tensor steps per image, by their own rules.
             return torch.stack([self.tail(output) for output in outputs])
         pixels = torch.from_numpy(np.stack([np.asarray(o) for o in outputs])).permute(0, 3, 1, 2).contiguous()

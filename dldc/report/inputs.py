@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from dldc.config import ReportConfig
-from dldc.data.manifest import ManifestMeta, dataset_root, ids_in, read_manifest
+from dldc.data.manifest import ManifestMeta, dataset_root, ids_in, read_manifest_meta
 from dldc.io import file_sha256
 from dldc.select.ranking import load_ranked
 
@@ -140,11 +140,11 @@ def read_inputs(cfg: ReportConfig) -> ReportInputs:
         ValueError: an input is unreadable, lacks columns, or belongs to another run.
     """
     manifest, scores, selection_dir = Path(cfg.manifest), Path(cfg.scores), Path(cfg.selection)
-    # Checks the schema (FileNotFoundError names the path); the rows are let go at once, as
-    # load_ranked reads them again: one copy of the pairs in memory, not two.
-    meta = read_manifest(manifest)[1]
+    if not manifest.is_file():  # the manifest's error before the selection's
+        raise FileNotFoundError(2, "No such manifest", str(manifest))
     selection, dropped = _read_selection(selection_dir, manifest, scores)
-    ranked = load_ranked(scores, manifest, list(selection["splits"]))
+    ranked = load_ranked(scores, manifest, list(selection["splits"]))  # reads the rows once, checks the schema
+    meta = read_manifest_meta(manifest)
     unknown = dropped[~ids_in(dropped, ranked["pair_id"])]
     if len(unknown):
         raise ValueError(
